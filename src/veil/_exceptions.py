@@ -1,0 +1,138 @@
+"""The one exception tree of Veil, shared by the node and the client.
+
+```
+VeilError
+ +-- TransportError        the node could not be reached
+ +-- AuthenticationError   401: unknown credentials, expired or revoked token
+ +-- PermissionDenied      403: the account may not do this
+ +-- NotFound              404: no such object visible to this account (also a KeyError)
+ +-- ValidationError       400/422: bad input; says what was expected and what arrived
+ |    +-- SpecError        a model spec outside the whitelist or with shapes that do not fit
+ +-- Conflict              409: the object exists already, or is in the wrong state
+ +-- BudgetExceeded        402: a release would spend more epsilon than is left
+ +-- RateLimited           429: too many failed logins; retry later
+ +-- JobFailed             a training job ended in failure
+ +-- ServerError           500: a fault on the node (never the answer to bad input)
+```
+
+The node raises these in its services; the API turns each into a status code and a
+JSON body `{"error": <class name>, "message": ..., "detail": {...}}`; the client turns
+that body back into the same class, so `except veil.BudgetExceeded` works on both sides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "BudgetExceeded",
+    "Conflict",
+    "JobFailed",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "ServerError",
+    "SpecError",
+    "TransportError",
+    "ValidationError",
+    "VeilError",
+    "error_from_body",
+]
+
+
+class VeilError(Exception):
+    """Base of every error Veil raises on purpose."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": type(self).__name__, "message": self.message, "detail": self.detail}
+
+
+class TransportError(VeilError):
+    status_code = 503
+
+
+class AuthenticationError(VeilError):
+    status_code = 401
+
+
+class PermissionDenied(VeilError):
+    status_code = 403
+
+
+class NotFound(VeilError, KeyError):
+    status_code = 404
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
+
+
+class ValidationError(VeilError, ValueError):
+    status_code = 422
+
+
+class SpecError(ValidationError):
+    pass
+
+
+class Conflict(VeilError):
+    status_code = 409
+
+
+class BudgetExceeded(VeilError):
+    """A release needs more epsilon than is left; `detail` has `needed` and `remaining`."""
+
+    status_code = 402
+
+
+class RateLimited(VeilError):
+    status_code = 429
+
+
+class JobFailed(VeilError):
+    status_code = 409
+
+
+class ServerError(VeilError):
+    status_code = 500
+
+
+_BY_NAME: dict[str, type[VeilError]] = {
+    cls.__name__: cls
+    for cls in (
+        VeilError,
+        TransportError,
+        AuthenticationError,
+        PermissionDenied,
+        NotFound,
+        ValidationError,
+        SpecError,
+        Conflict,
+        BudgetExceeded,
+        RateLimited,
+        JobFailed,
+        ServerError,
+    )
+}
+
+
+def error_from_body(status_code: int, body: Any) -> VeilError:
+    """Rebuild the typed error a node answered with."""
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        cls = _BY_NAME.get(body["error"], VeilError)
+        detail = body.get("detail") if isinstance(body.get("detail"), dict) else {}
+        return cls(str(body.get("message", "")), **detail)
+    for cls in _BY_NAME.values():
+        if cls is not VeilError and cls.status_code == status_code:
+            return cls(f"HTTP {status_code}: {body!r}")
+    return ServerError(f"HTTP {status_code}: {body!r}")
