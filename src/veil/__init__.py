@@ -1,5 +1,7 @@
 """Veil: train neural networks on private data that never leaves its domain node."""
 
+__version__ = "0.1.0"
+
 from veil._exceptions import (
     AuthenticationError,
     BudgetExceeded,
@@ -15,7 +17,10 @@ from veil._exceptions import (
     VeilError,
 )
 
+from veil.client import Client, login
+
 __all__ = [
+    "Client",
     "AuthenticationError",
     "BudgetExceeded",
     "Conflict",
@@ -28,4 +33,6 @@ __all__ = [
     "TransportError",
     "ValidationError",
     "VeilError",
+    "__version__",
+    "login",
 ]

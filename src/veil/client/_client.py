@@ -1,0 +1,98 @@
+"""`veil.login()` and the `Client` a data scientist or an admin holds."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import httpx
+
+from veil.client._http import Http
+from veil.client._users import User, UsersAPI
+
+__all__ = ["Client", "login"]
+
+
+class Client:
+    """A logged-in session with one domain node."""
+
+    def __init__(self, http: Http, *, node_name: str, user: User) -> None:
+        self._http = http
+        self.node_name = node_name
+        self.user = user
+
+    @property
+    def users(self) -> UsersAPI:
+        return UsersAPI(self._http)
+
+    @property
+    def datasets(self) -> Any:
+        from veil.client._datasets import DatasetsView
+
+        return DatasetsView(self._http)
+
+    @property
+    def node(self) -> dict[str, Any]:
+        return self._http.get("/node")
+
+    def change_password(self, *, old_password: str, new_password: str) -> None:
+        self._http.post(
+            "/auth/password", json={"old_password": old_password, "new_password": new_password}
+        )
+
+    def logout(self) -> None:
+        """Revoke this session's token on the node."""
+        self._http.post("/auth/logout")
+        self._http.token = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<veil.Client {self.user.email} @ {self.node_name} ({self._http.base_url})>"
+
+
+def login(
+    email: str,
+    password: str,
+    *,
+    host: str = "localhost",
+    port: int = 8081,
+    url: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+    verbose: bool = True,
+) -> Client:
+    """Log into a domain node and return a `Client`.
+
+    `url` (e.g. "http://node.example:8081") overrides host and port; `transport` lets
+    tests run the node in-process.
+    """
+    base_url = url or f"http://{host}:{port}"
+    where = base_url.split("://", 1)[-1]
+    _say(verbose, f"Connecting to {where}...")
+    http = Http(base_url, transport=transport)
+    try:
+        http.get("/node")
+        _say(verbose, " done! \t")
+        answer = http.post("/auth/login", json={"email": email, "password": password})
+    except Exception:
+        http.close()
+        _say(verbose, "\n")
+        raise
+    http.token = answer["token"]
+    _say(verbose, f"Logging into {answer['node_name']}... done!\n")
+    for warning in answer.get("warnings", []):
+        _say(verbose, f"\n{warning}\n")
+    return Client(http, node_name=answer["node_name"], user=User.from_json(answer["user"]))
+
+
+def _say(verbose: bool, text: str) -> None:
+    if verbose:
+        sys.stdout.write(text)
+        sys.stdout.flush()

@@ -1,0 +1,68 @@
+"""The admin's view of accounts: `client.users`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from veil.client._http import Http
+from veil.client._table import Table
+
+__all__ = ["User", "UsersAPI"]
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    name: str
+    role: str
+    budget: float
+    disabled: bool
+    created_at: datetime
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> User:
+        return cls(
+            id=data["id"],
+            email=data["email"],
+            name=data["name"],
+            role=data["role"],
+            budget=data["budget"],
+            disabled=data["disabled"],
+            created_at=datetime.fromisoformat(data["created_at"]),
+        )
+
+
+class UsersAPI:
+    """Create, list, re-budget and disable accounts (admin only)."""
+
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def create(self, *, email: str, password: str, name: str = "", budget: float) -> User:
+        body = {"email": email, "password": password, "name": name, "budget": budget}
+        return User.from_json(self._http.post("/users", json=body))
+
+    def list(self) -> list[User]:
+        return [User.from_json(u) for u in self._http.get("/users")]
+
+    def set_budget(self, user: str, budget: float) -> User:
+        return User.from_json(self._http.put(f"/users/{user}/budget", json={"budget": budget}))
+
+    def disable(self, user: str) -> User:
+        return User.from_json(self._http.post(f"/users/{user}/disable"))
+
+    def me(self) -> User:
+        return User.from_json(self._http.get("/users/me"))
+
+    def table(self) -> Table:
+        rows = [[u.email, u.name, u.role, u.budget, u.disabled, u.id] for u in self.list()]
+        return Table(["Email", "Name", "Role", "Budget", "Disabled", "Id"], rows)
+
+    def __repr__(self) -> str:
+        return repr(self.table())
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()

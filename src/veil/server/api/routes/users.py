@@ -1,0 +1,53 @@
+"""Accounts: the admin manages data scientists; everyone can read itself."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from veil.server.api.deps import AdminUser, CurrentUser, SessionDep
+from veil.server.api.schemas import Strict, UserOut
+from veil.server.services import users
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+class UserIn(Strict):
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(max_length=1024)
+    name: str = Field(default="", max_length=200)
+    budget: float
+
+
+class BudgetIn(Strict):
+    budget: float
+
+
+@router.post("", status_code=201)
+def create_user(body: UserIn, session: SessionDep, _: AdminUser) -> UserOut:
+    user = users.create_user(
+        session, email=body.email, password=body.password, name=body.name, budget=body.budget
+    )
+    return UserOut.model_validate(user)
+
+
+@router.get("")
+def list_users(session: SessionDep, _: AdminUser) -> list[UserOut]:
+    return [UserOut.model_validate(u) for u in users.list_users(session)]
+
+
+@router.get("/me")
+def me(user: CurrentUser) -> UserOut:
+    return UserOut.model_validate(user)
+
+
+@router.put("/{user}/budget")
+def set_budget(user: str, body: BudgetIn, session: SessionDep, _: AdminUser) -> UserOut:
+    return UserOut.model_validate(
+        users.set_budget(session, user_id_or_email=user, budget=body.budget)
+    )
+
+
+@router.post("/{user}/disable")
+def disable(user: str, session: SessionDep, _: AdminUser) -> UserOut:
+    return UserOut.model_validate(users.disable_user(session, user_id_or_email=user))

@@ -1,0 +1,43 @@
+"""The app factory: nothing is built at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from veil import __version__
+from veil.server.api.errors import install_error_handlers
+from veil.server.api.router import api_router
+from veil.server.context import NodeContext
+from veil.server.services.node import bootstrap
+from veil.server.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("veil.node")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    ctx = NodeContext.create(settings)
+    ctx.db.migrate()
+    with ctx.db.session() as session:
+        node = bootstrap(session, settings)
+        log.info("node %s ready (database %s)", node.name, ctx.db.engine.url.render_as_string())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        ctx.start()
+        try:
+            yield
+        finally:
+            ctx.stop()
+
+    app = FastAPI(title="Veil domain node", version=__version__, lifespan=lifespan)
+    app.state.node = ctx
+    install_error_handlers(app)
+    app.include_router(api_router)
+    return app

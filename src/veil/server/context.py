@@ -1,0 +1,47 @@
+"""What a running node holds: settings, database, stores, job runner.
+
+One `NodeContext` per app, built by the app factory and reachable from routes through
+`api.deps`; services take the pieces they need as arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from veil.server.db.engine import Database
+from veil.server.services.auth import LoginThrottle
+from veil.server.settings import Settings
+
+__all__ = ["NodeContext"]
+
+
+@dataclass
+class NodeContext:
+    settings: Settings
+    db: Database
+    throttle: LoginThrottle
+    on_start: list[Callable[[], None]] = field(default_factory=list)
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, settings: Settings) -> NodeContext:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            settings=settings,
+            db=Database(settings.resolved_database_url),
+            throttle=LoginThrottle(
+                allowed=settings.login_failures_allowed,
+                lockout_seconds=settings.login_lockout_seconds,
+            ),
+        )
+
+    def start(self) -> None:
+        """Start background parts (the job runner) once the server serves."""
+        for hook in self.on_start:
+            hook()
+
+    def stop(self) -> None:
+        for hook in reversed(self.on_stop):
+            hook()
+        self.db.dispose()

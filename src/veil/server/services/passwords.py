@@ -1,0 +1,29 @@
+"""Password hashing with argon2id; verification takes alike long for unknown users."""
+
+from __future__ import annotations
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+__all__ = ["hash_password", "verify_password", "verify_dummy"]
+
+_hasher = PasswordHasher()  # argon2id with the library's recommended parameters
+_DUMMY_HASH = _hasher.hash("veil-dummy-password-for-unknown-users")
+
+MIN_PASSWORD_LENGTH = 8
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def verify_dummy(password: str) -> None:
+    """Spend the time a real verification would, so unknown e-mails answer alike."""
+    verify_password(_DUMMY_HASH, password)

@@ -1,0 +1,102 @@
+"""Accounts: the admin creates data scientists, sets budgets, disables accounts."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from veil._exceptions import AuthenticationError, Conflict, NotFound, ValidationError
+from veil.server.db.tables.accounts import ROLE_DS, UserRow
+from veil.server.services.auth import revoke_all
+from veil.server.services.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
+
+__all__ = ["change_password", "create_user", "disable_user", "get_user", "list_users", "set_budget"]
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationError(
+            f"Password must have at least {MIN_PASSWORD_LENGTH} characters. "
+            f"Received: {len(password)} characters.",
+            field="password",
+        )
+
+
+def _check_budget(budget: float) -> None:
+    if not math.isfinite(budget) or budget < 0:
+        raise ValidationError(
+            f"budget must be a finite epsilon >= 0. Received: budget={budget!r}", field="budget"
+        )
+
+
+def create_user(
+    session: Session, *, email: str, password: str, name: str, budget: float
+) -> UserRow:
+    email = email.strip().lower()
+    if not _EMAIL.match(email):
+        raise ValidationError(f"Expected an e-mail address. Received: {email!r}", field="email")
+    _check_password(password)
+    _check_budget(budget)
+    user = UserRow(
+        email=email,
+        name=name.strip() or email,
+        role=ROLE_DS,
+        password_hash=hash_password(password),
+        budget=float(budget),
+    )
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"A user with e-mail {email!r} exists already.", email=email) from None
+    return user
+
+
+def get_user(session: Session, *, user_id_or_email: str) -> UserRow:
+    key = user_id_or_email.strip()
+    user = session.get(UserRow, key) or session.scalars(
+        select(UserRow).where(UserRow.email == key.lower())
+    ).first()
+    if user is None:
+        raise NotFound(f"No user {key!r}.", user=key)
+    return user
+
+
+def list_users(session: Session) -> list[UserRow]:
+    return list(session.scalars(select(UserRow).order_by(UserRow.created_at)))
+
+
+def set_budget(session: Session, *, user_id_or_email: str, budget: float) -> UserRow:
+    _check_budget(budget)
+    user = get_user(session, user_id_or_email=user_id_or_email)
+    user.budget = float(budget)
+    session.commit()
+    return user
+
+
+def disable_user(session: Session, *, user_id_or_email: str) -> UserRow:
+    user = get_user(session, user_id_or_email=user_id_or_email)
+    user.disabled = True
+    revoke_all(session, user_id=user.id)
+    session.commit()
+    return user
+
+
+def change_password(
+    session: Session, *, user: UserRow, old_password: str, new_password: str
+) -> None:
+    if not verify_password(user.password_hash, old_password):
+        raise AuthenticationError("The current password is wrong.")
+    _check_password(new_password)
+    if new_password == old_password:
+        raise ValidationError("The new password must differ from the current one.")
+    user.password_hash = hash_password(new_password)
+    user.default_password = False
+    session.commit()

@@ -1,0 +1,89 @@
+"""Start real nodes for tests: a uvicorn server on a free port, on SQLite or PostgreSQL.
+
+Each node gets a fresh data directory and, on PostgreSQL, a fresh database of its own,
+so tests never share state and can run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import uvicorn
+
+from veil.server.app import create_app
+from veil.server.settings import Settings
+
+__all__ = ["PG_ADMIN_URL", "RunningNode", "fresh_postgres_url", "free_port", "running_node"]
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def fresh_postgres_url() -> Iterator[str]:
+    name = f"veil_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class RunningNode:
+    url: str
+    port: int
+    settings: Settings
+    server: uvicorn.Server
+
+    @property
+    def ctx(self):  # noqa: ANN201 - the NodeContext, for white-box checks in tests
+        return self.server.config.app.state.node
+
+
+@contextlib.contextmanager
+def running_node(data_dir: Path, backend: str = "sqlite", **overrides: object) -> Iterator[RunningNode]:
+    with contextlib.ExitStack() as stack:
+        database_url = None
+        if backend == "postgres":
+            database_url = stack.enter_context(fresh_postgres_url())
+        port = free_port()
+        settings = Settings(
+            data_dir=data_dir, database_url=database_url, port=port, **overrides
+        )
+        app = create_app(settings)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            forwarded_allow_ips=settings.forwarded_allow_ips or None,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test node did not start")
+            time.sleep(0.01)
+        try:
+            yield RunningNode(url=f"http://127.0.0.1:{port}", port=port, settings=settings, server=server)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=20)
