@@ -1,0 +1,111 @@
+"""Models, their drafts (flow I), training jobs, per-epoch progress, private results."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from veil.server.db.base import Base, IdColumn, TimestampColumn
+
+__all__ = ["DraftRow", "JobEpochRow", "JobRow", "ModelRow", "PrivateObjectRow"]
+
+
+class DraftRow(Base):
+    """A model being assembled layer by layer on the node (flow I)."""
+
+    __tablename__ = "model_drafts"
+
+    id: Mapped[str] = IdColumn()
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True, nullable=False)
+    layers: Mapped[list[Any]] = mapped_column(JSON, nullable=False)
+    compiled_model_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = TimestampColumn()
+
+
+class ModelRow(Base):
+    """A compiled model. Its weights live in the array store; its cart lives here.
+
+    `cart_curve` is the cart's current RDP curve and `charged_curve` what releases of
+    this model have charged so far: publishing charges their difference, read in O(1).
+    `version` counts checkpoints; the weights file of a version and the cart stored
+    with it are written together, so a publish never pairs new weights with an old cart.
+    """
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = IdColumn()
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True, nullable=False)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    cart_state: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    cart_curve: Mapped[list[float]] = mapped_column(JSON, nullable=False)
+    charged_curve: Mapped[list[float]] = mapped_column(JSON, nullable=False)
+    steps: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    busy_job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = TimestampColumn()
+    updated_at: Mapped[datetime] = TimestampColumn()
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = IdColumn()
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True, nullable=False)
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    epoch: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    max_iter: Mapped[int] = mapped_column(Integer, nullable=False)
+    step: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    steps: Mapped[int] = mapped_column(Integer, nullable=False)
+    samples_seen: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = TimestampColumn()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JobEpochRow(Base):
+    """Progress of one finished epoch; `metrics` holds only released (noised) values."""
+
+    __tablename__ = "job_epochs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    epoch: Mapped[int] = mapped_column(Integer, nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    samples_seen: Mapped[int] = mapped_column(Integer, nullable=False)
+    elapsed: Mapped[float] = mapped_column(Float, nullable=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = TimestampColumn()
+
+
+class PrivateObjectRow(Base):
+    """A private result on the node (a step's loss or predictions).
+
+    Its value never leaves the node except through a release; `sensitivity` is the
+    L2 sensitivity the node knows for it, `rows` the data rows it was computed from.
+    """
+
+    __tablename__ = "private_objects"
+
+    id: Mapped[str] = IdColumn()
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True, nullable=False)
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    kind: Mapped[str] = mapped_column(String(20), nullable=False)
+    shape: Mapped[list[int]] = mapped_column(JSON, nullable=False)
+    sensitivity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    n_rows: Mapped[int] = mapped_column(Integer, nullable=False)
+    path: Mapped[str] = mapped_column(String(500), nullable=False)
+    created_at: Mapped[datetime] = TimestampColumn()

@@ -1,0 +1,58 @@
+"""Where the node keeps model weights, cart arrays, private results and released results.
+
+All under the data directory; each writer writes to a temporary name and renames, so a
+reader (or a restart after a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["NodeFiles", "atomic_write"]
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` then move tmp onto `path` (same folder, so the rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+class NodeFiles:
+    """Path layout of everything but the assets (those are the array store's)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.root / "models" / model_id
+
+    def weights(self, model_id: str, version: int) -> Path:
+        """The weights of one checkpoint (safetensors: {name: tensor}); what publish copies."""
+        return self.model_dir(model_id) / f"weights-{version}.safetensors"
+
+    def optimizer(self, model_id: str, version: int) -> Path:
+        """Optimizer and noise-generator state of one checkpoint (safetensors + metadata)."""
+        return self.model_dir(model_id) / f"optimizer-{version}.safetensors"
+
+    def cart_arrays(self, model_id: str, version: int) -> Path:
+        """The cart's per-row arrays of one checkpoint (.npz of plain arrays, no pickle)."""
+        return self.model_dir(model_id) / f"cart-{version}.npz"
+
+    def private_object(self, object_id: str) -> Path:
+        return self.root / "objects" / f"{object_id}.npy"
+
+    def release(self, release_id: str, suffix: str) -> Path:
+        return self.root / "releases" / f"{release_id}{suffix}"
