@@ -1,5 +1,18 @@
 """Every table of the node; importing this registers them all on Base.metadata."""
 
 from veil.server.db.tables.accounts import NodeRow, TokenRow, UserRow
+from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
+from veil.server.db.tables.models import DraftRow, JobEpochRow, JobRow, ModelRow, PrivateObjectRow
 
-__all__ = ["NodeRow", "TokenRow", "UserRow"]
+__all__ = [
+    "DraftRow",
+    "JobEpochRow",
+    "JobRow",
+    "LedgerRow",
+    "ModelRow",
+    "NodeRow",
+    "PrivateObjectRow",
+    "ReleaseRow",
+    "TokenRow",
+    "UserRow",
+]
