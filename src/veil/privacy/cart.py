@@ -125,6 +125,24 @@ def _as_rows(rows: npt.ArrayLike, *, n_rows: int | None, name: str = "rows") -> 
     return array.astype(np.intp, copy=False)
 
 
+def _unique_counts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct rows and how often each occurs (by sorting: O(k log k))."""
+    ordered = np.sort(rows)
+    if ordered.size == 0:
+        return ordered, np.zeros(0, dtype=np.intp)
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    return ordered[starts], np.diff(np.r_[starts, ordered.size])
+
+
+def _check_distinct(rows: np.ndarray, what: str) -> None:
+    unique, _ = _unique_counts(rows)
+    if unique.size != rows.size:
+        raise ValidationError(
+            f"Expected {what} to list each row once. "
+            f"Received: {rows.size} indices, {rows.size - unique.size} of them repeats"
+        )
+
+
 def _masked_max(values: np.ndarray, mask: np.ndarray) -> float:
     return float(np.max(values, where=mask, initial=0.0))
 
@@ -198,6 +216,9 @@ class Cart:
     def __init__(self) -> None:
         self._sources: dict[str, _Source] = {}
 
+    def __repr__(self) -> str:
+        return f"Cart(sources={self.sources!r})"
+
     @property
     def sources(self) -> tuple[str, ...]:
         return tuple(sorted(self._sources))
@@ -241,11 +262,8 @@ class Cart:
         """
         source = self._source(key)
         rows = _as_rows(rows, n_rows=source.n_rows)
-        if np.unique(rows).size != rows.size:
-            raise ValidationError(
-                "A Poisson pool lists each row once (q = batch_size / n_train assumes it). "
-                f"Received: {rows.size} indices, {rows.size - np.unique(rows).size} repeated"
-            )
+        # q = batch_size / n_train is each row's sampling rate only if no row repeats.
+        _check_distinct(rows, "a Poisson pool")
         source.pool[rows] = True
         source.recompute_maxima()
 
@@ -265,7 +283,7 @@ class Cart:
         rho = gaussian_rho(sigma)
         if rows.size == 0 or count == 0:
             return
-        unique, multiplicity = np.unique(rows, return_counts=True)
+        unique, multiplicity = _unique_counts(rows)
         source.rho[unique] += (int(count) * rho) * multiplicity.astype(np.float64) ** 2
         touched = source.rho[unique]
         in_pool = source.pool[unique]
@@ -315,20 +333,20 @@ class Cart:
         """Freeze what a fit on `key` would change, for `calibration` (must not mutate)."""
         keys = sorted(set(self._sources) | {key})
         costs = tuple(
-            self._sources[k].cost() if k in self._sources else np.zeros_like(_ORDERS)
-            for k in keys
+            self._sources[k].cost() if k in self._sources else np.zeros_like(_ORDERS) for k in keys
         )
         source = self._sources.get(key)
         if source is None:
             # A source the cart has not seen: every row's rho is 0 and no pool yet.
+            val_in_pool = np.isin(val_rows, train_rows)
             return _FitPreview(
                 costs=costs,
                 index=keys.index(key),
                 sampled=RdpCurve.zero(),
                 pool_plain=0.0,
-                pool_val=0.0 if np.intersect1d(train_rows, val_rows).size else -math.inf,
+                pool_val=0.0 if val_in_pool.any() else -math.inf,
                 out_plain=0.0,
-                out_val=0.0 if np.setdiff1d(val_rows, train_rows).size else -math.inf,
+                out_val=0.0 if not val_in_pool.all() else -math.inf,
             )
         pool = source.pool.copy()
         pool[train_rows] = True

@@ -43,8 +43,7 @@ def _frozen(values: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(values)):
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
         raise ValidationError(
-            f"An RDP curve expects finite values. Received: {values[bad]} "
-            f"at order {ORDERS[bad]}",
+            f"An RDP curve expects finite values. Received: {values[bad]} at order {ORDERS[bad]}",
             order=ORDERS[bad],
         )
     if np.any(values < 0):
@@ -166,9 +165,7 @@ class RdpCurve:
     def scale(self, k: float) -> RdpCurve:
         """Multiply by a real factor, e.g. a fractional count of releases."""
         if not math.isfinite(k) or k < 0:
-            raise ValidationError(
-                f"RdpCurve.scale expects a finite factor >= 0. Received: k={k}"
-            )
+            raise ValidationError(f"RdpCurve.scale expects a finite factor >= 0. Received: k={k}")
         return RdpCurve._of(self._values * float(k))
 
     def maximum(self, other: RdpCurve) -> RdpCurve:
