@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from veil.client._http import Http
+from veil.client._releases import Ledger, LedgerEntry, PrivacyBudget, Published, Releases
 from veil.client._users import User, UsersAPI
+
+if TYPE_CHECKING:
+    from veil.client._models import ModelsAPI
 
 __all__ = ["Client", "login"]
 
@@ -30,6 +34,28 @@ class Client:
         from veil.client._datasets import DatasetsView
 
         return DatasetsView(self._http)
+
+    @property
+    def models(self) -> ModelsAPI:
+        from veil.client._models import ModelsAPI
+
+        return ModelsAPI(self._http)
+
+    @property
+    def privacy_budget(self) -> PrivacyBudget:
+        """Your epsilon budget, what your releases spent, and what is left."""
+        return PrivacyBudget.from_json(self._http.get("/budget"))
+
+    @property
+    def releases(self) -> Releases:
+        """Everything you published, oldest first; `releases[-1].get()` downloads again."""
+        return Releases([Published.from_json(self._http, r) for r in self._http.get("/releases")])
+
+    @property
+    def ledger(self) -> Ledger:
+        """Every account's budget, epsilon spent and releases (admin only)."""
+        entries = [LedgerEntry.from_json(e) for e in self._http.get("/ledger")]
+        return Ledger(self._http, entries)
 
     @property
     def node(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from veil import __version__
 from veil.server.api.errors import install_error_handlers
 from veil.server.api.router import api_router
 from veil.server.context import NodeContext
+from veil.server.services.fits import fail_interrupted_jobs
 from veil.server.services.node import bootstrap
 from veil.server.settings import Settings
 
@@ -26,6 +27,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ctx.db.migrate()
     with ctx.db.session() as session:
         node = bootstrap(session, settings)
+        if settings.job_backend == "embedded":
+            interrupted = fail_interrupted_jobs(session)
+            if interrupted:
+                log.warning("%d training job(s) were interrupted by a restart", interrupted)
         log.info("node %s ready (database %s)", node.name, ctx.db.engine.url.render_as_string())
 
     @asynccontextmanager

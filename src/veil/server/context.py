@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from veil.server.db.engine import Database
 from veil.server.services.auth import LoginThrottle
+from veil.server.services.releases import sweep_orphans
 from veil.server.settings import Settings
+from veil.server.storage.arrays import ArrayStore
+from veil.server.storage.files import NodeFiles
 
 __all__ = ["NodeContext"]
 
@@ -21,27 +25,36 @@ class NodeContext:
     settings: Settings
     db: Database
     throttle: LoginThrottle
+    files: NodeFiles
+    arrays: ArrayStore
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
     def create(cls, settings: Settings) -> NodeContext:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(
+        ctx = cls(
             settings=settings,
             db=Database(settings.resolved_database_url),
             throttle=LoginThrottle(
                 allowed=settings.login_failures_allowed,
                 lockout_seconds=settings.login_lockout_seconds,
             ),
+            files=NodeFiles(settings.data_dir),
+            arrays=ArrayStore(settings.arrays_dir),
         )
+        # A crash between a publish's file and its commit leaves a file nothing points to.
+        ctx.on_start.append(lambda: sweep_orphans(ctx.db, ctx.files))
+        return ctx
 
     def start(self) -> None:
         """Start background parts (the job runner) once the server serves."""
+        self.runner.start()
         for hook in self.on_start:
             hook()
 
     def stop(self) -> None:
         for hook in reversed(self.on_stop):
             hook()
+        self.runner.stop()
         self.db.dispose()

@@ -1,0 +1,204 @@
+"""Model pointers: a model that lives on the node, trained there, never downloaded raw.
+
+`ModelPointer.weights().publish()` is the only way weights leave the node; `step`
+returns private pointers whose values leave only through their own `publish()`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from veil._exceptions import JobFailed, ValidationError
+from veil.client._http import Http
+from veil.client._objects import PrivatePointer, WeightsPointer
+
+__all__ = ["DraftHandle", "ModelPointer", "ModelsAPI"]
+
+_DONE = ("done", "failed", "cancelled")
+
+
+def _pointer_id(ptr: Any, name: str) -> str:
+    pointer_id = getattr(ptr, "id", None)
+    if not isinstance(pointer_id, str):
+        raise ValidationError(
+            f"{name} must be a pointer to data on the node (e.g. dataset['train_images'] or a "
+            f"slice of it). Received: {type(ptr).__name__}"
+        )
+    return pointer_id
+
+
+class ModelPointer:
+    """A compiled model on the node."""
+
+    def __init__(self, http: Http, info: dict[str, Any]) -> None:
+        self._http = http
+        self._info = info
+        self.id: str = info["id"]
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self._info["spec"]
+
+    @property
+    def output_shape(self) -> tuple[int | None, ...]:
+        return tuple(self._info["output_shape"])
+
+    def refresh(self) -> ModelPointer:
+        self._info = self._http.get(f"/models/{self.id}")
+        return self
+
+    def _fit_body(self, x_ptr: Any, y_ptr: Any, **kw: Any) -> dict[str, Any]:
+        return {"x": _pointer_id(x_ptr, "x_ptr"), "y": _pointer_id(y_ptr, "y_ptr"), **kw}
+
+    def quote(
+        self,
+        x_ptr: Any,
+        y_ptr: Any,
+        *,
+        max_iter: int = 10,
+        batch_size: int = 100,
+        validation_split: float = 0.0,
+        target_epsilon: float | None = None,
+    ) -> dict[str, Any]:
+        """The epsilon a planned `fit` would add to this model's cart, before it runs."""
+        body = self._fit_body(
+            x_ptr, y_ptr, max_iter=max_iter, batch_size=batch_size,
+            validation_split=validation_split, target_epsilon=target_epsilon,
+        )
+        return self._http.post(f"/models/{self.id}/quote", json=body)
+
+    def fit(
+        self,
+        x_ptr: Any,
+        y_ptr: Any,
+        *,
+        max_iter: int = 10,
+        validation_split: float = 0.0,
+        batch_size: int = 100,
+        target_epsilon: float | None = None,
+        wait: bool = True,
+        poll_seconds: float = 0.5,
+    ) -> dict[str, Any]:
+        """Train with DP-SGD on the node (`max_iter` epochs of Poisson-sampled steps).
+
+        With `target_epsilon` the node picks the smallest noise whose quote stays within
+        it. `wait=True` shows a progress bar and returns the final `progress()`;
+        `wait=False` returns the queued job at once.
+        """
+        body = self._fit_body(
+            x_ptr, y_ptr, max_iter=max_iter, batch_size=batch_size,
+            validation_split=validation_split, target_epsilon=target_epsilon,
+        )
+        job = self._http.post(f"/models/{self.id}/fit", json=body)
+        if not wait:
+            return job
+        return self.wait(poll_seconds=poll_seconds)
+
+    def wait(self, *, poll_seconds: float = 0.5, show: bool = True) -> dict[str, Any]:
+        """Block until the current job ends, with a progress bar; raise if it failed."""
+        state = self.progress()
+        bar = tqdm(total=state.get("steps") or None, unit="step", disable=not show)
+        try:
+            while True:
+                bar.total = state.get("steps") or bar.total
+                bar.n = state.get("step", 0)
+                bar.set_description(f"epoch {state.get('epoch', 0)}/{state.get('max_iter', '?')}")
+                bar.set_postfix(epsilon=f"{state['epsilon']:.3f}", status=state["status"])
+                bar.refresh()
+                if state["status"] in _DONE or state["status"] == "idle":
+                    break
+                time.sleep(poll_seconds)
+                state = self.progress()
+        finally:
+            bar.close()
+        if state["status"] == "failed":
+            raise JobFailed(f"Training failed: {state.get('error')}", job_id=state.get("job_id"))
+        self.refresh()
+        return state
+
+    def progress(self) -> dict[str, Any]:
+        """Status, epoch, step, samples seen, elapsed, epsilon, and released metrics."""
+        return self._http.get(f"/models/{self.id}/progress")
+
+    def cancel(self) -> dict[str, Any]:
+        return self._http.post(f"/models/{self.id}/cancel")
+
+    def step(
+        self,
+        x_ptr: Any,
+        y_ptr: Any,
+        *,
+        validation_split: float = 0.0,
+        batch_size: int | None = None,
+    ) -> tuple[PrivatePointer, PrivatePointer]:
+        """One DP-SGD step on exactly these rows (no sampling); private (loss, predictions).
+
+        `validation_split` holds out the last fraction of the rows from the update; the
+        loss and predictions are then those of the held-out rows (a validation loss),
+        otherwise of the trained rows. `batch_size` is the most rows one step may take:
+        a guard against stepping on a whole asset by mistake, never a split of the batch.
+        """
+        body = {
+            "x": _pointer_id(x_ptr, "x_ptr"),
+            "y": _pointer_id(y_ptr, "y_ptr"),
+            "validation_split": validation_split,
+            "batch_size": batch_size,
+        }
+        out = self._http.post(f"/models/{self.id}/step", json=body)
+        return (
+            PrivatePointer(self._http, out["loss"]["id"], out["loss"]["kind"], out["loss"]["shape"]),
+            PrivatePointer(
+                self._http,
+                out["predictions"]["id"],
+                out["predictions"]["kind"],
+                out["predictions"]["shape"],
+            ),
+        )
+
+    def evaluate(self, x_ptr: Any, y_ptr: Any, *, epsilon: float = 0.1) -> dict[str, Any]:
+        """Release the model's noised loss and accuracy on these rows (charged)."""
+        body = {"x": _pointer_id(x_ptr, "x_ptr"), "y": _pointer_id(y_ptr, "y_ptr"), "epsilon": epsilon}
+        return self._http.post(f"/models/{self.id}/evaluate", json=body)
+
+    def weights(self) -> WeightsPointer:
+        """A pointer to the current weights; `.publish()` spends the cart."""
+        return WeightsPointer(self._http, self.id)
+
+    def __repr__(self) -> str:
+        return f"<ModelPointer {self.id} output={self.output_shape} steps={self._info['steps']}>"
+
+
+class DraftHandle:
+    """A model assembled on the node one layer at a time (flow I)."""
+
+    def __init__(self, http: Http, draft_id: str) -> None:
+        self._http = http
+        self.id = draft_id
+
+    def add(self, layer_config: dict[str, Any]) -> list[int | None]:
+        out = self._http.post(f"/models/drafts/{self.id}/layers", json={"layer": layer_config})
+        return out["output_shape"]
+
+    def compile(self, **options: Any) -> ModelPointer:
+        info = self._http.post(f"/models/drafts/{self.id}/compile", json=options)
+        return ModelPointer(self._http, info)
+
+
+class ModelsAPI:
+    def __init__(self, http: Http) -> None:
+        self._http = http
+
+    def create(self, spec: dict[str, Any]) -> ModelPointer:
+        return ModelPointer(self._http, self._http.post("/models", json={"spec": spec}))
+
+    def create_draft(self) -> DraftHandle:
+        return DraftHandle(self._http, self._http.post("/models/drafts")["id"])
+
+    def get(self, model_id: str) -> ModelPointer:
+        return ModelPointer(self._http, self._http.get(f"/models/{model_id}"))
+
+    def list(self) -> list[ModelPointer]:
+        return [ModelPointer(self._http, m) for m in self._http.get("/models")]

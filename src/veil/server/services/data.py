@@ -1,0 +1,55 @@
+"""Pair a features pointer with a labels pointer: the rows a job or a step reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from veil._exceptions import ValidationError
+from veil.server.db.tables.accounts import UserRow
+from veil.server.services.datasets import ResolvedPointer, resolve_pointer
+from veil.server.storage.arrays import ArrayStore
+
+__all__ = ["Pair", "resolve_pair"]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """x and y over the same rows of one dataset (the cart's data source)."""
+
+    key: str
+    x: ResolvedPointer
+    y: ResolvedPointer
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.x.rows
+
+    @property
+    def n_asset_rows(self) -> int:
+        return self.x.n_asset_rows
+
+
+def resolve_pair(
+    session: Session, arrays: ArrayStore, *, user: UserRow, x_id: str, y_id: str
+) -> Pair:
+    x = resolve_pointer(session, arrays, user=user, pointer_id=x_id)
+    y = resolve_pointer(session, arrays, user=user, pointer_id=y_id)
+    if len(x.rows) != len(y.rows):
+        raise ValidationError(
+            f"x and y must have the same number of rows. Received: x has {len(x.rows)} "
+            f"rows ({x.asset_name}), y has {len(y.rows)} rows ({y.asset_name})",
+            x_rows=len(x.rows),
+            y_rows=len(y.rows),
+        )
+    if x.dataset_id != y.dataset_id or not np.array_equal(x.rows, y.rows):
+        raise ValidationError(
+            "x and y must select the same rows of one dataset (row i of x is the record "
+            f"of row i of y). Received: x = {x.asset_name} of dataset {x.dataset_id}, "
+            f"y = {y.asset_name} of dataset {y.dataset_id}, with different rows"
+        )
+    if len(x.rows) == 0:
+        raise ValidationError("x and y select no rows. Received: an empty slice")
+    return Pair(key=x.dataset_id, x=x, y=y)

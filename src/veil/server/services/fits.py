@@ -1,0 +1,247 @@
+"""Plan, quote, submit, watch and cancel `fit` jobs.
+
+A fit's training rows form a Poisson pool (q = batch_size / n_train); the last
+`validation_split` of the rows are held out (as Keras does) and only ever touched by
+the noised validation metrics, which are charged per row (parallel composition).
+Everything is checked before the job is queued, so bad input never starts training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from veil._exceptions import Conflict, NotFound, ValidationError
+from veil.engine import check_data
+from veil.nn.spec import ModelSpec
+from veil.privacy import Quote, RdpCurve, calibrate_fit, quote_fit
+from veil.server.db.tables.accounts import UserRow
+from veil.server.db.tables.ledger import LedgerRow
+from veil.server.db.tables.models import JobEpochRow, JobRow, ModelRow
+from veil.server.services.checkpoints import load_cart
+from veil.server.services.data import Pair, resolve_pair
+from veil.server.services.models import get_model
+from veil.server.services.node import get_node
+from veil.server.storage.arrays import ArrayStore
+from veil.server.storage.files import NodeFiles
+
+__all__ = [
+    "ACTIVE",
+    "FitPlan",
+    "cancel_fit",
+    "fail_interrupted_jobs",
+    "plan_fit",
+    "progress",
+    "submit_fit",
+]
+
+ACTIVE = ("queued", "running")
+VAL_RELEASES_PER_EPOCH = 2  # validation loss and accuracy
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    pair: Pair
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    quote: Quote
+    params: dict[str, Any]
+
+
+def _split(rows: np.ndarray, validation_split: float) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(validation_split, int | float) or not 0 <= validation_split < 1:
+        raise ValidationError(
+            f"validation_split must be in [0, 1). Received: validation_split={validation_split!r}"
+        )
+    cut = len(rows) - int(math.floor(len(rows) * validation_split))
+    if cut < 1:
+        raise ValidationError(
+            f"validation_split={validation_split} leaves no training rows of {len(rows)}."
+        )
+    return rows[:cut], rows[cut:]
+
+
+def plan_fit(
+    session: Session,
+    files: NodeFiles,
+    arrays: ArrayStore,
+    *,
+    user: UserRow,
+    model: ModelRow,
+    x_id: str,
+    y_id: str,
+    max_iter: int,
+    batch_size: int,
+    validation_split: float,
+    target_epsilon: float | None,
+    check: bool = True,
+) -> FitPlan:
+    """Check a planned fit and price it; with `target_epsilon`, pick sigma for it."""
+    for name, value in (("max_iter", max_iter), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValidationError(f"{name} must be an int >= 1. Received: {name}={value!r}")
+    spec = ModelSpec.from_dict(model.spec)
+    pair = resolve_pair(session, arrays, user=user, x_id=x_id, y_id=y_id)
+    train_rows, val_rows = _split(pair.rows, validation_split)
+    if len(np.unique(pair.rows)) != len(pair.rows):
+        raise ValidationError(
+            "fit samples rows from a pool in which each row appears once. Received: a "
+            "slice that repeats rows"
+        )
+    if batch_size > len(train_rows):
+        raise ValidationError(
+            f"batch_size must be at most the {len(train_rows)} training rows. "
+            f"Received: batch_size={batch_size}"
+        )
+    if check:
+        check_data(spec, pair.x.array, pair.y.array, rows=pair.rows)
+    cart = load_cart(files, model)
+    cart.ensure_source(pair.key, pair.n_asset_rows)
+    delta = get_node(session).delta
+    common = dict(
+        n_rows_train=len(train_rows),
+        train_rows=train_rows,
+        val_rows=val_rows if len(val_rows) else None,
+        batch_size=batch_size,
+        epochs=max_iter,
+        val_releases_per_epoch=VAL_RELEASES_PER_EPOCH,
+        delta=delta,
+    )
+    if target_epsilon is None:
+        quote = quote_fit(cart, pair.key, sigma=spec.noise_multiplier, **common)
+    else:
+        quote = calibrate_fit(cart, pair.key, target_epsilon=target_epsilon, **common)
+    params = {
+        "x": x_id,
+        "y": y_id,
+        "max_iter": max_iter,
+        "batch_size": batch_size,
+        "validation_split": validation_split,
+        "sigma": quote.sigma,
+        "q": quote.q,
+        "steps": quote.steps,
+        "target_epsilon": target_epsilon,
+        "quoted_epsilon": quote.epsilon_added,
+    }
+    return FitPlan(pair=pair, train_rows=train_rows, val_rows=val_rows, quote=quote, params=params)
+
+
+def submit_fit(
+    session: Session,
+    files: NodeFiles,
+    arrays: ArrayStore,
+    *,
+    user: UserRow,
+    model_id: str,
+    **plan_args: Any,
+) -> JobRow:
+    """Check and price the fit, then queue it; the model is busy until the job ends."""
+    model = get_model(session, user=user, model_id=model_id)
+    if model.busy_job_id is not None:
+        raise Conflict(
+            f"Model {model_id} is training (job {model.busy_job_id}); wait or cancel it.",
+            job_id=model.busy_job_id,
+        )
+    plan = plan_fit(session, files, arrays, user=user, model=model, **plan_args)
+    job = JobRow(
+        model_id=model.id,
+        owner_id=user.id,
+        kind="fit",
+        status="queued",
+        params=plan.params,
+        max_iter=plan.params["max_iter"],
+        steps=plan.quote.steps,
+    )
+    session.add(job)
+    session.flush()
+    model.busy_job_id = job.id
+    session.commit()
+    return job
+
+
+def latest_job(session: Session, *, model_id: str) -> JobRow | None:
+    query = (
+        select(JobRow)
+        .where(JobRow.model_id == model_id)
+        .order_by(JobRow.created_at.desc())
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
+def cancel_fit(session: Session, *, user: UserRow, model_id: str) -> JobRow:
+    model = get_model(session, user=user, model_id=model_id)
+    job = latest_job(session, model_id=model.id)
+    if job is None:
+        raise NotFound(f"Model {model_id} has no training job.", model_id=model_id)
+    if job.status in ACTIVE:
+        job.cancel_requested = True
+        session.commit()
+    return job
+
+
+def _spent_if_published(session: Session, *, user: UserRow, model: ModelRow, delta: float) -> float:
+    """How much `spent` would grow if the weights were published now."""
+    ledger = session.get(LedgerRow, user.id)
+    spent = RdpCurve.from_list(ledger.curve) if ledger is not None else RdpCurve.zero()
+    increment = RdpCurve.from_list(model.cart_curve) - RdpCurve.from_list(model.charged_curve)
+    return (spent + increment).epsilon(delta) - spent.epsilon(delta)
+
+
+def progress(session: Session, *, user: UserRow, model_id: str) -> dict[str, Any]:
+    """Status of the model's latest job; only released (noised, charged) metrics."""
+    model = get_model(session, user=user, model_id=model_id)
+    delta = get_node(session).delta
+    job = latest_job(session, model_id=model.id)
+    out: dict[str, Any] = {
+        "model_id": model.id,
+        "epsilon": _spent_if_published(session, user=user, model=model, delta=delta),
+        "model_epsilon": RdpCurve.from_list(model.cart_curve).epsilon(delta),
+        "total_steps": model.steps,
+    }
+    if job is None:
+        return {**out, "status": "idle", "job_id": None, "metrics": []}
+    epochs = session.scalars(
+        select(JobEpochRow).where(JobEpochRow.job_id == job.id).order_by(JobEpochRow.epoch)
+    )
+    start = job.started_at
+    end = job.finished_at or datetime.now(UTC)
+    elapsed = (_aware(end) - _aware(start)).total_seconds() if start else 0.0
+    return {
+        **out,
+        "job_id": job.id,
+        "status": job.status,
+        "epoch": job.epoch,
+        "max_iter": job.max_iter,
+        "step": job.step,
+        "steps": job.steps,
+        "samples_seen": job.samples_seen,
+        "elapsed": round(elapsed, 3),
+        "sigma": job.params.get("sigma"),
+        "error": job.error,
+        "metrics": [{"epoch": e.epoch, **e.metrics} for e in epochs],
+    }
+
+
+def fail_interrupted_jobs(session: Session) -> int:
+    """After a restart of an embedded node, no job of the old process is running."""
+    jobs = list(session.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE))))
+    for job in jobs:
+        job.status = "failed"
+        job.error = "The node restarted during training; the model keeps its last checkpoint."
+        job.finished_at = datetime.now(UTC)
+        model = session.get(ModelRow, job.model_id)
+        if model is not None and model.busy_job_id == job.id:
+            model.busy_job_id = None
+    session.commit()
+    return len(jobs)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,64 @@
+"""Models kept in memory between `step` calls, one lock per model.
+
+Flow III sends one request per batch; rebuilding the model from its checkpoint each
+time would cost more than the step. The cache is keyed by model id and checked against
+the row's version, so a fit that ran elsewhere (another thread, a Celery worker) is
+picked up by reloading the checkpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from veil.engine import DPTrainer
+from veil.privacy import Cart
+from veil.server.db.tables.models import ModelRow
+from veil.server.services.checkpoints import load_cart, load_trainer
+from veil.server.storage.files import NodeFiles
+
+__all__ = ["LiveModel", "LiveModels"]
+
+
+@dataclass
+class LiveModel:
+    version: int
+    trainer: DPTrainer
+    cart: Cart
+
+
+class LiveModels:
+    def __init__(self, files: NodeFiles, *, device: str, capacity: int = 16) -> None:
+        self._files = files
+        self._device = device
+        self._capacity = capacity
+        self._cache: OrderedDict[str, LiveModel] = OrderedDict()
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def lock(self, model_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(model_id, threading.Lock())
+
+    def get(self, model: ModelRow) -> LiveModel:
+        """The model at the row's version; call with `lock(model.id)` held."""
+        with self._guard:
+            live = self._cache.get(model.id)
+            if live is not None and live.version == model.version:
+                self._cache.move_to_end(model.id)
+                return live
+        live = LiveModel(
+            version=model.version,
+            trainer=load_trainer(self._files, model, device=self._device),
+            cart=load_cart(self._files, model),
+        )
+        self.put(model.id, live)
+        return live
+
+    def put(self, model_id: str, live: LiveModel) -> None:
+        with self._guard:
+            self._cache[model_id] = live
+            self._cache.move_to_end(model_id)
+            while len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)

@@ -1,0 +1,144 @@
+"""Models: drafts built layer by layer (flow I), compiled specs (flow II), ownership.
+
+The node rebuilds every model from the JSON spec and the layer whitelist in
+`veil.nn`; no code and no pickle from a data scientist ever runs here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from veil._exceptions import NotFound, SpecError
+from veil.engine import DPTrainer
+from veil.nn._config import Shape, check_input_shape
+from veil.nn.layers import layer_from_dict, layer_to_dict
+from veil.nn.spec import SPEC_FORMAT, ModelSpec, layer_output_shape
+from veil.privacy import Cart, RdpCurve
+from veil.server.db.tables.accounts import UserRow
+from veil.server.db.tables.models import DraftRow, ModelRow
+from veil.server.services.checkpoints import save_checkpoint
+from veil.server.services.node import get_node
+from veil.server.storage.files import NodeFiles
+
+__all__ = [
+    "add_draft_layer",
+    "compile_draft",
+    "create_draft",
+    "create_model",
+    "get_draft",
+    "get_model",
+    "list_models",
+    "parse_spec",
+]
+
+
+def create_draft(session: Session, *, user: UserRow) -> DraftRow:
+    draft = DraftRow(owner_id=user.id, layers=[])
+    session.add(draft)
+    session.commit()
+    return draft
+
+
+def get_draft(session: Session, *, user: UserRow, draft_id: str) -> DraftRow:
+    draft = session.get(DraftRow, draft_id)
+    if draft is None or draft.owner_id != user.id:
+        raise NotFound(f"No model draft {draft_id!r} of yours.", draft_id=draft_id)
+    return draft
+
+
+def _draft_shapes(layers: list[dict[str, Any]]) -> Shape:
+    """Infer shapes through a draft's layers; SpecError names the layer that does not fit."""
+    built = [layer_from_dict(d) for d in layers]
+    shape = check_input_shape("Model", built[0].input_shape)
+    if shape is None:
+        raise SpecError(
+            f"The first layer ({built[0].name}) needs input_shape, e.g. (None, 1, 28, 28). "
+            "Received: input_shape=None"
+        )
+    for index, layer in enumerate(built):
+        shape = layer_output_shape(index, layer, shape)
+    return shape
+
+
+def add_draft_layer(
+    session: Session, *, user: UserRow, draft_id: str, layer: dict[str, Any]
+) -> Shape:
+    """Append one layer after checking it fits; returns the draft's new output shape."""
+    draft = get_draft(session, user=user, draft_id=draft_id)
+    if draft.compiled_model_id is not None:
+        raise SpecError("This draft was compiled already; start a new nn.Model(to=client).")
+    canonical = layer_to_dict(layer_from_dict(layer))
+    layers = [*draft.layers, canonical]
+    shape = _draft_shapes(layers)
+    draft.layers = layers
+    session.commit()
+    return shape
+
+
+def compile_draft(
+    session: Session,
+    files: NodeFiles,
+    *,
+    user: UserRow,
+    draft_id: str,
+    options: dict[str, Any],
+) -> ModelRow:
+    draft = get_draft(session, user=user, draft_id=draft_id)
+    if not draft.layers:
+        raise SpecError("A model needs at least one layer. Received: an empty draft.")
+    first = layer_from_dict(draft.layers[0])
+    spec = {
+        "format": SPEC_FORMAT,
+        "input_shape": list(first.input_shape or ()),
+        "layers": draft.layers,
+        **options,
+    }
+    model = create_model(session, files, user=user, spec=spec)
+    draft.compiled_model_id = model.id
+    session.commit()
+    return model
+
+
+def parse_spec(session: Session, spec: dict[str, Any]) -> ModelSpec:
+    """Check a spec against the whitelist and the node's size limits."""
+    node = get_node(session)
+    return ModelSpec.from_dict(spec, max_params=node.max_params, max_flops=node.max_flops)
+
+
+def create_model(
+    session: Session, files: NodeFiles, *, user: UserRow, spec: dict[str, Any]
+) -> ModelRow:
+    """Build the model from its spec, initialise weights on the node, empty cart."""
+    checked = parse_spec(session, spec)
+    zero = RdpCurve.zero().to_list()
+    model = ModelRow(
+        owner_id=user.id,
+        spec=checked.to_dict(),
+        version=0,
+        cart_state={},
+        cart_curve=zero,
+        charged_curve=zero,
+        steps=0,
+    )
+    session.add(model)
+    session.flush()
+    save_checkpoint(files, model, trainer=DPTrainer(checked), cart=Cart())
+    session.commit()
+    return model
+
+
+def get_model(session: Session, *, user: UserRow, model_id: str) -> ModelRow:
+    """The caller's own model; another user's model does not exist for it."""
+    model = session.get(ModelRow, model_id)
+    if model is None or model.owner_id != user.id:
+        raise NotFound(f"No model {model_id!r} of yours.", model_id=model_id)
+    return model
+
+
+def list_models(session: Session, *, user: UserRow) -> list[ModelRow]:
+    from sqlalchemy import select
+
+    query = select(ModelRow).where(ModelRow.owner_id == user.id).order_by(ModelRow.created_at)
+    return list(session.scalars(query))
