@@ -44,7 +44,7 @@ def test_flow_one_builds_the_whole_model_remotely(admin, ds) -> None:
     model_ptr.add(nn.Flatten())
     model_ptr.add(nn.Dense(1))
     model_ptr.add(nn.Sigmoid())
-    with pytest.raises(veil.SpecError, match="Dense"):
+    with pytest.raises(veil.SpecError, match=r"Layer 1 \(Convolution\).*\(None, 3\)"):
         bad = nn.Model(to=ds)
         bad.add(nn.Dense(3, input_shape=(None, 4)))
         bad.add(nn.Convolution(1, (3, 3)))
@@ -56,7 +56,8 @@ def test_flow_one_builds_the_whole_model_remotely(admin, ds) -> None:
     assert final["status"] == "done" and final["epoch"] == 2
     published = model_ptr.weights().publish()
     weights = published.get()
-    assert published.epsilon_added > 0
+    # the per-epoch validation metrics revealed the model, so they paid for it already
+    assert published.epsilon_after == pytest.approx(ds.privacy_budget.spent) > 0
     assert {w.shape for w in weights.values()} >= {(1, 1, 3, 3), (2, 1, 4, 4)}
 
 
@@ -132,7 +133,7 @@ def test_evaluate_releases_noised_metrics_and_charges(admin, ds) -> None:
     out = model_ptr.evaluate(data["train_images"][0:100], data["train_labels"][0:100], epsilon=0.5)
     assert set(out) >= {"loss", "accuracy", "epsilon_added"}
     assert ds.privacy_budget.spent > before
-    assert out["epsilon_added"] >= 0.5 - 1e-6
+    assert 0.45 < out["epsilon_added"] <= 0.5  # an untrained model: only the metrics cost
 
 
 def test_quote_matches_what_the_fit_adds(admin, ds) -> None:

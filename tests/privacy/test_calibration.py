@@ -141,3 +141,13 @@ def test_calibrate_fit_meets_the_target_with_the_least_noise() -> None:
     assert quote.epsilon_added <= 1.0
     less_noise = quote_fit(cart, "d", sigma=quote.sigma / (1 + 2e-3), **_plan())
     assert less_noise.epsilon_added > 1.0
+
+
+def test_dominated_gaussian_sigma_stays_under_the_curve_at_every_order() -> None:
+    from veil.privacy import dominated_gaussian_sigma, gaussian, poisson_gaussian
+
+    train = poisson_gaussian(0.1, 1.0, 50)
+    sigma = dominated_gaussian_sigma(train, count=20)
+    assert np.all(gaussian(sigma, count=20).values <= train.values)
+    slightly_less = gaussian(sigma * 0.99, count=20).values
+    assert np.any(slightly_less > train.values)  # the smallest such sigma

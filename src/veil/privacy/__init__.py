@@ -10,6 +10,7 @@ from veil.privacy.calibration import (
     Quote,
     calibrate_fit,
     calibrate_sigma,
+    dominated_gaussian_sigma,
     quote_fit,
 )
 from veil.privacy.cart import Cart, CartState, SourceArrays, SourceState
@@ -28,6 +29,7 @@ __all__ = [
     "SourceState",
     "calibrate_fit",
     "calibrate_sigma",
+    "dominated_gaussian_sigma",
     "gaussian",
     "gaussian_rho",
     "pld_epsilon",

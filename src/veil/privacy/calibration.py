@@ -18,9 +18,11 @@ import numpy.typing as npt
 
 from veil._exceptions import ValidationError
 from veil.privacy.cart import Cart, _as_rows, _check_distinct, _check_key, _FitPreview
+from veil.privacy.curve import ORDERS, RdpCurve
 from veil.privacy.mechanisms import gaussian_rho, poisson_gaussian
 
-__all__ = ["SIGMA_MAX", "SIGMA_MIN", "Quote", "calibrate_fit", "calibrate_sigma", "quote_fit"]
+__all__ = [
+    "dominated_gaussian_sigma","SIGMA_MAX", "SIGMA_MIN", "Quote", "calibrate_fit", "calibrate_sigma", "quote_fit"]
 
 SIGMA_MIN = 0.3
 SIGMA_MAX = 1e3
@@ -213,3 +215,19 @@ def calibrate_fit(
     )
     sigma = calibrate_sigma(target_epsilon, lambda s: plan.quote(s).epsilon_added)
     return plan.quote(sigma)
+
+
+def dominated_gaussian_sigma(curve: RdpCurve, *, count: int) -> float:
+    """The smallest sigma whose `count` Gaussian releases cost at most `curve`, order by order.
+
+    A Gaussian release costs alpha * rho, rho = 1 / (2 sigma^2), so `count` of them stay
+    under `curve` at every order iff sigma^2 >= max(alpha * count / (2 * curve(alpha))).
+    Validation rows priced this way never cost more than the training rows they sit
+    beside, so under parallel composition they add nothing to the cart.
+    """
+    count = _positive_int(count, "count")
+    values = curve.values
+    if not np.all(values > 0):
+        raise ValidationError("Expected a curve > 0 at every order. Received: a curve with zeros")
+    orders = np.asarray(ORDERS, dtype=np.float64)
+    return float(math.sqrt(np.max(orders * count / (2.0 * values)))) * (1 + 1e-9)

@@ -17,6 +17,10 @@ from veil.server.settings import Settings
 from veil.server.storage.arrays import ArrayStore
 from veil.server.storage.files import NodeFiles
 
+if TYPE_CHECKING:
+    from veil.server.jobs.runner import JobRunner
+    from veil.server.services.live_models import LiveModels
+
 __all__ = ["NodeContext"]
 
 
@@ -27,12 +31,18 @@ class NodeContext:
     throttle: LoginThrottle
     files: NodeFiles
     arrays: ArrayStore
+    live: LiveModels
+    runner: JobRunner
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_stop: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
     def create(cls, settings: Settings) -> NodeContext:
+        from veil.server.jobs.runner import make_runner
+        from veil.server.services.live_models import LiveModels
+
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        files = NodeFiles(settings.data_dir)
         ctx = cls(
             settings=settings,
             db=Database(settings.resolved_database_url),
@@ -40,9 +50,12 @@ class NodeContext:
                 allowed=settings.login_failures_allowed,
                 lockout_seconds=settings.login_lockout_seconds,
             ),
-            files=NodeFiles(settings.data_dir),
+            files=files,
             arrays=ArrayStore(settings.arrays_dir),
+            live=LiveModels(files, device=settings.device),
+            runner=None,  # type: ignore[arg-type]  # set below: the runner needs the context
         )
+        ctx.runner = make_runner(ctx)
         # A crash between a publish's file and its commit leaves a file nothing points to.
         ctx.on_start.append(lambda: sweep_orphans(ctx.db, ctx.files))
         return ctx

@@ -135,7 +135,8 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
             metrics: dict[str, Any] = {}
             if len(plan.val_rows):
                 metrics, cart = _release_validation(
-                    session, user, model, cart, info, plan.val_rows, key, sigma, spec, delta, rng
+                    session, user, model, cart, info, plan.val_rows, key, float(p["val_sigma"]),
+                    spec, delta, rng,
                 )
             save_checkpoint(
                 ctx.files, model, trainer=trainer, cart=cart, steps_added=state["steps_since_ckpt"]
@@ -232,9 +233,13 @@ def _release_validation(
     with_val.add_gaussian_rows(key, val_rows, sigma=sigma, count=VAL_RELEASES_PER_EPOCH)
     increment = with_val.curve() - RdpCurve.from_list(model.charged_curve)
     loss_std = sigma * spec.loss_bound / n_val
-    noised: dict[str, Any] = {"val_loss": float(info.val_loss + rng.normal(0.0, loss_std))}
+    noised: dict[str, Any] = {
+        "val_loss": float(info.val_loss + rng.normal(0.0, loss_std)),
+        "val_loss_std": loss_std,
+    }
     if info.val_accuracy is not None:
         noised["val_accuracy"] = float(info.val_accuracy + rng.normal(0.0, sigma / n_val))
+        noised["val_accuracy_std"] = sigma / n_val
     try:
         ledger.charge(
             session,

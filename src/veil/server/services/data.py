@@ -12,7 +12,7 @@ from veil.server.db.tables.accounts import UserRow
 from veil.server.services.datasets import ResolvedPointer, resolve_pointer
 from veil.server.storage.arrays import ArrayStore
 
-__all__ = ["Pair", "resolve_pair"]
+__all__ = ["Pair", "resolve_pair", "select_rows"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,17 @@ class Pair:
     @property
     def n_asset_rows(self) -> int:
         return self.x.n_asset_rows
+
+
+def select_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`array[rows]`, as a memory-mapped view when the rows are a slice (no copy)."""
+    if len(rows) > 1:
+        steps = np.diff(rows)
+        if steps[0] > 0 and np.all(steps == steps[0]):
+            return array[int(rows[0]) : int(rows[-1]) + 1 : int(steps[0])]
+    elif len(rows) == 1:
+        return array[int(rows[0]) : int(rows[0]) + 1]
+    return array[rows]
 
 
 def resolve_pair(

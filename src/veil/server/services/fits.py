@@ -2,7 +2,9 @@
 
 A fit's training rows form a Poisson pool (q = batch_size / n_train); the last
 `validation_split` of the rows are held out (as Keras does) and only ever touched by
-the noised validation metrics, which are charged per row (parallel composition).
+the noised validation metrics, which are charged per row (parallel composition). Their
+noise is the least that keeps the held-out rows' cost under the training rows' cost at
+every Rényi order, so validation adds nothing to what publishing the model costs.
 Everything is checked before the job is queued, so bad input never starts training.
 """
 
@@ -20,12 +22,19 @@ from sqlalchemy.orm import Session
 from veil._exceptions import Conflict, NotFound, ValidationError
 from veil.engine import check_data
 from veil.nn.spec import ModelSpec
-from veil.privacy import Quote, RdpCurve, calibrate_fit, quote_fit
+from veil.privacy import (
+    Quote,
+    RdpCurve,
+    calibrate_fit,
+    dominated_gaussian_sigma,
+    poisson_gaussian,
+    quote_fit,
+)
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import LedgerRow
 from veil.server.db.tables.models import JobEpochRow, JobRow, ModelRow
 from veil.server.services.checkpoints import load_cart
-from veil.server.services.data import Pair, resolve_pair
+from veil.server.services.data import Pair, resolve_pair, select_rows
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
 from veil.server.storage.arrays import ArrayStore
@@ -100,23 +109,39 @@ def plan_fit(
             f"Received: batch_size={batch_size}"
         )
     if check:
-        check_data(spec, pair.x.array, pair.y.array, rows=pair.rows)
+        check_data(spec, select_rows(pair.x.array, pair.rows), select_rows(pair.y.array, pair.rows))
     cart = load_cart(files, model)
     cart.ensure_source(pair.key, pair.n_asset_rows)
     delta = get_node(session).delta
     common = dict(
         n_rows_train=len(train_rows),
         train_rows=train_rows,
-        val_rows=val_rows if len(val_rows) else None,
         batch_size=batch_size,
         epochs=max_iter,
         val_releases_per_epoch=VAL_RELEASES_PER_EPOCH,
         delta=delta,
     )
     if target_epsilon is None:
-        quote = quote_fit(cart, pair.key, sigma=spec.noise_multiplier, **common)
-    else:
-        quote = calibrate_fit(cart, pair.key, target_epsilon=target_epsilon, **common)
+        sigma = spec.noise_multiplier
+    else:  # validation rows are priced under the training rows, so they do not move sigma
+        sigma = calibrate_fit(
+            cart, pair.key, target_epsilon=target_epsilon, val_rows=None, **common
+        ).sigma
+    steps = max_iter * math.ceil(len(train_rows) / batch_size)
+    q = batch_size / len(train_rows)
+    val_sigma = None
+    if len(val_rows):
+        val_sigma = dominated_gaussian_sigma(
+            poisson_gaussian(q, sigma, steps), count=VAL_RELEASES_PER_EPOCH * max_iter
+        )
+    quote = quote_fit(
+        cart,
+        pair.key,
+        sigma=sigma,
+        val_sigma=val_sigma,
+        val_rows=val_rows if len(val_rows) else None,
+        **common,
+    )
     params = {
         "x": x_id,
         "y": y_id,
@@ -124,6 +149,7 @@ def plan_fit(
         "batch_size": batch_size,
         "validation_split": validation_split,
         "sigma": quote.sigma,
+        "val_sigma": val_sigma,
         "q": quote.q,
         "steps": quote.steps,
         "target_epsilon": target_epsilon,

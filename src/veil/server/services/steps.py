@@ -24,7 +24,7 @@ from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
 from veil.server.services import ledger
 from veil.server.services.checkpoints import prune_old_versions, save_checkpoint
-from veil.server.services.data import resolve_pair
+from veil.server.services.data import resolve_pair, select_rows
 from veil.server.services.live_models import LiveModel
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
@@ -158,7 +158,7 @@ def evaluate(
             epsilon, lambda s: gaussian(s, count=EVAL_RELEASES).epsilon(delta)
         )
         live = ctx.live.get(model)
-        check_data(spec, pair.x.array, pair.y.array, rows=pair.rows)
+        check_data(spec, select_rows(pair.x.array, pair.rows), select_rows(pair.y.array, pair.rows))
         loss, accuracy, n = live.trainer.evaluate(pair.x.array, pair.y.array, rows=pair.rows)
         cart = live.cart.copy()
         cart.ensure_source(pair.key, pair.n_asset_rows)
