@@ -17,10 +17,14 @@ from veil._exceptions import (
     VeilError,
 )
 
-from veil.client import Client, login
+from veil.client import Client, PrivacyBudget, PrivatePointer, Published, WeightsPointer, login
 
 __all__ = [
     "Client",
+    "PrivacyBudget",
+    "PrivatePointer",
+    "Published",
+    "WeightsPointer",
     "AuthenticationError",
     "BudgetExceeded",
     "Conflict",

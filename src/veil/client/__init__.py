@@ -1,6 +1,20 @@
 """The Python client of a Veil domain node."""
 
 from veil.client._client import Client, login
+from veil.client._objects import PrivatePointer, WeightsPointer
+from veil.client._releases import Ledger, LedgerEntry, PrivacyBudget, Published, Releases
 from veil.client._users import User, UsersAPI
 
-__all__ = ["Client", "User", "UsersAPI", "login"]
+__all__ = [
+    "Client",
+    "Ledger",
+    "LedgerEntry",
+    "PrivacyBudget",
+    "PrivatePointer",
+    "Published",
+    "Releases",
+    "User",
+    "UsersAPI",
+    "WeightsPointer",
+    "login",
+]

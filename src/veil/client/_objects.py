@@ -1,0 +1,72 @@
+"""Pointers to results that stay on the node until published.
+
+`WeightsPointer` (from `model_ptr.weights()`) and `PrivatePointer` (a step's loss or
+predictions) hold only ids and public facts. Their values leave the node only through
+`publish()`, which charges the privacy budget and returns a `Published` handle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NoReturn
+
+from veil._exceptions import PermissionDenied
+from veil.client._http import Http
+from veil.client._releases import Published
+
+__all__ = ["PrivatePointer", "WeightsPointer"]
+
+
+class WeightsPointer:
+    """The weights of a model on the node; `publish()` releases them, charging the cart."""
+
+    def __init__(self, http: Http, model_id: str) -> None:
+        self._http = http
+        self.model_id = model_id
+
+    def publish(self) -> Published:
+        """Charge what training added since the last publish, and release the weights."""
+        data = self._http.post(f"/models/{self.model_id}/weights/publish")
+        return Published.from_json(self._http, data)
+
+    def get(self) -> NoReturn:
+        raise PermissionDenied(
+            "Model weights leave the node only through publish(), which charges their "
+            "privacy cost: use weights_ptr.publish().get().",
+            model_id=self.model_id,
+        )
+
+    def __repr__(self) -> str:
+        return f"<WeightsPointer model={self.model_id}>"
+
+
+class PrivatePointer:
+    """A private result on the node; only its kind and shape are public."""
+
+    def __init__(self, http: Http, id: str, kind: str, shape: Sequence[int]) -> None:
+        self._http = http
+        self.id = id
+        self.kind = kind
+        self.shape = tuple(shape)
+
+    def publish(self, sigma: float | None = None, epsilon: float | None = None) -> Published:
+        """Release the value with Gaussian noise: give a noise multiplier `sigma` (noise
+        std = sigma x the sensitivity the node knows) or a target `epsilon`, not both.
+
+        The model that computed the value is revealed with it, so what its training
+        added since the last publish is charged too.
+        """
+        body = {k: v for k, v in (("sigma", sigma), ("epsilon", epsilon)) if v is not None}
+        data = self._http.post(f"/objects/{self.id}/publish", json=body)
+        return Published.from_json(self._http, data)
+
+    def get(self) -> NoReturn:
+        raise PermissionDenied(
+            f"A private {self.kind} leaves the node only through publish(sigma=...) or "
+            "publish(epsilon=...), which adds noise and charges your budget: use "
+            "ptr.publish(epsilon=...).get().",
+            object_id=self.id,
+        )
+
+    def __repr__(self) -> str:
+        return f"<PrivatePointer {self.kind} shape={self.shape}>"

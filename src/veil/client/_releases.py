@@ -1,0 +1,223 @@
+"""What a data scientist has paid for: `client.privacy_budget`, `client.releases`.
+
+A `Published` handle names a release on the node; `.get()` downloads its result, as
+often as wanted, so a result once paid for is never lost with a Python variable:
+`client.releases[-1].get()` works from any later login. The admin reads every
+user's budget through `client.ledger`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, overload
+
+import numpy as np
+import safetensors.numpy
+
+from veil.client._http import Http
+from veil.client._table import Table
+
+__all__ = ["Ledger", "LedgerEntry", "PrivacyBudget", "Published", "Releases"]
+
+
+def _short(value: str | None) -> str:
+    return "" if value is None else value[:8]
+
+
+@dataclass(frozen=True)
+class PrivacyBudget:
+    """Your epsilon budget on this node, what releases spent of it, and what is left."""
+
+    total: float
+    spent: float
+    remaining: float
+    delta: float
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PrivacyBudget:
+        return cls(
+            total=data["total"],
+            spent=data["spent"],
+            remaining=data["remaining"],
+            delta=data["delta"],
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<PrivacyBudget remaining epsilon={self.remaining:.4g} of {self.total:.4g} "
+            f"(spent {self.spent:.4g}) at delta={self.delta:g}>"
+        )
+
+
+@dataclass(frozen=True)
+class Published:
+    """A release: a result that left the node through a DP mechanism and was charged.
+
+    `get()` downloads it again each time: weights as `{name: numpy array}`, a private
+    object as its noised float or array.
+    """
+
+    id: str
+    kind: str
+    epsilon_added: float
+    epsilon_after: float
+    created_at: datetime
+    model_id: str | None
+    object_id: str | None
+    mechanism: str = ""
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
+    _http: Http | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, http: Http, data: dict[str, Any]) -> Published:
+        return cls(
+            id=data["id"],
+            kind=data["kind"],
+            epsilon_added=data["epsilon_added"],
+            epsilon_after=data["epsilon_after"],
+            created_at=datetime.fromisoformat(data["created_at"]),
+            model_id=data["model_id"],
+            object_id=data["object_id"],
+            mechanism=data["mechanism"],
+            params=data["params"],
+            _http=http,
+        )
+
+    def get(self) -> Any:
+        """The released result: `{name: np.ndarray}` for weights, a float or an array
+        for a private object, the released values as a dict for anything else."""
+        if self._http is None:
+            raise RuntimeError("This Published handle is not attached to a node session.")
+        response = self._http.request("GET", f"/releases/{self.id}/result")
+        if self.kind == "weights":
+            return safetensors.numpy.load(response.content)
+        data = response.json()
+        if self.kind == "object":
+            shape = tuple(data["shape"])
+            if not shape:
+                return float(data["value"])
+            return np.asarray(data["value"], dtype=np.float64).reshape(shape)
+        return data
+
+    def __repr__(self) -> str:
+        source = f"model {_short(self.model_id)}" if self.model_id else ""
+        if self.object_id:
+            source = f"object {_short(self.object_id)} of {source}"
+        return (
+            f"<Published {self.kind} of {source}: epsilon +{self.epsilon_added:.4g} "
+            f"(total {self.epsilon_after:.4g}), id={self.id}>"
+        )
+
+
+class Releases(Sequence[Published]):
+    """Releases, oldest first; indexable (`[-1]` is the newest) and shown as a table."""
+
+    def __init__(self, items: Sequence[Published]) -> None:
+        self._items = list(items)
+
+    @overload
+    def __getitem__(self, index: int) -> Published: ...
+    @overload
+    def __getitem__(self, index: slice) -> Releases: ...
+    def __getitem__(self, index: int | slice) -> Published | Releases:
+        if isinstance(index, slice):
+            return Releases(self._items[index])
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Published]:
+        return iter(self._items)
+
+    def table(self) -> Table:
+        rows = [
+            [
+                f"[{i}]",
+                r.kind,
+                r.epsilon_added,
+                r.epsilon_after,
+                r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                _short(r.model_id),
+                _short(r.object_id),
+                r.id,
+            ]
+            for i, r in enumerate(self._items)
+        ]
+        columns = ["Idx", "Kind", "Epsilon added", "Epsilon after", "Created", "Model", "Object"]
+        return Table([*columns, "Id"], rows)
+
+    def __repr__(self) -> str:
+        return repr(self.table())
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One account in the admin's ledger."""
+
+    user_id: str
+    email: str
+    name: str
+    role: str
+    budget: float
+    spent: float
+    remaining: float
+    releases: int
+    delta: float
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LedgerEntry:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+class Ledger(Sequence[LedgerEntry]):
+    """Every account's budget, epsilon spent and release count (admin only)."""
+
+    def __init__(self, http: Http, entries: Sequence[LedgerEntry]) -> None:
+        self._http = http
+        self._entries = list(entries)
+
+    @overload
+    def __getitem__(self, index: int) -> LedgerEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[LedgerEntry]: ...
+    def __getitem__(self, index: int | slice) -> LedgerEntry | list[LedgerEntry]:
+        return self._entries[index]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[LedgerEntry]:
+        return iter(self._entries)
+
+    def entry(self, user: str) -> LedgerEntry:
+        """The line of one account, by e-mail or id."""
+        for entry in self._entries:
+            if user.strip().lower() in (entry.email, entry.user_id):
+                return entry
+        raise KeyError(user)
+
+    def releases(self, user: str) -> Releases:
+        """Every release of one account, by e-mail or id."""
+        data = self._http.get(f"/ledger/{user}/releases")
+        return Releases([Published.from_json(self._http, r) for r in data])
+
+    def table(self) -> Table:
+        rows = [
+            [e.email, e.role, e.budget, e.spent, e.remaining, e.releases, e.user_id]
+            for e in self._entries
+        ]
+        columns = ["Email", "Role", "Budget", "Spent", "Remaining", "Releases", "Id"]
+        return Table(columns, rows)
+
+    def __repr__(self) -> str:
+        delta = f" (epsilon at delta={self._entries[0].delta:g})" if self._entries else ""
+        return f"Privacy ledger{delta}\n{self.table()!r}"
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()

@@ -1,0 +1,188 @@
+"""The privacy ledger: what each user has spent, and the one way to spend more.
+
+Every release goes through `charge()`, inside a `Database.write_session()`: it locks
+the user's ledger row, adds the release's RDP curve, refuses if the epsilon of the sum
+(at the node's delta) would pass the user's budget, records the release and leaves the
+commit to the caller, so the release, its charge and whatever else the caller changes
+(a model's charged curve) become visible together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from veil._exceptions import BudgetExceeded
+from veil.privacy import RdpCurve
+from veil.server.db.base import new_id, utcnow
+from veil.server.db.tables.accounts import UserRow
+from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
+
+__all__ = ["Budget", "LedgerEntry", "budget", "charge", "ledger_overview"]
+
+# Float noise allowed when comparing the epsilon after a release with the budget: the
+# same curves summed in another order may differ in the last bits.
+_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A user's privacy budget at the node's delta: epsilon total, spent, remaining."""
+
+    total: float
+    spent: float
+    remaining: float
+    delta: float
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One line of the admin's ledger."""
+
+    user_id: str
+    email: str
+    name: str
+    role: str
+    budget: float
+    spent: float
+    remaining: float
+    releases: int
+
+
+def _spent(curve: list[float] | None, delta: float) -> float:
+    return 0.0 if curve is None else RdpCurve.from_list(curve).epsilon(delta)
+
+
+def budget(session: Session, *, user: UserRow, delta: float) -> Budget:
+    """The budget of `user`, its epsilon spent so far at `delta`, and what is left."""
+    curve = session.scalar(select(LedgerRow.curve).where(LedgerRow.user_id == user.id))
+    spent = _spent(curve, delta)
+    return Budget(
+        total=user.budget, spent=spent, remaining=max(0.0, user.budget - spent), delta=delta
+    )
+
+
+def ledger_overview(session: Session, *, delta: float) -> list[LedgerEntry]:
+    """Every account with its budget, epsilon spent at `delta`, and release count."""
+    curves = {row.user_id: row.curve for row in session.scalars(select(LedgerRow))}
+    counts: dict[str, int] = dict(
+        session.execute(select(ReleaseRow.user_id, func.count()).group_by(ReleaseRow.user_id)).all()
+    )
+    entries = []
+    for user in session.scalars(select(UserRow).order_by(UserRow.created_at, UserRow.email)):
+        spent = _spent(curves.get(user.id), delta)
+        entries.append(
+            LedgerEntry(
+                user_id=user.id,
+                email=user.email,
+                name=user.name,
+                role=user.role,
+                budget=user.budget,
+                spent=spent,
+                remaining=max(0.0, user.budget - spent),
+                releases=counts.get(user.id, 0),
+            )
+        )
+    return entries
+
+
+def _lock_ledger(session: Session, user_id: str) -> LedgerRow:
+    """The user's ledger row, locked until the transaction ends; created if missing.
+
+    On SQLite the immediate write transaction already holds the database's write lock
+    (FOR UPDATE renders as nothing there); on PostgreSQL the row lock serialises the
+    user's releases. Two first releases racing to create the row both run the
+    INSERT ... ON CONFLICT DO NOTHING, and then both wait for the one row.
+    """
+    query = (
+        select(LedgerRow)
+        .where(LedgerRow.user_id == user_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    row = session.scalars(query).first()
+    if row is not None:
+        return row
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(
+        insert(LedgerRow)
+        .values(user_id=user_id, curve=RdpCurve.zero().to_list(), epsilon=0.0, updated_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["user_id"])
+    )
+    return session.scalars(query).one()
+
+
+def _check_write_session(session: Session) -> None:
+    connection = session.connection()
+    immediate = connection.get_execution_options().get("sqlite_begin") == "IMMEDIATE"
+    if connection.dialect.name == "sqlite" and not immediate:
+        # A deferred SQLite transaction would let two releases read the same balance.
+        raise RuntimeError("ledger.charge() must run inside Database.write_session()")
+
+
+def charge(
+    session: Session,
+    *,
+    user: UserRow,
+    curve_added: RdpCurve,
+    delta: float,
+    kind: str,
+    mechanism: str,
+    params: Mapping[str, Any],
+    model_id: str | None = None,
+    object_id: str | None = None,
+    result_path: str | None = None,
+    result: Mapping[str, Any] | None = None,
+    release_id: str | None = None,
+) -> ReleaseRow:
+    """Charge `curve_added` to `user` and record the release; the caller commits.
+
+    Must run inside `Database.write_session()`. Raises `BudgetExceeded` (and records
+    nothing) if the epsilon of the user's ledger plus `curve_added` at `delta` passes
+    the user's budget. A zero curve (publishing what was already paid for) is never
+    refused. The release's `epsilon_added` is the growth of the ledger's epsilon.
+    """
+    _check_write_session(session)
+    ledger = _lock_ledger(session, user.id)
+    total = session.scalar(select(UserRow.budget).where(UserRow.id == user.id))
+    before = RdpCurve.from_list(ledger.curve)
+    after = before + curve_added
+    spent_before = before.epsilon(delta)
+    spent_after = after.epsilon(delta)
+    needed = max(0.0, spent_after - spent_before)
+    if not curve_added.is_zero and spent_after > total * (1 + _RTOL) + _RTOL:
+        remaining = max(0.0, total - spent_before)
+        raise BudgetExceeded(
+            f"This release needs epsilon {needed:.6g} but only {remaining:.6g} of your "
+            f"budget {total:.6g} is left (delta={delta:g}). Nothing was released or charged.",
+            needed=needed,
+            remaining=remaining,
+            budget=total,
+            delta=delta,
+        )
+    release = ReleaseRow(
+        id=release_id or new_id(),
+        user_id=user.id,
+        model_id=model_id,
+        object_id=object_id,
+        kind=kind,
+        mechanism=mechanism,
+        params=dict(params),
+        curve_added=curve_added.to_list(),
+        epsilon_added=needed,
+        epsilon_after=spent_after,
+        result_path=result_path,
+        result=dict(result) if result is not None else None,
+    )
+    session.add(release)
+    ledger.curve = after.to_list()
+    ledger.epsilon = spent_after
+    ledger.updated_at = utcnow()
+    session.flush()
+    return release
