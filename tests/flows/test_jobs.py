@@ -1,0 +1,145 @@
+"""Training jobs: cancel, failure reporting, size limits, restarts, a responsive node."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import veil
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
+from tests.flows.data import upload_images
+from tests.nodes import running_node
+from veil import nn
+
+
+def _mlp() -> nn.Model:
+    model = nn.Model()
+    model.add(nn.Rescaling(1 / 255, input_shape=(None, 1, 28, 28)))
+    model.add(nn.Flatten())
+    model.add(nn.Dense(16, activation="relu"))
+    model.add(nn.Dense(1))
+    model.add(nn.Sigmoid())
+    return model
+
+
+def test_cancel_stops_a_job_and_keeps_what_it_trained(sqlite_node) -> None:
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    upload_images(admin, n=400)
+    ds = make_ds(admin, sqlite_node)
+    data = ds.datasets["Patches"]
+    model_ptr = _mlp().compile(to=ds)
+    model_ptr.fit(data["train_images"], data["train_labels"], max_iter=500, batch_size=8, wait=False)
+    deadline = time.monotonic() + 30
+    while model_ptr.progress()["step"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # the node answers other requests while it trains
+    assert ds.privacy_budget.remaining == 10.0
+    model_ptr.cancel()
+    final = model_ptr.wait(show=False)
+    assert final["status"] == "cancelled" and 0 < final["step"] < final["steps"]
+    assert final["total_steps"] == model_ptr.refresh()._info["steps"] > 0
+    assert final["model_epsilon"] > 0  # what was trained is in the cart
+    published = model_ptr.weights().publish()
+    assert published.epsilon_added == pytest.approx(final["model_epsilon"], rel=1e-6)
+
+
+def test_a_model_over_the_size_limit_is_refused(sqlite_node) -> None:
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    admin._http.patch("/node", json={"max_params": 1000})
+    ds = make_ds(admin, sqlite_node)
+    with pytest.raises(veil.SpecError, match="param"):
+        _mlp().compile(to=ds)
+
+
+def test_batchnorm_and_unknown_layers_are_refused_by_the_node(sqlite_node) -> None:
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    ds = make_ds(admin, sqlite_node)
+    spec = _mlp().to_spec()
+    spec["layers"].append({"class_name": "BatchNorm", "config": {}})
+    with pytest.raises(veil.SpecError, match="GroupNorm"):
+        ds.models.create(spec)
+    spec["layers"][-1] = {"class_name": "Lambda", "config": {"code": "import os"}}
+    with pytest.raises(veil.SpecError, match="Dense"):
+        ds.models.create(spec)
+
+
+def test_bad_labels_and_nan_fail_before_training_and_charge_nothing(sqlite_node) -> None:
+    import numpy as np
+
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    images = np.zeros((50, 1, 28, 28), dtype=np.float32)
+    images[3, 0, 0, 0] = np.nan
+    admin.datasets.upload(
+        name="Broken", description="", assets={"x": images, "y": np.full(50, 3, dtype=np.int64)},
+        bounds={"x": (0, 1), "y": (0, 3)},
+    )
+    ds = make_ds(admin, sqlite_node)
+    data = ds.datasets["Broken"]
+    model_ptr = _mlp().compile(to=ds)
+    with pytest.raises(veil.ValidationError) as err:
+        model_ptr.fit(data["x"], data["y"], max_iter=1, batch_size=10)
+    assert "NaN" in str(err.value) or "finite" in str(err.value)
+    with pytest.raises(veil.ValidationError, match="0 or 1|labels"):
+        model_ptr.fit(data["x"][4:50], data["y"][4:50], max_iter=1, batch_size=10)
+    assert model_ptr.progress()["status"] == "idle"
+    assert ds.privacy_budget.spent == 0.0
+
+
+def test_steps_survive_a_restart(tmp_path) -> None:
+    with running_node(tmp_path / "n") as node:
+        admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
+        upload_images(admin, n=64)
+        ds = make_ds(admin, node)
+        data = ds.datasets["Patches"]
+        model_ptr = _mlp().compile(to=ds)
+        model_ptr.step(data["train_images"][0:32], data["train_labels"][0:32])
+        before = model_ptr.progress()["model_epsilon"]
+        email = ds.user.email
+    with running_node(tmp_path / "n") as node:
+        ds = login(node, email, "ds-password-123")
+        model_ptr = ds.models.get(model_ptr.id)
+        data = ds.datasets["Patches"]
+        assert model_ptr.progress()["model_epsilon"] == pytest.approx(before)
+        model_ptr.step(data["train_images"][32:64], data["train_labels"][32:64])
+        assert model_ptr.progress()["model_epsilon"] == pytest.approx(before)  # disjoint rows
+        assert model_ptr.refresh()._info["steps"] == 2
+
+
+def test_a_training_model_refuses_steps(sqlite_node) -> None:
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    upload_images(admin, n=400)
+    ds = make_ds(admin, sqlite_node)
+    data = ds.datasets["Patches"]
+    model_ptr = _mlp().compile(to=ds)
+    model_ptr.fit(data["train_images"], data["train_labels"], max_iter=200, batch_size=8, wait=False)
+    with pytest.raises(veil.Conflict):
+        model_ptr.step(data["train_images"][0:8], data["train_labels"][0:8])
+    with pytest.raises(veil.Conflict):
+        model_ptr.fit(data["train_images"], data["train_labels"], wait=False)
+    model_ptr.cancel()
+    model_ptr.wait(show=False)
+
+
+def test_many_clients_are_served_while_training(sqlite_node) -> None:
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    upload_images(admin, n=400)
+    ds = make_ds(admin, sqlite_node)
+    data = ds.datasets["Patches"]
+    model_ptr = _mlp().compile(to=ds)
+    model_ptr.fit(data["train_images"], data["train_labels"], max_iter=200, batch_size=8, wait=False)
+    answers: list[str] = []
+
+    def read() -> None:
+        for _ in range(5):
+            answers.append(ds.datasets[0].name)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert answers == ["Patches"] * 20
+    model_ptr.cancel()
+    model_ptr.wait(show=False)
