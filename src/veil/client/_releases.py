@@ -102,11 +102,14 @@ class Published:
         return data
 
     def __repr__(self) -> str:
-        source = f"model {_short(self.model_id)}" if self.model_id else ""
         if self.object_id:
-            source = f"object {_short(self.object_id)} of {source}"
+            what = f"object {_short(self.object_id)} (of model {_short(self.model_id)})"
+        elif self.model_id:
+            what = f"{self.kind} of model {_short(self.model_id)}"
+        else:
+            what = self.kind
         return (
-            f"<Published {self.kind} of {source}: epsilon +{self.epsilon_added:.4g} "
+            f"<Published {what}: epsilon +{self.epsilon_added:.4g} "
             f"(total {self.epsilon_after:.4g}), id={self.id}>"
         )
 
