@@ -17,10 +17,23 @@ from veil._exceptions import (
     VeilError,
 )
 
-from veil.client import Client, PrivacyBudget, PrivatePointer, Published, WeightsPointer, login
+from veil.client import (
+    AssetPointer,
+    Client,
+    Dataset,
+    DatasetsView,
+    PrivacyBudget,
+    PrivatePointer,
+    Published,
+    WeightsPointer,
+    login,
+)
 
 __all__ = [
+    "AssetPointer",
     "Client",
+    "Dataset",
+    "DatasetsView",
     "PrivacyBudget",
     "PrivatePointer",
     "Published",

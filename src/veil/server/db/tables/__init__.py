@@ -1,10 +1,14 @@
 """Every table of the node; importing this registers them all on Base.metadata."""
 
 from veil.server.db.tables.accounts import NodeRow, TokenRow, UserRow
+from veil.server.db.tables.datasets import AssetRow, AssetViewRow, DatasetRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
 from veil.server.db.tables.models import DraftRow, JobEpochRow, JobRow, ModelRow, PrivateObjectRow
 
 __all__ = [
+    "AssetRow",
+    "AssetViewRow",
+    "DatasetRow",
     "DraftRow",
     "JobEpochRow",
     "JobRow",

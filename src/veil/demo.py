@@ -1,0 +1,166 @@
+"""The demo datasets: a private train split for the node, a public test split for you.
+
+```python
+import veil.demo
+test_x, test_y = veil.demo.public_test_split("BreastCancerWisconsin")
+```
+
+- `BreastCancerDataset`: IDC-style histology patches (uint8, N x 3 x 50 x 50; labels 0 =
+  non-IDC, 1 = IDC), generated with a fixed seed: IDC patches are crowded with dark,
+  purple-stained nuclei, non-IDC patches are mostly pink stroma, with overlap, so a
+  model has something real but not trivial to learn.
+- `BreastCancerWisconsin`: the Wisconsin Diagnostic data scikit-learn ships (30 float
+  features; labels 0 = malignant, 1 = benign, as in scikit-learn).
+- `Digits`: the 8 x 8 handwritten digits scikit-learn ships (uint8 N x 1 x 8 x 8 with
+  values 0..16; labels 0..9).
+
+Each is split once, with a fixed seed, into a private train part (the node's, via
+`private_train_split`) and a disjoint public test part. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+
+__all__ = [
+    "DEMO_DATASETS",
+    "DemoDataset",
+    "demo_dataset",
+    "private_train_split",
+    "public_test_split",
+]
+
+_SEED = 20240501
+_TEST_FRACTION = 0.2
+
+IDC_DESCRIPTION = (
+    "Invasive Ductal Carcinoma (IDC) is the most common subtype of all breast cancers. "
+    "The modified dataset consisted of 162 whole mount slide images of Breast Cancer (BCa) "
+    "specimens scanned at 40x. Patches of size 50 x 50 were extracted from the original "
+    "image. The labels 0 is non-IDC and 1 is IDC."
+)
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    """How one demo dataset is made and what the node is told about it (all public)."""
+
+    name: str
+    description: str
+    x_asset: str
+    y_asset: str
+    make: Callable[[], tuple[np.ndarray, np.ndarray]]
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _idc_patches(n: int = 1250, side: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(_SEED)
+    labels = (rng.random(n) < 0.4).astype(np.int64)
+    # Nuclei: a smooth random field, bilinearly upsampled from a coarse grid, thresholded
+    # at a per-patch density that is higher, but overlapping, for IDC.
+    coarse = rng.random((n, 11, 11))
+    grid = np.linspace(0, 10, side)
+    low = np.floor(grid).astype(int).clip(max=9)
+    frac = grid - low
+    up = np.zeros((side, 11))
+    up[np.arange(side), low] = 1 - frac
+    up[np.arange(side), low + 1] += frac
+    smooth = up @ coarse @ up.T
+    density = np.where(labels == 1, rng.uniform(0.30, 0.65, n), rng.uniform(0.10, 0.40, n))
+    ranked = np.sort(smooth.reshape(n, -1), axis=1)
+    cut = ranked[np.arange(n), (density * (ranked.shape[1] - 1)).astype(int)]
+    nuclei = (1 / (1 + np.exp((smooth - cut[:, None, None]) * 40))).astype(np.float32)
+    stroma = np.array([235, 180, 210], dtype=np.float32)[None, :, None, None]
+    stain = np.array([110, 55, 145], dtype=np.float32)[None, :, None, None]
+    images = stroma + (stain - stroma) * nuclei[:, None]
+    images += rng.standard_normal(images.shape, dtype=np.float32) * 14
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def _wisconsin() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    return data.data.astype(np.float32), data.target.astype(np.int64)
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = data.images.astype(np.uint8)[:, None, :, :]
+    return images, data.target.astype(np.int64)
+
+
+DEMO_DATASETS: dict[str, DemoDataset] = {
+    d.name: d
+    for d in (
+        DemoDataset(
+            name="BreastCancerDataset",
+            description=IDC_DESCRIPTION,
+            x_asset="train_images",
+            y_asset="train_labels",
+            make=_idc_patches,
+            bounds={"train_labels": (0, 1)},
+        ),
+        DemoDataset(
+            name="BreastCancerWisconsin",
+            description=(
+                "Breast Cancer Wisconsin (Diagnostic): 30 features computed from digitized "
+                "images of fine needle aspirates of breast masses (scikit-learn's copy). "
+                "The labels 0 is malignant and 1 is benign."
+            ),
+            x_asset="features",
+            y_asset="labels",
+            make=_wisconsin,
+            # Public knowledge of the feature ranges (the largest, worst area, is < 4300).
+            bounds={"features": (0, 4300), "labels": (0, 1)},
+        ),
+        DemoDataset(
+            name="Digits",
+            description=(
+                "Handwritten digits (UCI, scikit-learn's copy): 8 x 8 grey images with values "
+                "0..16, one channel. The labels are the digits 0..9."
+            ),
+            x_asset="images",
+            y_asset="labels",
+            make=_digits,
+            bounds={"images": (0, 16), "labels": (0, 9)},
+        ),
+    )
+}
+
+
+def demo_dataset(name: str) -> DemoDataset:
+    try:
+        return DEMO_DATASETS[name]
+    except KeyError:
+        raise KeyError(f"No demo dataset {name!r}. Demo datasets: {list(DEMO_DATASETS)}") from None
+
+
+@cache
+def _split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    x, y = demo_dataset(name).make()
+    order = np.random.default_rng(_SEED).permutation(len(y))
+    n_test = int(round(len(y) * _TEST_FRACTION))
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    for array in (x, y):
+        array.flags.writeable = False  # cached: callers get copies by fancy indexing
+    return x, y, train, test
+
+
+def public_test_split(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the demo dataset's public test split; never on the node."""
+    x, y, _, test = _split(name)
+    return x[test], y[test]
+
+
+def private_train_split(name: str) -> dict[str, np.ndarray]:
+    """The node's private train split, as {asset name: array}."""
+    spec = demo_dataset(name)
+    x, y, train, _ = _split(name)
+    return {spec.x_asset: x[train], spec.y_asset: y[train]}

@@ -1,0 +1,91 @@
+"""Pointers to assets and to views of them: metadata, slicing, mocks, private values."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, StrictInt
+
+from veil.server.api.deps import ContextDep, CurrentUser, SessionDep
+from veil.server.api.schemas import Strict
+from veil.server.services import datasets
+from veil.server.services.datasets import PointerInfo
+
+router = APIRouter(prefix="/assets", tags=["assets"])
+
+NPY = "application/octet-stream"
+
+
+class PointerOut(BaseModel):
+    id: str
+    dataset_id: str
+    asset_id: str
+    name: str
+    dtype: str
+    shape: list[int]
+    start: int
+    stop: int
+    step: int
+    is_view: bool
+    bounds: tuple[float, float] | None
+    mock_source: str
+    mock_rows: int
+
+    @classmethod
+    def of(cls, info: PointerInfo) -> PointerOut:
+        return cls(
+            id=info.id,
+            dataset_id=info.dataset_id,
+            asset_id=info.asset_id,
+            name=info.name,
+            dtype=info.dtype,
+            shape=list(info.shape),
+            start=info.start,
+            stop=info.stop,
+            step=info.step,
+            is_view=info.is_view,
+            bounds=info.bounds,
+            mock_source=info.mock_source,
+            mock_rows=info.mock_rows,
+        )
+
+
+class SliceIn(Strict):
+    # Strict ints: "3" or true are mistakes, not indices.
+    start: StrictInt | None = None
+    stop: StrictInt | None = None
+    step: StrictInt | None = None
+
+
+@router.get("/{pointer_id}")
+def read_pointer(pointer_id: str, session: SessionDep, user: CurrentUser) -> PointerOut:
+    return PointerOut.of(datasets.pointer_info(session, user=user, pointer_id=pointer_id))
+
+
+@router.post("/{pointer_id}/slice", status_code=201)
+def slice_pointer(
+    pointer_id: str, body: SliceIn, session: SessionDep, user: CurrentUser
+) -> PointerOut:
+    info = datasets.slice_pointer(
+        session, user=user, pointer_id=pointer_id, start=body.start, stop=body.stop, step=body.step
+    )
+    return PointerOut.of(info)
+
+
+@router.get("/{pointer_id}/mock")
+def read_mock(pointer_id: str, ctx: ContextDep, session: SessionDep, user: CurrentUser) -> Response:
+    mock = datasets.read_mock(session, ctx.arrays, user=user, pointer_id=pointer_id)
+    out = io.BytesIO()
+    np.save(out, mock, allow_pickle=False)
+    return Response(content=out.getvalue(), media_type=NPY)
+
+
+@router.get("/{pointer_id}/data")
+def read_data(
+    pointer_id: str, ctx: ContextDep, session: SessionDep, user: CurrentUser
+) -> StreamingResponse:
+    size, chunks = datasets.private_npy(session, ctx.arrays, user=user, pointer_id=pointer_id)
+    return StreamingResponse(chunks, media_type=NPY, headers={"Content-Length": str(size)})

@@ -1,0 +1,131 @@
+"""Asset pointers through the client: metadata, slicing on the node, mocks, `.get()`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import veil
+from tests.conftest import make_ds
+from tests.server.test_datasets import raw_http
+from veil.server.db.tables.accounts import UserRow
+from veil.server.services.datasets import resolve_pointer
+
+N = 30
+
+
+@pytest.fixture
+def data(admin) -> np.ndarray:
+    """A private array whose row i holds i, so every slice is easy to check."""
+    values = np.repeat(np.arange(N, dtype=np.float32), 6).reshape(N, 2, 3)
+    owner_mock = values[:12] * 0 - 1  # 12 mock rows, all -1
+    admin.datasets.upload(
+        name="Rows",
+        description="row i holds i",
+        assets={"x": values, "y": np.arange(N, dtype=np.int64)},
+        mock={"x": owner_mock},
+        bounds={"y": (0, N - 1)},
+    )
+    return values
+
+
+def test_pointer_metadata(data, ds) -> None:
+    dataset = ds.datasets["Rows"]
+    x = dataset["x"]
+    assert x.public_shape == (N, 2, 3) and len(x) == N and x.dtype == np.float32
+    assert x.name == "x" and x.dataset_id == dataset.id and x.id == x.asset_id
+    assert not x.is_view and "x" in repr(x) and "(30, 2, 3)" in repr(x)
+    np.testing.assert_array_equal(x.mock, np.full((12, 2, 3), -1, np.float32))
+    y = dataset["y"]
+    assert y.mock.shape == (N,) and y.mock.dtype == np.int64 and y.bounds == (0, N - 1)
+    assert y.mock.min() >= 0 and y.mock.max() <= N - 1
+    for pointer in (x, x[0:2]):
+        with pytest.raises(veil.PermissionDenied, match=r"only through publish\(\)"):
+            pointer.get()
+
+
+SLICES = [
+    slice(2, 10),
+    slice(2, 10, 3),
+    slice(-5, None),
+    slice(None, -3),
+    slice(-100, 3),
+    slice(25, 100),
+    slice(100, 200),
+    slice(10, 5),
+    slice(None, None, 7),
+    slice(np.int64(1), np.int32(4)),
+]
+
+
+def test_slices_follow_python(data, admin) -> None:
+    x = admin.datasets["Rows"]["x"]
+    for key in SLICES:
+        view = x[key]
+        expected = data[key]
+        assert view.is_view and view.id != x.id and view.asset_id == x.id, key
+        assert view.public_shape == expected.shape and len(view) == len(expected), key
+        np.testing.assert_array_equal(view.get(), expected)
+        # The mock is sliced alike, as far as its 12 rows go.
+        mock_rows = [i for i in range(N)[key] if i < 12]
+        np.testing.assert_array_equal(view.mock, np.full((len(mock_rows), 2, 3), -1, np.float32))
+
+
+def test_slice_of_a_slice_composes_and_bad_keys_are_refused(data, ds, admin) -> None:
+    x = ds.datasets["Rows"]["x"]
+    inner = x[3:28:2][1:-1:3]
+    assert inner.public_shape == data[3:28:2][1:-1:3].shape
+    assert list(inner.rows) == list(range(N)[3:28:2][1:-1:3])
+    again = x[3:28:2][1:-1:3]
+    assert again.id == inner.id  # the same rows by the same user: the same view
+    np.testing.assert_array_equal(admin.datasets["Rows"]["x"][5:27:6].get(), data[5:27:6])
+    for key in BAD_KEYS:
+        with pytest.raises(veil.ValidationError):
+            x[key]
+
+
+BAD_KEYS = [
+    3,
+    -1,
+    "a",
+    (slice(0, 2), 0),
+    slice(0, 4, 0),
+    slice(4, 0, -1),
+    slice(1.5, 3),
+    slice(True, 3),
+    Ellipsis,
+]
+
+
+def test_views_belong_to_their_maker(data, admin, ds, node) -> None:
+    view = ds.datasets["Rows"]["x"][0:5]
+    other = make_ds(admin, node)
+    with raw_http(node, other) as http:
+        for path in (f"/assets/{view.id}", f"/assets/{view.id}/mock"):
+            answer = http.get(path)
+            assert answer.status_code == 404 and answer.json()["error"] == "NotFound"
+        assert http.post(f"/assets/{view.id}/slice", json={"start": 1}).status_code == 404
+    with node.ctx.db.session() as session:
+        stranger = session.get(UserRow, other.user.id)
+        with pytest.raises(veil.NotFound):
+            resolve_pointer(session, node.ctx.arrays, user=stranger, pointer_id=view.id)
+    with raw_http(node, admin) as http:  # the admin sees every view
+        assert http.get(f"/assets/{view.id}").json()["shape"] == [5, 2, 3]
+
+
+def test_resolve_pointer_contract(data, ds, node) -> None:
+    x = ds.datasets["Rows"]["x"]
+    view = x[4:20:5]
+    with node.ctx.db.session() as session:
+        user = session.get(UserRow, ds.user.id)
+        whole = resolve_pointer(session, node.ctx.arrays, user=user, pointer_id=x.id)
+        part = resolve_pointer(session, node.ctx.arrays, user=user, pointer_id=view.id)
+        with pytest.raises(veil.NotFound):
+            resolve_pointer(session, node.ctx.arrays, user=user, pointer_id="nope")
+    assert isinstance(whole.array, np.memmap) and not whole.array.flags.writeable
+    assert whole.dataset_id == x.dataset_id and whole.asset_id == x.id and whole.asset_name == "x"
+    np.testing.assert_array_equal(whole.rows, np.arange(N))
+    assert whole.n_asset_rows == N and whole.shape == (N, 2, 3) and whole.dtype == "float32"
+    assert part.rows.dtype == np.int64 and part.rows.tolist() == [4, 9, 14, 19]
+    assert part.asset_id == x.id and part.shape == (4, 2, 3) and part.n_asset_rows == N
+    np.testing.assert_array_equal(part.array[part.rows], data[4:20:5])
