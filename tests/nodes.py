@@ -59,8 +59,8 @@ class RunningNode:
 @contextlib.contextmanager
 def running_node(data_dir: Path, backend: str = "sqlite", **overrides: object) -> Iterator[RunningNode]:
     with contextlib.ExitStack() as stack:
-        database_url = None
-        if backend == "postgres":
+        database_url = overrides.pop("database_url", None)
+        if backend == "postgres" and database_url is None:
             database_url = stack.enter_context(fresh_postgres_url())
         port = free_port()
         settings = Settings(
