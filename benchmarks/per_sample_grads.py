@@ -74,27 +74,34 @@ def opacus_grads(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], dic
     def run(x: torch.Tensor, y: torch.Tensor) -> dict:
         gsm.zero_grad(set_to_none=True)
         out = gsm(x)
-        loss = nn.functional.binary_cross_entropy_with_logits(
-            out, y.view(-1, 1), reduction="sum"
-        )
+        loss = nn.functional.binary_cross_entropy_with_logits(out, y.view(-1, 1), reduction="sum")
         loss.backward()
         return {k: p.grad_sample for k, p in gsm.named_parameters()}
 
     return run
 
 
-def time_it(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
+def time_pair(
+    first: Callable[[], object], second: Callable[[], object], repeats: int, device: torch.device
+) -> tuple[float, float]:
+    """Median times of two functions, run alternately so that load on a shared machine
+    slows both alike."""
+
+    def once(fn: Callable[[], object]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+    first(), second()  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        times[0].append(once(first))
+        times[1].append(once(second))
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def check_agree(a: dict, b: dict) -> float:
@@ -125,8 +132,12 @@ def main() -> None:
             by_vmap = vmap_grads(model)
             by_opacus = opacus_grads(model)
             diff = check_agree(by_vmap(x, y), by_opacus(x, y))
-            t_vmap = time_it(lambda f=by_vmap, x=x, y=y: f(x, y), args.repeats, device)
-            t_opacus = time_it(lambda f=by_opacus, x=x, y=y: f(x, y), args.repeats, device)
+            t_vmap, t_opacus = time_pair(
+                lambda f=by_vmap, x=x, y=y: f(x, y),
+                lambda f=by_opacus, x=x, y=y: f(x, y),
+                args.repeats,
+                device,
+            )
             rows.append(
                 {
                     "model": name,

@@ -1,0 +1,424 @@
+"""`DPTrainer`: DP-SGD on numpy (or memory-mapped) arrays, for the node and for local use."""
+
+from __future__ import annotations
+
+import copy
+import math
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from veil._exceptions import ValidationError
+from veil.engine._build import build_module
+from veil.engine._checkpoint import (
+    CHECKPOINT_FORMAT,
+    numpy_state,
+    optimizer_state,
+    restore_numpy_state,
+    restore_optimizer_state,
+)
+from veil.engine._data import check_data, check_rows, input_tensor, target_tensor
+from veil.engine._dpsgd import clip_and_sum, per_example_grads
+from veil.engine._objective import Objective
+from veil.engine._results import EpochInfo, FitResult, StepInfo, StepResult
+from veil.engine._sampling import poisson_batch, sampling_rate, steps_per_epoch
+from veil.nn import SGD, Adam, Adamax, Dropout, ModelSpec, Optimizer, RMSprop
+
+__all__ = ["DPTrainer"]
+
+# Per-example gradients of one chunk hold chunk * params floats: cap that, so a large
+# Poisson batch of a large model is processed in pieces instead of exhausting memory.
+_GRAD_ELEMENTS = 1 << 26
+_EVAL_BATCH = 1024
+
+
+def _torch_optimizer(
+    spec: Optimizer, params: Sequence[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
+    if isinstance(spec, SGD):
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum)
+    by_type: dict[type[Optimizer], type[torch.optim.Optimizer]] = {
+        Adamax: torch.optim.Adamax,
+        Adam: torch.optim.Adam,
+        RMSprop: torch.optim.RMSprop,
+    }
+    return by_type[type(spec)](params, lr=spec.lr)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValidationError(
+            f"Expected a torch device such as 'cpu' or 'cuda'. Received: device={device!r}"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValidationError(
+            f"Expected device='cpu': CUDA is not available here. Received: device={device!r}"
+        )
+    return resolved
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValidationError(f"Expected {name} of a positive int. Received: {name}={value!r}")
+    return int(value)
+
+
+def _seeds(seed: int | None) -> list[int]:
+    """Four independent 64-bit seeds (weights, noise, dropout, sampling)."""
+    if seed is None:
+        seed = secrets.randbits(128)
+    elif isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValidationError(f"Expected seed of a non-negative int or None. Received: {seed!r}")
+    children = np.random.SeedSequence(int(seed)).spawn(4)
+    return [int(c.generate_state(1, np.uint64)[0]) for c in children]
+
+
+class DPTrainer:
+    """DP-SGD for one `ModelSpec`.
+
+    Without `seed`, weights, noise, dropout masks and sampling come from a secure seed
+    (`secrets`); with one, runs repeat exactly. Noise comes from torch's generator
+    (Mersenne Twister) seeded that way; the checkpoint stores its state, so a
+    checkpoint must be kept as private as the data.
+    """
+
+    def __init__(
+        self, spec: ModelSpec, *, seed: int | None = None, device: str | torch.device = "cpu"
+    ) -> None:
+        if not isinstance(spec, ModelSpec):
+            raise ValidationError(f"DPTrainer expects a ModelSpec. Received: {type(spec).__name__}")
+        self.spec = spec
+        self.device = _device(device)
+        self.objective = Objective.from_spec(spec)
+        init_seed = _seeds(seed)[0]
+        module = build_module(spec, generator=torch.Generator().manual_seed(init_seed))
+        self.module = module.to(self.device)
+        self._names = [name for name, _ in self.module.named_parameters()]
+        self.optimizer = _torch_optimizer(spec.optimizer, list(self.module.parameters()))
+        self._per_example = per_example_grads(self.module, self.objective)
+        self._chunk = max(1, _GRAD_ELEMENTS // spec.param_count)
+        inputs = (spec.input_shape, *spec.shapes[:-1])
+        self._dropouts = [
+            (layer.rate, tuple(int(d) for d in shape[1:]))  # type: ignore[arg-type]
+            for layer, shape in zip(spec.layers, inputs, strict=True)
+            if isinstance(layer, Dropout)
+        ]
+        self.steps_done = 0
+        self.reseed(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        """New noise, dropout and sampling streams (weights stay as they are)."""
+        _, noise, dropout, sampling = _seeds(seed)
+        self._noise = torch.Generator(device=self.device).manual_seed(noise)
+        self._dropout = torch.Generator(device=self.device).manual_seed(dropout)
+        self._sampler = np.random.Generator(np.random.PCG64(sampling))
+
+    # DP parameters -------------------------------------------------------------------
+
+    def _dp(
+        self, noise_multiplier: float | None, max_grad_norm: float | None
+    ) -> tuple[float, float]:
+        values = []
+        for name, given, default in (
+            ("noise_multiplier", noise_multiplier, self.spec.noise_multiplier),
+            ("max_grad_norm", max_grad_norm, self.spec.max_grad_norm),
+        ):
+            value = default if given is None else given
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValidationError(
+                    f"Expected {name} of a finite number > 0 (DP-SGD cannot be switched off). "
+                    f"Received: {name}={value!r}"
+                )
+            values.append(float(value))
+        return values[0], values[1]
+
+    # One DP-SGD update ----------------------------------------------------------------
+
+    def _masks(self, rows: int) -> list[torch.Tensor]:
+        masks = []
+        for rate, shape in self._dropouts:
+            keep = torch.full((rows, *shape), 1.0 - rate, device=self.device)
+            masks.append(torch.bernoulli(keep, generator=self._dropout) / (1.0 - rate))
+        return masks
+
+    def _update(
+        self, xb: np.ndarray, yb: np.ndarray, sigma: float, clip: float, denominator: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip, sum, noise, divide by `denominator`, optimizer step.
+        Returns the batch's per-example losses and outputs (before the update)."""
+        self.module.train()
+        x = input_tensor(xb, self.device)
+        y = target_tensor(self.objective, self.spec, yb, self.device)
+        params = {name: p.detach() for name, p in self.module.named_parameters()}
+        buffers = dict(self.module.named_buffers())
+        masks = self._masks(x.shape[0])
+        sums = {name: torch.zeros_like(p) for name, p in params.items()}
+        losses, outputs = [], []
+        for start in range(0, x.shape[0], self._chunk):
+            part = slice(start, start + self._chunk)
+            grads, loss, out = self._per_example(
+                params, buffers, x[part], y[part], [m[part] for m in masks]
+            )
+            clipped, _ = clip_and_sum(grads, clip)
+            for name in sums:
+                sums[name] += clipped[name]
+            losses.append(loss)
+            outputs.append(out)
+        for name, p in self.module.named_parameters():
+            noise = torch.randn(p.shape, generator=self._noise, device=self.device) * (sigma * clip)
+            p.grad = (sums[name] + noise) / denominator
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps_done += 1
+        if not losses:
+            out_shape = tuple(int(d) for d in self.spec.output_shape[1:])  # type: ignore[arg-type]
+            return torch.zeros(0, device=self.device), torch.zeros((0, *out_shape))
+        return torch.cat(losses), torch.cat(outputs)
+
+    # Public training API -------------------------------------------------------------
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        train_rows: np.ndarray,
+        epochs: int,
+        batch_size: int,
+        noise_multiplier: float | None = None,
+        max_grad_norm: float | None = None,
+        val_rows: np.ndarray | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
+        on_epoch: Callable[[EpochInfo], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FitResult:
+        """DP-SGD with Poisson sampling over `train_rows` of x, y (memmaps welcome).
+
+        Each epoch runs `steps_per_epoch(len(train_rows), batch_size)` steps, each on a
+        Poisson sample at rate q = batch_size / len(train_rows) (empty batches included:
+        a noise-only step). The clipped gradient sum plus N(0, (sigma C)^2) noise is
+        divided by the expected batch size q * len(train_rows). Validation metrics are
+        raw, on `val_rows` (disjoint from `train_rows`), after each full epoch.
+        `should_stop()` is asked after every step; True ends the run there.
+        """
+        sigma, clip = self._dp(noise_multiplier, max_grad_norm)
+        epochs = _positive_int("epochs", epochs)
+        batch_size = _positive_int("batch_size", batch_size)
+        check_data(self.spec, x, y)
+        n = int(x.shape[0])
+        train = check_rows("train_rows", train_rows, n)
+        if train.size == 0:
+            raise ValidationError("Expected at least one training row. Received: none")
+        val = check_rows("val_rows", [] if val_rows is None else val_rows, n)
+        if np.intersect1d(train, val).size:
+            raise ValidationError(
+                "Expected val_rows disjoint from train_rows. Received: rows in both"
+            )
+        q = sampling_rate(len(train), batch_size)
+        per_epoch = steps_per_epoch(len(train), batch_size)
+        total = epochs * per_epoch
+        expected = q * len(train)
+        done, seen, stopped, history = 0, 0, False, []
+        for epoch in range(1, epochs + 1):
+            for _ in range(per_epoch):
+                rows = poisson_batch(self._sampler, train, q)
+                self._update(x[rows], y[rows], sigma, clip, expected)
+                done += 1
+                seen += len(rows)
+                if on_step is not None:
+                    on_step(StepInfo(epoch, done, total, seen, len(rows)))
+                if should_stop is not None and should_stop():
+                    stopped = True
+                    break
+            if stopped:
+                break
+            if val.size:
+                val_loss, val_acc, n_val = self._evaluate(x, y, val)
+                info = EpochInfo(epoch, val_loss, val_acc, n_val)
+            else:
+                info = EpochInfo(epoch, None, None, 0)
+            history.append(info)
+            if on_epoch is not None:
+                on_epoch(info)
+        return FitResult(done, total, len(history), stopped, q, per_epoch, tuple(history))
+
+    def step(
+        self,
+        x_batch: np.ndarray,
+        y_batch: np.ndarray,
+        *,
+        noise_multiplier: float | None = None,
+        max_grad_norm: float | None = None,
+    ) -> StepResult:
+        """One DP-SGD step on exactly these rows (no sampling), normalised by the public
+        batch size len(x_batch). Loss and predictions are from before the update."""
+        sigma, clip = self._dp(noise_multiplier, max_grad_norm)
+        check_data(self.spec, x_batch, y_batch)
+        if x_batch.shape[0] == 0:
+            raise ValidationError("Expected a batch of at least one row. Received: 0 rows")
+        losses, outputs = self._update(x_batch, y_batch, sigma, clip, float(x_batch.shape[0]))
+        loss = float(self.objective.clipped(losses).double().mean())
+        preds = self.objective.probabilities(outputs).detach().cpu().numpy()
+        return StepResult(loss, preds)
+
+    # Evaluation --------------------------------------------------------------------
+
+    def _evaluate(
+        self, x: np.ndarray, y: np.ndarray, rows: np.ndarray
+    ) -> tuple[float, float | None, int]:
+        self.module.eval()
+        loss_sum, correct_sum = 0.0, 0.0
+        with torch.no_grad():
+            for start in range(0, len(rows), _EVAL_BATCH):
+                idx = rows[start : start + _EVAL_BATCH]
+                xb = input_tensor(x[idx], self.device)
+                yb = target_tensor(self.objective, self.spec, y[idx], self.device)
+                out = self.module(xb, logits=True)
+                loss_sum += float(
+                    self.objective.clipped(self.objective.per_example(out, yb)).double().sum()
+                )
+                correct = self.objective.correct(self.objective.probabilities(out), yb)
+                if correct is not None:
+                    correct_sum += float(correct.double().sum())
+        n = len(rows)
+        accuracy = None if self.objective.kind == "mse" else correct_sum / n
+        return loss_sum / n, accuracy, n
+
+    def evaluate(
+        self, x: np.ndarray, y: np.ndarray, *, rows: np.ndarray | None = None
+    ) -> tuple[float, float | None, int]:
+        """(mean loss clipped to [0, loss_bound], accuracy or None for MSE, rows used). Raw."""
+        check_data(self.spec, x, y)
+        n = int(x.shape[0])
+        chosen = np.arange(n) if rows is None else check_rows("rows", rows, n)
+        if chosen.size == 0:
+            raise ValidationError("Expected at least one row to evaluate. Received: none")
+        return self._evaluate(x, y, chosen)
+
+    def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """The model's output (probabilities when it ends in Sigmoid/Softmax), float32."""
+        check_data(self.spec, x)
+        batch_size = _positive_int("batch_size", batch_size)
+        self.module.eval()
+        out_shape = tuple(int(d) for d in self.spec.output_shape[1:])  # type: ignore[arg-type]
+        parts = [np.zeros((0, *out_shape), dtype=np.float32)]
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                xb = input_tensor(x[start : start + batch_size], self.device)
+                parts.append(self.module(xb).cpu().numpy())
+        return np.concatenate(parts)
+
+    # Weights and checkpoints ---------------------------------------------------------
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Trainable parameters as float32 arrays, named `<layer index>.weight`/`.bias`."""
+        return {name: p.detach().cpu().numpy().copy() for name, p in self.module.named_parameters()}
+
+    def set_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Replace the parameters; names, shapes, dtype (float32) and finiteness checked."""
+        if not isinstance(weights, Mapping):
+            raise ValidationError(
+                f"set_weights expects a dict of arrays. Received: {type(weights).__name__}"
+            )
+        missing = sorted(set(self._names) - set(weights))
+        unexpected = sorted(set(map(str, weights)) - set(self._names))
+        if missing or unexpected:
+            raise ValidationError(
+                f"set_weights expects the names {self._names}. Received: missing {missing}, "
+                f"unexpected {unexpected}",
+                expected=self._names,
+                missing=missing,
+                unexpected=unexpected,
+            )
+        params = dict(self.module.named_parameters())
+        for name in self._names:
+            value, expected = weights[name], tuple(params[name].shape)
+            if not isinstance(value, np.ndarray):
+                raise ValidationError(
+                    f"set_weights expects {name!r} as a numpy array. "
+                    f"Received: {type(value).__name__}"
+                )
+            if value.shape != expected or value.dtype != np.float32:
+                raise ValidationError(
+                    f"set_weights expects {name!r} of shape {expected} and dtype float32. "
+                    f"Received: shape {value.shape}, dtype {value.dtype}",
+                    name=name,
+                    expected=list(expected),
+                    received=list(value.shape),
+                )
+            if not np.isfinite(value).all():
+                raise ValidationError(
+                    f"set_weights expects finite values in {name!r}. Received: NaN or infinity"
+                )
+        with torch.no_grad():
+            for name in self._names:
+                params[name].copy_(torch.as_tensor(weights[name]))
+
+    def to_torch(self) -> torch.nn.Module:
+        """A copy of the module on the CPU in eval mode; `forward(x)` gives probabilities."""
+        return copy.deepcopy(self.module).cpu().eval()
+
+    def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, meta): weights, optimizer state and random-generator states as flat
+        named CPU tensors (safetensors-ready), the rest as a JSON-able dict. No pickle."""
+        tensors = {
+            f"param.{name}": p.detach().cpu().clone().contiguous()
+            for name, p in self.module.named_parameters()
+        }
+        optim_tensors, optim_meta = optimizer_state(self.optimizer, self._names)
+        tensors.update(optim_tensors)
+        tensors["rng.noise"] = self._noise.get_state()
+        tensors["rng.dropout"] = self._dropout.get_state()
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "spec": self.spec.to_dict(),
+            "steps_done": self.steps_done,
+            "optimizer": optim_meta,
+            "sampler": numpy_state(self._sampler),
+        }
+        return tensors, meta
+
+    def load_checkpoint(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Resume exactly from `checkpoint()`; keys, shapes and the spec are checked."""
+        if not isinstance(meta, Mapping) or meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValidationError(
+                f"Expected a checkpoint of format {CHECKPOINT_FORMAT}. "
+                f"Received: {meta.get('format') if isinstance(meta, Mapping) else meta!r}"
+            )
+        if meta.get("spec") != self.spec.to_dict():
+            raise ValidationError("This checkpoint belongs to a different model spec")
+        expected = {f"param.{n}" for n in self._names} | {"rng.noise", "rng.dropout"}
+        missing = sorted(expected - set(tensors))
+        unknown = sorted(k for k in tensors if k not in expected and not k.startswith("optim."))
+        if missing or unknown:
+            raise ValidationError(
+                f"Checkpoint tensors do not fit this trainer. Received: "
+                f"missing {missing}, unknown {unknown}"
+            )
+        params = dict(self.module.named_parameters())
+        for name in self._names:
+            value = tensors[f"param.{name}"]
+            if tuple(value.shape) != tuple(params[name].shape):
+                raise ValidationError(
+                    f"Checkpoint {name!r} has shape {tuple(value.shape)}; "
+                    f"expected {tuple(params[name].shape)}"
+                )
+        with torch.no_grad():
+            for name in self._names:
+                params[name].copy_(tensors[f"param.{name}"])
+        optim = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+        restore_optimizer_state(self.optimizer, self._names, optim, meta.get("optimizer", {}))
+        self._noise.set_state(tensors["rng.noise"])
+        self._dropout.set_state(tensors["rng.dropout"])
+        restore_numpy_state(self._sampler, meta.get("sampler", {}))
+        self.steps_done = int(meta.get("steps_done", 0))

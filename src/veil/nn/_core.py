@@ -1,0 +1,199 @@
+"""Core layers: `Flatten`, `Dense` (alias `Linear`), `Dropout`, `GroupNorm`,
+`Rescaling`, `Normalization`, and `BatchNorm`, which only refuses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+from veil._exceptions import SpecError
+from veil.nn._config import Shape, check_activation, check_float, check_int, format_shape
+from veil.nn._layer import ACTIVATION_FLOPS, Layer, elements
+
+__all__ = [
+    "BATCHNORM_REFUSAL",
+    "BatchNorm",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "GroupNorm",
+    "Linear",
+    "Normalization",
+    "Rescaling",
+]
+
+BATCHNORM_REFUSAL = (
+    "BatchNorm is not allowed: its batch statistics mix examples, so one row's value "
+    "moves every other row's output and gradient. Per-example clipping then cannot bound "
+    "one row's influence, and DP-SGD forbids it. Use GroupNorm(groups) instead, which "
+    "normalises each example on its own."
+)
+
+
+class Flatten(Layer):
+    """`(None, d1, d2, ...)` -> `(None, d1 * d2 * ...)`."""
+
+    def __init__(self, *, input_shape: Sequence[int | None] | None = None) -> None:
+        super().__init__(input_shape=input_shape)
+
+    def _output_shape(self, shape: Shape) -> Shape:
+        self._expect_rank(shape, (2, 3, 4), "(None, d1, ...)")
+        return (None, elements(shape))
+
+
+class Dense(Layer):
+    """Fully connected layer on flat input `(None, features)`; `Linear` is an alias."""
+
+    def __init__(
+        self,
+        units: int,
+        activation: str | None = None,
+        *,
+        input_shape: Sequence[int | None] | None = None,
+    ) -> None:
+        super().__init__(input_shape=input_shape)
+        self.units = check_int(self.name, "units", units)
+        self.activation = check_activation(self.name, activation)
+
+    def _config(self) -> dict[str, Any]:
+        return {"units": self.units, "activation": self.activation}
+
+    def _output_shape(self, shape: Shape) -> Shape:
+        self._expect_rank(shape, (2,), "(None, features); add Flatten() before it")
+        return (None, self.units)
+
+    def count_params(self, input_shape: Sequence[int | None]) -> int:
+        self.compute_output_shape(input_shape)
+        return int(input_shape[1]) * self.units + self.units  # type: ignore[arg-type]
+
+    def flops(self, input_shape: Sequence[int | None]) -> int:
+        self.compute_output_shape(input_shape)
+        features = int(input_shape[1])  # type: ignore[arg-type]
+        return self.units * (2 * features + 1 + ACTIVATION_FLOPS[self.activation])
+
+
+Linear = Dense
+
+
+class Dropout(Layer):
+    """Zeroes each value with probability `rate` in training (a fresh mask per example)."""
+
+    def __init__(self, rate: float, *, input_shape: Sequence[int | None] | None = None) -> None:
+        super().__init__(input_shape=input_shape)
+        self.rate = check_float(self.name, "rate", rate, low=0.0, high=1.0, high_open=True)
+
+    def _config(self) -> dict[str, Any]:
+        return {"rate": self.rate}
+
+    def flops(self, input_shape: Sequence[int | None]) -> int:
+        return elements(self.compute_output_shape(input_shape))
+
+
+class GroupNorm(Layer):
+    """Normalises each example over groups of channels (axis 1), with a learned affine."""
+
+    def __init__(self, groups: int, *, input_shape: Sequence[int | None] | None = None) -> None:
+        super().__init__(input_shape=input_shape)
+        self.groups = check_int(self.name, "groups", groups)
+
+    def _config(self) -> dict[str, Any]:
+        return {"groups": self.groups}
+
+    def _output_shape(self, shape: Shape) -> Shape:
+        self._expect_rank(shape, (2, 3, 4), "(None, channels, ...)")
+        if shape[1] % self.groups:  # type: ignore[operator]
+            raise SpecError(
+                f"{self.name} expects a channel count (axis 1) divisible by "
+                f"groups={self.groups}. Received: input_shape={format_shape(shape)}"
+            )
+        return shape
+
+    def count_params(self, input_shape: Sequence[int | None]) -> int:
+        self.compute_output_shape(input_shape)
+        return 2 * int(input_shape[1])  # type: ignore[arg-type]
+
+    def flops(self, input_shape: Sequence[int | None]) -> int:
+        return 8 * elements(self.compute_output_shape(input_shape))
+
+
+class Rescaling(Layer):
+    """`x * scale + offset` with public constants, e.g. `Rescaling(1 / 255)` for images."""
+
+    def __init__(
+        self,
+        scale: float,
+        offset: float = 0.0,
+        *,
+        input_shape: Sequence[int | None] | None = None,
+    ) -> None:
+        super().__init__(input_shape=input_shape)
+        self.scale = check_float(self.name, "scale", scale)
+        self.offset = check_float(self.name, "offset", offset)
+
+    def _config(self) -> dict[str, Any]:
+        return {"scale": self.scale, "offset": self.offset}
+
+    def flops(self, input_shape: Sequence[int | None]) -> int:
+        return 2 * elements(self.compute_output_shape(input_shape))
+
+
+def _constants(owner: str, name: str, value: object, *, positive: bool) -> float | list[float]:
+    low = 0.0 if positive else None
+    if isinstance(value, list | tuple):
+        if not value:
+            raise SpecError(
+                f"{owner} expects {name} of a number or a non-empty list. "
+                f"Received: {name}={value!r}"
+            )
+        return [
+            check_float(owner, f"{name}[{i}]", v, low=low, low_open=positive)
+            for i, v in enumerate(value)
+        ]
+    return check_float(owner, name, value, low=low, low_open=positive)
+
+
+class Normalization(Layer):
+    """`(x - mean) / std` with public constants: scalars, or one value per channel (axis 1).
+
+    The constants are part of the spec, never learned and never computed on the node:
+    take them from public statistics (or from the mock data).
+    """
+
+    def __init__(
+        self,
+        mean: float | Sequence[float],
+        std: float | Sequence[float],
+        *,
+        input_shape: Sequence[int | None] | None = None,
+    ) -> None:
+        super().__init__(input_shape=input_shape)
+        self.mean = _constants(self.name, "mean", mean, positive=False)
+        self.std = _constants(self.name, "std", std, positive=True)
+
+    def _config(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std}
+
+    def _output_shape(self, shape: Shape) -> Shape:
+        self._expect_rank(shape, (2, 3, 4), "(None, channels, ...)")
+        for name, value in (("mean", self.mean), ("std", self.std)):
+            if isinstance(value, list) and len(value) != shape[1]:
+                raise SpecError(
+                    f"{self.name} expects {name} of a number or one value per channel "
+                    f"(axis 1: {shape[1]}). Received: {len(value)} values for input_shape="
+                    f"{format_shape(shape)}"
+                )
+        return shape
+
+    def flops(self, input_shape: Sequence[int | None]) -> int:
+        return 2 * elements(self.compute_output_shape(input_shape))
+
+
+class BatchNorm(Layer):
+    """Refused under DP-SGD: constructing it raises `SpecError` pointing to `GroupNorm`."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise SpecError(BATCHNORM_REFUSAL)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
+        raise SpecError(BATCHNORM_REFUSAL)

@@ -1,0 +1,172 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from veil import ValidationError, nn
+from veil.engine import DPTrainer, EpochInfo, StepInfo
+
+from .conftest import make_spec
+
+
+def fit_once(trainer: DPTrainer, data, epochs: int = 1) -> list[StepInfo]:
+    x, y = data
+    steps: list[StepInfo] = []
+    trainer.fit(
+        x, y, train_rows=np.arange(len(x)), epochs=epochs, batch_size=16, on_step=steps.append
+    )
+    return steps
+
+
+def assert_same_weights(a: DPTrainer, b: DPTrainer) -> None:
+    wb = b.get_weights()
+    for name, value in a.get_weights().items():
+        np.testing.assert_array_equal(value, wb[name])
+
+
+def test_a_seed_makes_runs_exactly_repeatable(cnn_spec: nn.ModelSpec, image_data) -> None:
+    a, b = DPTrainer(cnn_spec, seed=5), DPTrainer(cnn_spec, seed=5)
+    assert fit_once(a, image_data) == fit_once(b, image_data)
+    assert_same_weights(a, b)
+    c = DPTrainer(cnn_spec, seed=6)
+    assert not np.array_equal(flat(c), flat(a))
+
+
+def test_without_a_seed_every_trainer_differs(mlp_spec: nn.ModelSpec) -> None:
+    assert not np.array_equal(flat(DPTrainer(mlp_spec)), flat(DPTrainer(mlp_spec)))
+
+
+def flat(trainer: DPTrainer) -> np.ndarray:
+    return np.concatenate([w.ravel() for w in trainer.get_weights().values()])
+
+
+def save_and_load(trainer: DPTrainer, path) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = trainer.checkpoint()
+    save_file(tensors, str(path), metadata={"veil": json.dumps(meta)})
+    with open(path, "rb") as handle:  # metadata travels in the safetensors header
+        header_size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(header_size))
+    return load_file(str(path)), json.loads(header["__metadata__"]["veil"])
+
+
+@pytest.mark.parametrize("which", ["cnn_spec", "mlp_spec"])
+def test_checkpoint_resumes_exactly(which: str, request: pytest.FixtureRequest, tmp_path) -> None:
+    spec = request.getfixturevalue(which)
+    data = request.getfixturevalue("image_data" if which == "cnn_spec" else "table_data")
+    x, y = data
+    original = DPTrainer(spec, seed=1)
+    original.step(x[:8], y[:8])
+    tensors, meta = save_and_load(original, tmp_path / "ck.safetensors")
+    resumed = DPTrainer(spec, seed=99)
+    resumed.load_checkpoint(tensors, meta)
+    assert_same_weights(original, resumed)
+    assert resumed.steps_done == 1
+    a, b = original.step(x[8:16], y[8:16]), resumed.step(x[8:16], y[8:16])
+    assert a.loss == b.loss
+    np.testing.assert_array_equal(a.preds, b.preds)
+    assert fit_once(original, data) == fit_once(resumed, data)  # sampling state too
+    assert_same_weights(original, resumed)
+
+
+def test_checkpoint_is_checked(mlp_spec: nn.ModelSpec, cnn_spec: nn.ModelSpec) -> None:
+    tensors, meta = DPTrainer(mlp_spec, seed=0).checkpoint()
+    with pytest.raises(ValidationError, match="different model spec"):
+        DPTrainer(cnn_spec, seed=0).load_checkpoint(tensors, meta)
+    partial = {k: v for k, v in tensors.items() if k != "param.1.bias"}
+    with pytest.raises(ValidationError, match=r"missing \['param.1.bias'\]"):
+        DPTrainer(mlp_spec, seed=0).load_checkpoint(partial, meta)
+    with pytest.raises(ValidationError, match="format 1"):
+        DPTrainer(mlp_spec, seed=0).load_checkpoint(tensors, {**meta, "format": 7})
+
+
+def test_should_stop_ends_after_the_current_step(mlp_spec: nn.ModelSpec, table_data) -> None:
+    x, y = table_data
+    steps: list[StepInfo] = []
+    result = DPTrainer(mlp_spec, seed=0).fit(
+        x,
+        y,
+        train_rows=np.arange(100),
+        val_rows=np.arange(100, 120),
+        epochs=4,
+        batch_size=20,
+        on_step=steps.append,
+        should_stop=lambda: len(steps) >= 8,
+    )
+    assert result.stopped and result.steps_done == 8 and result.steps_total == 20
+    assert result.epochs_done == 1 and result.steps_per_epoch == 5
+    assert [s.step for s in steps] == list(range(1, 9))
+    assert [s.epoch for s in steps] == [1] * 5 + [2] * 3
+
+
+def test_epoch_reports_raw_validation_metrics(mlp_spec: nn.ModelSpec, table_data) -> None:
+    x, y = table_data
+    trainer = DPTrainer(mlp_spec, seed=0)
+    epochs: list[EpochInfo] = []
+    result = trainer.fit(
+        x,
+        y,
+        train_rows=np.arange(90),
+        val_rows=np.arange(90, 120),
+        epochs=2,
+        batch_size=30,
+        on_epoch=epochs.append,
+    )
+    assert [e.epoch for e in epochs] == [1, 2] and all(e.n_val == 30 for e in epochs)
+    assert result.history == tuple(epochs)
+    loss, accuracy, n = trainer.evaluate(x, y, rows=np.arange(90, 120))
+    assert (epochs[-1].val_loss, epochs[-1].val_accuracy, n) == (loss, accuracy, 30)
+    assert 0 <= accuracy <= 1 and 0 <= loss <= mlp_spec.loss_bound
+
+
+def test_mse_has_no_accuracy_and_losses_are_clipped() -> None:
+    spec = make_spec([nn.Dense(2, input_shape=(None, 3))], (None, 3), loss_bound=0.5)
+    trainer = DPTrainer(spec, seed=0)
+    x = np.ones((6, 3), np.float32)
+    y = np.full((6, 2), 100.0, np.float32)
+    loss, accuracy, n = trainer.evaluate(x, y)
+    assert (loss, accuracy, n) == (0.5, None, 6)
+    result = trainer.step(x, y)
+    assert result.loss == 0.5 and result.preds.shape == (6, 2)
+
+
+def test_step_returns_probabilities_before_the_update(cnn_spec: nn.ModelSpec, image_data) -> None:
+    x, y = image_data
+    trainer = DPTrainer(cnn_spec, seed=0)
+    result = trainer.step(x[:5], y[:5])
+    assert result.preds.shape == (5, 1) and ((result.preds > 0) & (result.preds < 1)).all()
+    assert 0 < result.loss <= cnn_spec.loss_bound
+    with pytest.raises(ValidationError, match="at least one row"):
+        trainer.step(x[:0], y[:0])
+
+
+def test_dp_cannot_be_switched_off(mlp_spec: nn.ModelSpec, table_data) -> None:
+    x, y = table_data
+    trainer = DPTrainer(mlp_spec, seed=0)
+    for kwargs in (
+        {"noise_multiplier": 0.0},
+        {"max_grad_norm": -1.0},
+        {"noise_multiplier": float("nan")},
+    ):
+        with pytest.raises(ValidationError, match="cannot be switched off"):
+            trainer.step(x[:4], y[:4], **kwargs)
+
+
+def test_device_is_checked(mlp_spec: nn.ModelSpec) -> None:
+    if not torch.cuda.is_available():
+        with pytest.raises(ValidationError, match="CUDA is not available"):
+            DPTrainer(mlp_spec, device="cuda")
+    with pytest.raises(ValidationError, match="torch device"):
+        DPTrainer(mlp_spec, device="abacus")
+    with pytest.raises(ValidationError, match="seed"):
+        DPTrainer(mlp_spec, seed=-1)
+
+
+def test_to_torch_is_a_detached_copy(mlp_spec: nn.ModelSpec) -> None:
+    trainer = DPTrainer(mlp_spec, seed=0)
+    module = trainer.to_torch()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    assert np.abs(flat(trainer)).sum() > 0
