@@ -17,7 +17,7 @@ from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login
 from tests.nodes import running_node
 from tests.server.test_datasets import files_under, npy_bytes, raw_http
 from veil.client import _datasets
-from veil.server.services import uploads
+from veil.server.storage.staging import CheckedNpyFile
 
 DECL = {"name": "x", "dtype": "<f8", "shape": [4], "bounds": [0, 1]}
 
@@ -159,7 +159,7 @@ def test_assets_stream_through_the_node(sqlite_node, monkeypatch) -> None:
     """~20 MB go up in chunks: the node never reads a whole body, nor writes one at once."""
     original = starlette.requests.Request.body
     writes: list[int] = []
-    write = uploads.PartWriter.write
+    write = CheckedNpyFile.write
 
     async def no_whole_bodies(self):  # noqa: ANN001, ANN202
         assert self.method != "PUT", "an upload must be streamed, not read whole"
@@ -170,7 +170,7 @@ def test_assets_stream_through_the_node(sqlite_node, monkeypatch) -> None:
         return write(self, data)
 
     monkeypatch.setattr(starlette.requests.Request, "body", no_whole_bodies)
-    monkeypatch.setattr(uploads.PartWriter, "write", counting_write)
+    monkeypatch.setattr(CheckedNpyFile, "write", counting_write)
     array = np.random.default_rng(0).random((2_500, 1_000))  # 20 MB of float64
     chunks = [len(c) for c in _datasets._ArraySource(array).chunks()]
     assert len(chunks) > 2 and max(chunks) <= _datasets.CHUNK_BYTES

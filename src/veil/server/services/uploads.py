@@ -41,15 +41,15 @@ from veil.server.db.tables.datasets import (
     AssetRow,
     DatasetRow,
 )
-from veil.server.storage.arrays import ArrayStore, AtomicFile
-from veil.server.storage.npy import NpyHeader, check_dtype, header_bytes, parse_header
+from veil.server.storage.arrays import ArrayStore
+from veil.server.storage.npy import check_dtype, header_bytes
+from veil.server.storage.staging import CheckedNpyFile, checksum_path
 
 __all__ = [
     "DATASET_NAME",
     "ASSET_NAME",
     "AssetDecl",
     "PartReceived",
-    "PartWriter",
     "abort_upload",
     "commit_upload",
     "create_upload",
@@ -175,94 +175,10 @@ def abort_upload(arrays: ArrayStore, *, user: UserRow, upload_id: str) -> None:
     arrays.remove(folder)
 
 
-class PartWriter:
-    """Writes one array's .npy bytes to staging, checking them as they pass."""
-
-    def __init__(
-        self,
-        arrays: ArrayStore,
-        *,
-        folder: Path,
-        index: int,
-        decl: AssetDecl,
-        part: str,
-        sha256: str,
-    ) -> None:
-        self._arrays = arrays
-        self._folder = folder
-        self._final = folder / f"{index}.{part}.npy"
-        self._decl = decl
-        self._part = part
-        self._expected_sha = sha256.lower()
-        self._hash = hashlib.sha256()
-        self._prefix = bytearray()
-        self._header: NpyHeader | None = None
-        self._received = 0
-        self._out: AtomicFile = arrays.atomic_file(folder)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._received += len(data)
-        self._hash.update(data)
-        if self._header is None:
-            self._prefix += data
-            self._header = parse_header(self._prefix)
-            if self._header is None:
-                return
-            self._check_header(self._header)
-            data, self._prefix = self._prefix, bytearray()
-        if self._received > self._header.total_bytes:
-            raise ValidationError(
-                f"{self._what()}: the .npy header declares {self._header.total_bytes} bytes "
-                f"but more arrived ({self._received} so far)."
-            )
-        self._out.write(data)
-
-    def finish(self) -> PartReceived:
-        expected = self._header.total_bytes if self._header else None
-        if self._header is None or self._received != expected:
-            raise ValidationError(
-                f"{self._what()}: the upload ended early. Expected: "
-                f"{expected if expected is not None else 'a complete .npy header'}"
-                f" bytes. Received: {self._received} bytes",
-                received=self._received,
-            )
-        digest = self._hash.hexdigest()
-        if digest != self._expected_sha:
-            raise ValidationError(
-                f"{self._what()}: checksum mismatch. Expected SHA-256: {self._expected_sha}. "
-                f"Received bytes hash to: {digest}",
-                expected=self._expected_sha,
-                received=digest,
-            )
-        # The checksum goes first: a staged .npy without its checksum never exists.
-        (self._folder / f"{self._final.name}.sha256").write_text(digest)
-        self._out.commit(self._final)
-        return PartReceived(self._decl.name, self._part, self._received, digest)
-
-    def discard(self) -> None:
-        self._out.discard()
-
-    def _check_header(self, header: NpyHeader) -> None:
-        expected_shape = self._decl.part_shape(self._part)
-        if header.fortran_order:
-            raise ValidationError(
-                f"{self._what()}: expected a C-order .npy (np.ascontiguousarray). "
-                "Received: fortran_order=True"
-            )
-        if header.dtype.str != self._decl.dtype or header.shape != expected_shape:
-            raise ValidationError(
-                f"{self._what()}: expected dtype {self._decl.dtype!r} and shape "
-                f"{expected_shape}, as declared. Received: dtype {header.dtype.str!r}, "
-                f"shape {header.shape}",
-            )
-
-    def _what(self) -> str:
-        return f"Asset {self._decl.name!r} ({self._part})"
-
-
 def open_part(
     arrays: ArrayStore, *, user: UserRow, upload_id: str, asset: str, part: str, sha256: str
-) -> PartWriter:
+) -> CheckedNpyFile:
+    """A writer for one array of an upload, checked against what was declared for it."""
     folder = arrays.upload_dir(upload_id)
     manifest = _read_manifest(folder, user=user, upload_id=upload_id)
     index, decl = manifest.asset(asset)
@@ -274,7 +190,14 @@ def open_part(
         )
     if not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
         raise ValidationError(f"Expected a SHA-256 of 64 hex digits. Received: {sha256!r}")
-    return PartWriter(arrays, folder=folder, index=index, decl=decl, part=part, sha256=sha256)
+    return CheckedNpyFile(
+        arrays.atomic_file(folder),
+        final=folder / f"{index}.{part}.npy",
+        dtype=decl.dtype,
+        shape=decl.part_shape(part),
+        sha256=sha256,
+        what=f"Asset {asset!r} ({part})",
+    )
 
 
 async def receive_part(
@@ -308,7 +231,7 @@ async def receive_part(
                     await to_thread.run_sync(writer.write, buffer)
                     buffer = bytearray()
             await to_thread.run_sync(writer.write, buffer)
-            return await to_thread.run_sync(writer.finish)
+            digest = await to_thread.run_sync(writer.finish)
         except VeilError:
             await _drain(body)
             raise
@@ -317,6 +240,7 @@ async def receive_part(
         writer.discard()
         arrays.remove(arrays.upload_dir(upload_id))
         raise
+    return PartReceived(asset=asset, part=part, nbytes=writer.received, sha256=digest)
 
 
 def commit_upload(
@@ -351,7 +275,7 @@ def commit_upload(
                 shape=list(decl.shape),
                 n_rows=decl.shape[0],
                 nbytes=data.stat().st_size,
-                sha256=(claimed / f"{data.name}.sha256").read_text(),
+                sha256=checksum_path(data).read_text(),
                 bounds_low=decl.bounds[0] if decl.bounds else None,
                 bounds_high=decl.bounds[1] if decl.bounds else None,
                 mock_source=MOCK_FROM_OWNER if decl.mock_shape else MOCK_FROM_BOUNDS,
