@@ -13,7 +13,7 @@ Sizes are interleaved round by round so drift hits them alike. Prints a table, w
 ``benchmarks/results/publish_latency.json`` and says whether the p50s agree within 20%
 and stay under 50 ms.
 
-    python benchmarks/publish_latency.py [--repeats 200] [--fresh 30] [--rows 10000]
+    python benchmarks/publish_latency.py [--repeats 300] [--fresh 100] [--rows 10000]
 """
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ def _summary(times: list[float]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=200, help="re-publishes per size")
-    parser.add_argument("--fresh", type=int, default=30, help="first publishes per size")
+    parser.add_argument("--repeats", type=int, default=300, help="re-publishes per size")
+    parser.add_argument("--fresh", type=int, default=100, help="first publishes per size")
     parser.add_argument("--rows", type=int, default=10_000, help="rows of the dataset")
     parser.add_argument("--warmup", type=int, default=20)
     args = parser.parse_args()
