@@ -53,16 +53,23 @@ def flow_two(client: veil.Client) -> float:
     data = client.datasets["BreastCancerWisconsin"]
     test_x, test_y = demo.public_test_split("BreastCancerWisconsin")
     model = nn.Model()
-    model.add(nn.Normalization(
-        mean=test_x.mean(axis=0).tolist(), std=(test_x.std(axis=0) + 1e-6).tolist(),
-        input_shape=(None, 30),
-    ))
+    model.add(
+        nn.Normalization(
+            mean=test_x.mean(axis=0).tolist(),
+            std=(test_x.std(axis=0) + 1e-6).tolist(),
+            input_shape=(None, 30),
+        )
+    )
     model.add(nn.Dense(1))
     model.add(nn.Sigmoid())
     model.summary()
     model_ptr = model.compile(to=client, loss=nn.BinaryCrossEntropy(), optimizer=nn.Adam(lr=0.05))
-    print("Quote:", model_ptr.quote(data["features"], data["labels"], max_iter=15, batch_size=64,
-                                    target_epsilon=2.5))
+    print(
+        "Quote:",
+        model_ptr.quote(
+            data["features"], data["labels"], max_iter=15, batch_size=64, target_epsilon=2.5
+        ),
+    )
     model_ptr.fit(data["features"], data["labels"], max_iter=15, batch_size=64, target_epsilon=2.5)
     print("Progress:", model_ptr.progress())
     published = model_ptr.weights().publish()
@@ -88,14 +95,18 @@ def flow_three(client: veil.Client) -> None:
         for i in range(rows // batch_size):
             begin = i * batch_size
             loss, preds_ptr = model_ptr.step(
-                train_x[begin : begin + batch_size], train_y[begin : begin + batch_size],
-                validation_split=0.1, batch_size=100,
+                train_x[begin : begin + batch_size],
+                train_y[begin : begin + batch_size],
+                validation_split=0.1,
+                batch_size=100,
             )
             losses.append(loss)
     last_loss = losses[-1].publish(epsilon=0.5).get()
     public_weights = model_ptr.weights().publish().get()
-    print(f"Flow III: {len(losses)} steps; last held-out loss ~ {last_loss:.3f}; "
-          f"{len(public_weights)} weight tensors published")
+    print(
+        f"Flow III: {len(losses)} steps; last held-out loss ~ {last_loss:.3f}; "
+        f"{len(public_weights)} weight tensors published"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,15 +57,15 @@ class RunningNode:
 
 
 @contextlib.contextmanager
-def running_node(data_dir: Path, backend: str = "sqlite", **overrides: object) -> Iterator[RunningNode]:
+def running_node(
+    data_dir: Path, backend: str = "sqlite", **overrides: object
+) -> Iterator[RunningNode]:
     with contextlib.ExitStack() as stack:
         database_url = overrides.pop("database_url", None)
         if backend == "postgres" and database_url is None:
             database_url = stack.enter_context(fresh_postgres_url())
         port = free_port()
-        settings = Settings(
-            data_dir=data_dir, database_url=database_url, port=port, **overrides
-        )
+        settings = Settings(data_dir=data_dir, database_url=database_url, port=port, **overrides)
         app = create_app(settings)
         config = uvicorn.Config(
             app,
@@ -83,7 +83,9 @@ def running_node(data_dir: Path, backend: str = "sqlite", **overrides: object) -
                 raise RuntimeError("test node did not start")
             time.sleep(0.01)
         try:
-            yield RunningNode(url=f"http://127.0.0.1:{port}", port=port, settings=settings, server=server)
+            yield RunningNode(
+                url=f"http://127.0.0.1:{port}", port=port, settings=settings, server=server
+            )
         finally:
             server.should_exit = True
             thread.join(timeout=20)

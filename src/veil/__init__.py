@@ -16,7 +16,6 @@ from veil._exceptions import (
     ValidationError,
     VeilError,
 )
-
 from veil.client import (
     AssetPointer,
     Client,

@@ -55,8 +55,9 @@ def _serve(args: argparse.Namespace) -> None:
 
     with app.state.node.db.session() as session:
         name = get_node(session).name
-    print(f"Veil node {name} on http://{settings.host}:{settings.port} "
-          f"(data in {settings.data_dir})")
+    print(
+        f"Veil node {name} on http://{settings.host}:{settings.port} (data in {settings.data_dir})"
+    )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
@@ -108,10 +109,15 @@ def _datasets(args: argparse.Namespace) -> None:
             try:
                 bounds[name] = (float(low), float(high))
             except ValueError:
-                raise VeilError(f"--bounds expects NAME=LOW,HIGH. Received: {name}={text}") from None
+                raise VeilError(
+                    f"--bounds expects NAME=LOW,HIGH. Received: {name}={text}"
+                ) from None
         client.datasets.upload(
-            name=args.name, description=args.description, assets=assets,
-            mock=mocks or None, bounds=bounds or None,
+            name=args.name,
+            description=args.description,
+            assets=assets,
+            mock=mocks or None,
+            bounds=bounds or None,
         )
         print(f"Uploaded dataset {args.name}.")
 
@@ -147,7 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=1)
     worker.set_defaults(run=_worker)
 
-    users = sub.add_parser("users", help="manage accounts").add_subparsers(dest="action", required=True)
+    users = sub.add_parser("users", help="manage accounts").add_subparsers(
+        dest="action", required=True
+    )
     create = users.add_parser("create")
     create.add_argument("user", metavar="EMAIL")
     create.add_argument("--password", required=True)
@@ -177,7 +185,9 @@ def _parser() -> argparse.ArgumentParser:
     for p in datasets.choices.values():
         p.set_defaults(run=_datasets)
 
-    admin = sub.add_parser("admin", help="the admin account").add_subparsers(dest="action", required=True)
+    admin = sub.add_parser("admin", help="the admin account").add_subparsers(
+        dest="action", required=True
+    )
     admin.add_parser("passwd", help="change the admin password (VEIL_NEW_PASSWORD or prompt)")
     for p in admin.choices.values():
         p.set_defaults(run=_admin)

@@ -46,7 +46,10 @@ def test_a_celery_worker_runs_fit_jobs(tmp_path) -> None:
                 model.add(nn.Dense(1, activation="sigmoid"))
                 model_ptr = model.compile(to=ds)
                 job = model_ptr.fit(
-                    data["train_images"], data["train_labels"], max_iter=2, batch_size=30,
+                    data["train_images"],
+                    data["train_labels"],
+                    max_iter=2,
+                    batch_size=30,
                     wait=False,
                 )
                 deadline = time.monotonic() + 120

@@ -70,7 +70,10 @@ def test_flow_two_trains_remotely_and_predicts_locally(admin, ds, node) -> None:
     for layer in _layers()[1:]:
         model.add(layer)
     model_ptr = model.compile(
-        to=ds, loss=nn.BinaryCrossEntropy(), optimizer=nn.Adamax(), noise_multiplier=1.0,
+        to=ds,
+        loss=nn.BinaryCrossEntropy(),
+        optimizer=nn.Adamax(),
+        noise_multiplier=1.0,
         max_grad_norm=1.0,
     )
     job = model_ptr.fit(images, labels, max_iter=3, validation_split=0.1, batch_size=40, wait=False)
@@ -108,8 +111,10 @@ def test_flow_three_steps_batch_by_batch(admin, ds) -> None:
         for i in range(rows // batch_size):
             begin = i * batch_size
             loss, preds_ptr = model_ptr.step(
-                train_x[begin : begin + batch_size], train_y[begin : begin + batch_size],
-                validation_split=0.1, batch_size=100,
+                train_x[begin : begin + batch_size],
+                train_y[begin : begin + batch_size],
+                validation_split=0.1,
+                batch_size=100,
             )
             losses.append(loss)
     with pytest.raises(veil.PermissionDenied, match="publish"):

@@ -30,7 +30,9 @@ def test_cancel_stops_a_job_and_keeps_what_it_trained(sqlite_node) -> None:
     ds = make_ds(admin, sqlite_node)
     data = ds.datasets["Patches"]
     model_ptr = _mlp().compile(to=ds)
-    model_ptr.fit(data["train_images"], data["train_labels"], max_iter=500, batch_size=8, wait=False)
+    model_ptr.fit(
+        data["train_images"], data["train_labels"], max_iter=500, batch_size=8, wait=False
+    )
     deadline = time.monotonic() + 30
     while model_ptr.progress()["step"] < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -72,7 +74,9 @@ def test_bad_labels_and_nan_fail_before_training_and_charge_nothing(sqlite_node)
     images = np.zeros((50, 1, 28, 28), dtype=np.float32)
     images[3, 0, 0, 0] = np.nan
     admin.datasets.upload(
-        name="Broken", description="", assets={"x": images, "y": np.full(50, 3, dtype=np.int64)},
+        name="Broken",
+        description="",
+        assets={"x": images, "y": np.full(50, 3, dtype=np.int64)},
         bounds={"x": (0, 1), "y": (0, 3)},
     )
     ds = make_ds(admin, sqlite_node)
@@ -113,7 +117,9 @@ def test_a_training_model_refuses_steps(sqlite_node) -> None:
     ds = make_ds(admin, sqlite_node)
     data = ds.datasets["Patches"]
     model_ptr = _mlp().compile(to=ds)
-    model_ptr.fit(data["train_images"], data["train_labels"], max_iter=200, batch_size=8, wait=False)
+    model_ptr.fit(
+        data["train_images"], data["train_labels"], max_iter=200, batch_size=8, wait=False
+    )
     with pytest.raises(veil.Conflict):
         model_ptr.step(data["train_images"][0:8], data["train_labels"][0:8])
     with pytest.raises(veil.Conflict):
@@ -128,7 +134,9 @@ def test_many_clients_are_served_while_training(sqlite_node) -> None:
     ds = make_ds(admin, sqlite_node)
     data = ds.datasets["Patches"]
     model_ptr = _mlp().compile(to=ds)
-    model_ptr.fit(data["train_images"], data["train_labels"], max_iter=200, batch_size=8, wait=False)
+    model_ptr.fit(
+        data["train_images"], data["train_labels"], max_iter=200, batch_size=8, wait=False
+    )
     answers: list[str] = []
 
     def read() -> None:

@@ -19,17 +19,24 @@ def test_dp_fit_on_wisconsin_reaches_90_percent_at_epsilon_3(sqlite_node) -> Non
     test_x, test_y = demo.public_test_split("BreastCancerWisconsin")
     # Normalisation constants come from the public split: the DS never sees private rows.
     model = nn.Model()
-    model.add(nn.Normalization(
-        mean=test_x.mean(axis=0).tolist(), std=(test_x.std(axis=0) + 1e-6).tolist(),
-        input_shape=(None, 30),
-    ))
+    model.add(
+        nn.Normalization(
+            mean=test_x.mean(axis=0).tolist(),
+            std=(test_x.std(axis=0) + 1e-6).tolist(),
+            input_shape=(None, 30),
+        )
+    )
     model.add(nn.Dense(1))
     model.add(nn.Sigmoid())
     model_ptr = model.compile(
         to=ds, loss=nn.BinaryCrossEntropy(), optimizer=nn.Adam(lr=0.05), max_grad_norm=1.0
     )
     model_ptr.fit(
-        data["features"], data["labels"], max_iter=15, batch_size=64, target_epsilon=2.5,
+        data["features"],
+        data["labels"],
+        max_iter=15,
+        batch_size=64,
+        target_epsilon=2.5,
         wait=True,
     )
     published = model_ptr.weights().publish()

@@ -17,7 +17,10 @@ def test_login_announces_node_and_default_password_warning(node, capsys) -> None
     out = capsys.readouterr().out
     assert f"Connecting to 127.0.0.1:{node.port}... done!" in out
     assert f"Logging into {client.node_name}... done!" in out
-    assert "Anyone can login as an admin to your node right now because your password is still the default!" in out
+    assert (
+        "Anyone can login as an admin to your node right now because your password is still "
+        "the default!" in out
+    )
     assert "_" in client.node_name and client.node_name == client.node["name"]
 
 
@@ -33,11 +36,15 @@ def test_default_password_refused_from_a_remote_address(tmp_path) -> None:
     with running_node(tmp_path / "n", forwarded_allow_ips="127.0.0.1") as n:
         remote = {"X-Forwarded-For": "203.0.113.9"}
         with httpx.Client(base_url=n.url + "/api/v1", headers=remote) as http:
-            answer = http.post("/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+            answer = http.post(
+                "/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+            )
             assert answer.status_code == 403 and "default password" in answer.json()["message"]
             admin = login(n, ADMIN_EMAIL, ADMIN_PASSWORD)  # from loopback: allowed
             admin.change_password(old_password=ADMIN_PASSWORD, new_password="a-much-better-one")
-            answer = http.post("/auth/login", json={"email": ADMIN_EMAIL, "password": "a-much-better-one"})
+            answer = http.post(
+                "/auth/login", json={"email": ADMIN_EMAIL, "password": "a-much-better-one"}
+            )
             assert answer.status_code == 200 and not answer.json()["warnings"]
 
 
@@ -50,7 +57,11 @@ def test_custom_admin_password_has_no_warning(tmp_path, capsys) -> None:
 
 def test_admin_manages_data_scientists(admin, node) -> None:
     created = admin.users.create(email="Ada@Lab.org", password=DS_PASSWORD, name="Ada", budget=2.5)
-    assert created.email == "ada@lab.org" and created.budget == 2.5 and created.role == "data_scientist"
+    assert (
+        created.email == "ada@lab.org"
+        and created.budget == 2.5
+        and created.role == "data_scientist"
+    )
     assert {u.email for u in admin.users.list()} == {ADMIN_EMAIL, "ada@lab.org"}
     assert admin.users.set_budget("ada@lab.org", 4.0).budget == 4.0
     assert "ada@lab.org" in repr(admin.users)

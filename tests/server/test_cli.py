@@ -27,11 +27,24 @@ def test_users_datasets_and_ledger_commands(cli, capsys, tmp_path) -> None:
     assert "3.5" in capsys.readouterr().out
     np.save(tmp_path / "x.npy", np.arange(20, dtype=np.float32).reshape(10, 2))
     np.save(tmp_path / "y.npy", np.zeros(10, dtype=np.int64))
-    assert cli(
-        "datasets", "upload", "Tiny", "--description", "t",
-        "--asset", f"x={tmp_path / 'x.npy'}", "--asset", f"y={tmp_path / 'y.npy'}",
-        "--bounds", "x=0,20", "--bounds", "y=0,1",
-    ) == 0
+    assert (
+        cli(
+            "datasets",
+            "upload",
+            "Tiny",
+            "--description",
+            "t",
+            "--asset",
+            f"x={tmp_path / 'x.npy'}",
+            "--asset",
+            f"y={tmp_path / 'y.npy'}",
+            "--bounds",
+            "x=0,20",
+            "--bounds",
+            "y=0,1",
+        )
+        == 0
+    )
     assert cli("datasets", "list") == 0
     assert "Tiny" in capsys.readouterr().out
     assert cli("ledger") == 0

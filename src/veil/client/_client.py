@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
+from veil.client._datasets import DatasetsView
 from veil.client._http import Http
+from veil.client._models import ModelsAPI
 from veil.client._releases import Ledger, LedgerEntry, PrivacyBudget, Published, Releases
 from veil.client._users import User, UsersAPI
-
-if TYPE_CHECKING:
-    from veil.client._models import ModelsAPI
 
 __all__ = ["Client", "login"]
 
@@ -30,15 +29,11 @@ class Client:
         return UsersAPI(self._http)
 
     @property
-    def datasets(self) -> Any:
-        from veil.client._datasets import DatasetsView
-
+    def datasets(self) -> DatasetsView:
         return DatasetsView(self._http)
 
     @property
     def models(self) -> ModelsAPI:
-        from veil.client._models import ModelsAPI
-
         return ModelsAPI(self._http)
 
     @property

@@ -65,8 +65,12 @@ class ModelPointer:
     ) -> dict[str, Any]:
         """The epsilon a planned `fit` would add to this model's cart, before it runs."""
         body = self._fit_body(
-            x_ptr, y_ptr, max_iter=max_iter, batch_size=batch_size,
-            validation_split=validation_split, target_epsilon=target_epsilon,
+            x_ptr,
+            y_ptr,
+            max_iter=max_iter,
+            batch_size=batch_size,
+            validation_split=validation_split,
+            target_epsilon=target_epsilon,
         )
         return self._http.post(f"/models/{self.id}/quote", json=body)
 
@@ -89,8 +93,12 @@ class ModelPointer:
         `wait=False` returns the queued job at once.
         """
         body = self._fit_body(
-            x_ptr, y_ptr, max_iter=max_iter, batch_size=batch_size,
-            validation_split=validation_split, target_epsilon=target_epsilon,
+            x_ptr,
+            y_ptr,
+            max_iter=max_iter,
+            batch_size=batch_size,
+            validation_split=validation_split,
+            target_epsilon=target_epsilon,
         )
         job = self._http.post(f"/models/{self.id}/fit", json=body)
         if not wait:
@@ -149,7 +157,9 @@ class ModelPointer:
         }
         out = self._http.post(f"/models/{self.id}/step", json=body)
         return (
-            PrivatePointer(self._http, out["loss"]["id"], out["loss"]["kind"], out["loss"]["shape"]),
+            PrivatePointer(
+                self._http, out["loss"]["id"], out["loss"]["kind"], out["loss"]["shape"]
+            ),
             PrivatePointer(
                 self._http,
                 out["predictions"]["id"],
@@ -160,7 +170,11 @@ class ModelPointer:
 
     def evaluate(self, x_ptr: Any, y_ptr: Any, *, epsilon: float = 0.1) -> dict[str, Any]:
         """Release the model's noised loss and accuracy on these rows (charged)."""
-        body = {"x": _pointer_id(x_ptr, "x_ptr"), "y": _pointer_id(y_ptr, "y_ptr"), "epsilon": epsilon}
+        body = {
+            "x": _pointer_id(x_ptr, "x_ptr"),
+            "y": _pointer_id(y_ptr, "y_ptr"),
+            "epsilon": epsilon,
+        }
         return self._http.post(f"/models/{self.id}/evaluate", json=body)
 
     def weights(self) -> WeightsPointer:

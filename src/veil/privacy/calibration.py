@@ -22,7 +22,14 @@ from veil.privacy.curve import ORDERS, RdpCurve
 from veil.privacy.mechanisms import gaussian_rho, poisson_gaussian
 
 __all__ = [
-    "dominated_gaussian_sigma","SIGMA_MAX", "SIGMA_MIN", "Quote", "calibrate_fit", "calibrate_sigma", "quote_fit"]
+    "dominated_gaussian_sigma",
+    "SIGMA_MAX",
+    "SIGMA_MIN",
+    "Quote",
+    "calibrate_fit",
+    "calibrate_sigma",
+    "quote_fit",
+]
 
 SIGMA_MIN = 0.3
 SIGMA_MAX = 1e3

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     forwarded_allow_ips: str = Field(
         default="",
-        description="addresses of reverse proxies whose X-Forwarded-For is trusted; none by default",
+        description="reverse proxies whose X-Forwarded-For is trusted; none by default",
     )
     device: str = "cpu"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     def _known_backend(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError(
-                f"database_url must start with sqlite:// or postgresql+psycopg://. Received: {value!r}"
+                "database_url must start with sqlite:// or postgresql+psycopg://. "
+                f"Received: {value!r}"
             )
         return value
 

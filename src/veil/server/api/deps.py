@@ -33,7 +33,9 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 def get_token(authorization: Annotated[str | None, Header()] = None) -> str:
     if not authorization or not authorization.lower().startswith("bearer "):
-        raise AuthenticationError("Expected an 'Authorization: Bearer <token>' header; log in first.")
+        raise AuthenticationError(
+            "Expected an 'Authorization: Bearer <token>' header; log in first."
+        )
     return authorization.split(" ", 1)[1].strip()
 
 

@@ -26,7 +26,12 @@ from veil.server.db.base import utcnow
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import JobEpochRow, JobRow, ModelRow
 from veil.server.services import ledger
-from veil.server.services.checkpoints import load_cart, load_trainer, prune_old_versions, save_checkpoint
+from veil.server.services.checkpoints import (
+    load_cart,
+    load_trainer,
+    prune_old_versions,
+    save_checkpoint,
+)
 from veil.server.services.fits import VAL_RELEASES_PER_EPOCH, plan_fit
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
@@ -129,14 +134,23 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
     def on_epoch(info: EpochInfo) -> None:
         nonlocal cart
         with ctx.db.write_session() as session:
-            model = session.get(ModelRow, model_id)
+            model = session.get(ModelRow, model_id, with_for_update=True)
             assert model is not None
             user = session.get(UserRow, user_id)
             metrics: dict[str, Any] = {}
             if len(plan.val_rows):
                 metrics, cart = _release_validation(
-                    session, user, model, cart, info, plan.val_rows, key, float(p["val_sigma"]),
-                    spec, delta, rng,
+                    session,
+                    user,
+                    model,
+                    cart,
+                    info,
+                    plan.val_rows,
+                    key,
+                    float(p["val_sigma"]),
+                    spec,
+                    delta,
+                    rng,
                 )
             save_checkpoint(
                 ctx.files, model, trainer=trainer, cart=cart, steps_added=state["steps_since_ckpt"]
@@ -148,7 +162,9 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
             assert job is not None
             job.epoch, job.step, job.samples_seen = info.epoch, state["step"], state["samples"]
             started = job.started_at
-            elapsed = time.time() - (started.timestamp() if started.tzinfo else started.replace(tzinfo=None).timestamp())
+            elapsed = time.time() - (
+                started.timestamp() if started.tzinfo else started.replace(tzinfo=None).timestamp()
+            )
             session.add(
                 JobEpochRow(
                     job_id=job_id,
@@ -177,7 +193,7 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
     )
     if state["steps_since_ckpt"]:  # stopped mid-epoch: keep what was trained, and its cost
         with ctx.db.write_session() as session:
-            model = session.get(ModelRow, model_id)
+            model = session.get(ModelRow, model_id, with_for_update=True)
             assert model is not None
             save_checkpoint(
                 ctx.files, model, trainer=trainer, cart=cart, steps_added=state["steps_since_ckpt"]
@@ -194,7 +210,9 @@ def _counts(state: dict[str, Any]) -> dict[str, int]:
     return {"step": int(state["step"]), "samples": int(state["samples"])}
 
 
-def _write_progress(ctx: NodeContext, job_id: str, *, epoch: int | None, step: int, samples: int) -> bool:
+def _write_progress(
+    ctx: NodeContext, job_id: str, *, epoch: int | None, step: int, samples: int
+) -> bool:
     """Record the step count; returns whether a cancel was asked for."""
     with ctx.db.session() as session:
         job = session.get(JobRow, job_id)
@@ -248,7 +266,12 @@ def _release_validation(
             delta=delta,
             kind="metrics",
             mechanism="gaussian",
-            params={"sigma": sigma, "n_rows": n_val, "epoch": info.epoch, "model_version": model.version},
+            params={
+                "sigma": sigma,
+                "n_rows": n_val,
+                "epoch": info.epoch,
+                "model_version": model.version,
+            },
             model_id=model.id,
             result=noised,
         )

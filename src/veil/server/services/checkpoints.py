@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save_file as save_torch
@@ -95,8 +94,6 @@ def prune_old_versions(files: NodeFiles, model: ModelRow) -> None:
     for path in files.model_dir(model.id).glob("*-*.*"):
         stem = path.name.split(".", 1)[0]
         prefix, _, number = stem.rpartition("-")
-        if prefix in ("weights", "optimizer", "cart") and number.isdigit():
-            if int(number) not in keep:
-                path.unlink(missing_ok=True)
-
-
+        stale = number.isdigit() and int(number) not in keep
+        if prefix in ("weights", "optimizer", "cart") and stale:
+            path.unlink(missing_ok=True)

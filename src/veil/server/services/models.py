@@ -129,9 +129,15 @@ def create_model(
     return model
 
 
-def get_model(session: Session, *, user: UserRow, model_id: str) -> ModelRow:
-    """The caller's own model; another user's model does not exist for it."""
-    model = session.get(ModelRow, model_id)
+def get_model(
+    session: Session, *, user: UserRow, model_id: str, for_update: bool = False
+) -> ModelRow:
+    """The caller's own model; another user's model does not exist for it.
+
+    `for_update` locks the row (PostgreSQL) so a concurrent publish cannot change what
+    was charged between our read and our commit; SQLite's write session already does.
+    """
+    model = session.get(ModelRow, model_id, with_for_update=for_update)
     if model is None or model.owner_id != user.id:
         raise NotFound(f"No model {model_id!r} of yours.", model_id=model_id)
     return model

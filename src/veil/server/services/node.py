@@ -27,18 +27,97 @@ DEFAULT_PASSWORD_WARNING = (
     "the default! Change it with `veil admin passwd`."
 )
 
-_ADJECTIVES = (
-    "mystifying amazing brave calm clever dazzling eager fancy gentle happy jolly kind "
-    "lively merry nimble proud quirky silly sleepy snappy stoic sunny tender vibrant "
-    "witty zealous bold curious dreamy elegant fearless gallant honest inspiring jovial "
-    "keen loving modest noble optimistic patient quiet radiant serene trusting upbeat"
-).split()
-_NAMES = (
-    "sophia ada alan grace katherine barbara edsger donald margaret claude john emmy "
-    "marie hedy tim linus guido leslie frances radia shafi cynthia dorothy annie "
-    "mary joan lovelace turing hopper knuth dijkstra liskov noether curie lamport "
-    "allen hamilton johnson goldwasser dwork perlman"
-).split()
+_ADJECTIVES = [
+    "mystifying",
+    "amazing",
+    "brave",
+    "calm",
+    "clever",
+    "dazzling",
+    "eager",
+    "fancy",
+    "gentle",
+    "happy",
+    "jolly",
+    "kind",
+    "lively",
+    "merry",
+    "nimble",
+    "proud",
+    "quirky",
+    "silly",
+    "sleepy",
+    "snappy",
+    "stoic",
+    "sunny",
+    "tender",
+    "vibrant",
+    "witty",
+    "zealous",
+    "bold",
+    "curious",
+    "dreamy",
+    "elegant",
+    "fearless",
+    "gallant",
+    "honest",
+    "inspiring",
+    "jovial",
+    "keen",
+    "loving",
+    "modest",
+    "noble",
+    "optimistic",
+    "patient",
+    "quiet",
+    "radiant",
+    "serene",
+    "trusting",
+    "upbeat",
+]
+_NAMES = [
+    "sophia",
+    "ada",
+    "alan",
+    "grace",
+    "katherine",
+    "barbara",
+    "edsger",
+    "donald",
+    "margaret",
+    "claude",
+    "john",
+    "emmy",
+    "marie",
+    "hedy",
+    "tim",
+    "linus",
+    "guido",
+    "leslie",
+    "frances",
+    "radia",
+    "shafi",
+    "cynthia",
+    "dorothy",
+    "annie",
+    "mary",
+    "joan",
+    "lovelace",
+    "turing",
+    "hopper",
+    "knuth",
+    "dijkstra",
+    "liskov",
+    "noether",
+    "curie",
+    "lamport",
+    "allen",
+    "hamilton",
+    "johnson",
+    "goldwasser",
+    "dwork",
+    "perlman",
+]
 
 
 def random_node_name() -> str:

@@ -43,8 +43,15 @@ def _idle(model: ModelRow) -> None:
 
 
 def _private(
-    session: Session, ctx: NodeContext, *, user: UserRow, model: ModelRow, kind: str,
-    value: np.ndarray, sensitivity: float | None, n_rows: int,
+    session: Session,
+    ctx: NodeContext,
+    *,
+    user: UserRow,
+    model: ModelRow,
+    kind: str,
+    value: np.ndarray,
+    sensitivity: float | None,
+    n_rows: int,
 ) -> PrivateObjectRow:
     row = PrivateObjectRow(
         owner_id=user.id,
@@ -100,7 +107,7 @@ def step(
     predictions are those of the held-out rows; they cost nothing until published.
     """
     with ctx.live.lock(model_id), ctx.db.write_session() as session:
-        model = get_model(session, user=user, model_id=model_id)
+        model = get_model(session, user=user, model_id=model_id, for_update=True)
         _idle(model)
         spec = ModelSpec.from_dict(model.spec)
         pair = resolve_pair(session, ctx.arrays, user=user, x_id=x_id, y_id=y_id)
@@ -121,15 +128,25 @@ def step(
         else:
             loss_value, preds_value, n = result.loss, result.preds, len(train)
         loss = _private(
-            session, ctx, user=user, model=model, kind="loss",
+            session,
+            ctx,
+            user=user,
+            model=model,
+            kind="loss",
             value=np.asarray(loss_value, dtype=np.float64),
-            sensitivity=spec.loss_bound / n, n_rows=n,
+            sensitivity=spec.loss_bound / n,
+            n_rows=n,
         )
         bounded = final_activation(spec.layers) in ("sigmoid", "softmax")
         preds = _private(
-            session, ctx, user=user, model=model, kind="predictions",
+            session,
+            ctx,
+            user=user,
+            model=model,
+            kind="predictions",
             value=np.asarray(preds_value, dtype=np.float64),
-            sensitivity=1.0 if bounded else None, n_rows=n,
+            sensitivity=1.0 if bounded else None,
+            n_rows=n,
         )
         session.commit()
         ctx.live.put(model.id, LiveModel(version=model.version, trainer=live.trainer, cart=cart))
@@ -149,14 +166,12 @@ def evaluate(
     if not isinstance(epsilon, int | float) or not 0 < epsilon < float("inf"):
         raise ValidationError(f"epsilon must be a finite number > 0. Received: epsilon={epsilon!r}")
     with ctx.live.lock(model_id), ctx.db.write_session() as session:
-        model = get_model(session, user=user, model_id=model_id)
+        model = get_model(session, user=user, model_id=model_id, for_update=True)
         _idle(model)
         spec = ModelSpec.from_dict(model.spec)
         pair = resolve_pair(session, ctx.arrays, user=user, x_id=x_id, y_id=y_id)
         delta = get_node(session).delta
-        sigma = calibrate_sigma(
-            epsilon, lambda s: gaussian(s, count=EVAL_RELEASES).epsilon(delta)
-        )
+        sigma = calibrate_sigma(epsilon, lambda s: gaussian(s, count=EVAL_RELEASES).epsilon(delta))
         live = ctx.live.get(model)
         check_data(spec, select_rows(pair.x.array, pair.rows), select_rows(pair.y.array, pair.rows))
         loss, accuracy, n = live.trainer.evaluate(pair.x.array, pair.y.array, rows=pair.rows)
@@ -164,7 +179,9 @@ def evaluate(
         cart.ensure_source(pair.key, pair.n_asset_rows)
         cart.add_gaussian_rows(pair.key, pair.rows, sigma=sigma, count=EVAL_RELEASES)
         rng = np.random.default_rng(secrets.randbits(128))
-        noised: dict[str, Any] = {"loss": float(loss + rng.normal(0.0, sigma * spec.loss_bound / n))}
+        noised: dict[str, Any] = {
+            "loss": float(loss + rng.normal(0.0, sigma * spec.loss_bound / n))
+        }
         if accuracy is not None:
             noised["accuracy"] = float(accuracy + rng.normal(0.0, sigma / n))
         release = ledger.charge(
@@ -174,7 +191,12 @@ def evaluate(
             delta=delta,
             kind="metrics",
             mechanism="gaussian",
-            params={"sigma": sigma, "epsilon": epsilon, "n_rows": n, "model_version": model.version + 1},
+            params={
+                "sigma": sigma,
+                "epsilon": epsilon,
+                "n_rows": n,
+                "model_version": model.version + 1,
+            },
             model_id=model.id,
             result=noised,
         )

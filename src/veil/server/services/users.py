@@ -61,9 +61,10 @@ def create_user(
 
 def get_user(session: Session, *, user_id_or_email: str) -> UserRow:
     key = user_id_or_email.strip()
-    user = session.get(UserRow, key) or session.scalars(
-        select(UserRow).where(UserRow.email == key.lower())
-    ).first()
+    user = (
+        session.get(UserRow, key)
+        or session.scalars(select(UserRow).where(UserRow.email == key.lower())).first()
+    )
     if user is None:
         raise NotFound(f"No user {key!r}.", user=key)
     return user

@@ -105,7 +105,9 @@ def create_draft(session: SessionDep, user: CurrentUser) -> dict[str, str]:
 
 
 @router.post("/drafts/{draft_id}/layers")
-def add_layer(draft_id: str, body: LayerIn, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+def add_layer(
+    draft_id: str, body: LayerIn, session: SessionDep, user: CurrentUser
+) -> dict[str, Any]:
     shape = models.add_draft_layer(session, user=user, draft_id=draft_id, layer=body.layer)
     return {"output_shape": list(shape)}
 
@@ -139,16 +141,33 @@ def read_model(model_id: str, session: SessionDep, user: CurrentUser) -> ModelOu
 
 
 @router.post("/{model_id}/quote")
-def quote(model_id: str, body: FitIn, ctx: ContextDep, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+def quote(
+    model_id: str, body: FitIn, ctx: ContextDep, session: SessionDep, user: CurrentUser
+) -> dict[str, Any]:
     model = models.get_model(session, user=user, model_id=model_id)
     plan = fits.plan_fit(
-        session, ctx.files, ctx.arrays, user=user, model=model, x_id=body.x, y_id=body.y,
-        max_iter=body.max_iter, batch_size=body.batch_size,
-        validation_split=body.validation_split, target_epsilon=body.target_epsilon, check=False,
+        session,
+        ctx.files,
+        ctx.arrays,
+        user=user,
+        model=model,
+        x_id=body.x,
+        y_id=body.y,
+        max_iter=body.max_iter,
+        batch_size=body.batch_size,
+        validation_split=body.validation_split,
+        target_epsilon=body.target_epsilon,
+        check=False,
     )
     q = plan.quote
-    return {"epsilon": q.epsilon_added, "epsilon_after": q.epsilon_after, "sigma": q.sigma,
-            "steps": q.steps, "q": q.q, "delta": get_node(session).delta}
+    return {
+        "epsilon": q.epsilon_added,
+        "epsilon_after": q.epsilon_after,
+        "sigma": q.sigma,
+        "steps": q.steps,
+        "q": q.q,
+        "delta": get_node(session).delta,
+    }
 
 
 @router.post("/{model_id}/fit", status_code=202)
@@ -156,9 +175,17 @@ async def fit(model_id: str, body: FitIn, ctx: ContextDep, user: CurrentUser) ->
     def submit() -> dict[str, Any]:
         with ctx.db.session() as session:
             job = fits.submit_fit(
-                session, ctx.files, ctx.arrays, user=user, model_id=model_id, x_id=body.x,
-                y_id=body.y, max_iter=body.max_iter, batch_size=body.batch_size,
-                validation_split=body.validation_split, target_epsilon=body.target_epsilon,
+                session,
+                ctx.files,
+                ctx.arrays,
+                user=user,
+                model_id=model_id,
+                x_id=body.x,
+                y_id=body.y,
+                max_iter=body.max_iter,
+                batch_size=body.batch_size,
+                validation_split=body.validation_split,
+                target_epsilon=body.target_epsilon,
             )
             return {"job_id": job.id, "status": job.status, **job.params}
 
@@ -181,8 +208,13 @@ def cancel(model_id: str, session: SessionDep, user: CurrentUser) -> dict[str, A
 @router.post("/{model_id}/step")
 def step(model_id: str, body: StepIn, ctx: ContextDep, user: CurrentUser) -> StepOut:
     loss, preds = steps.step(
-        ctx, user=user, model_id=model_id, x_id=body.x, y_id=body.y,
-        validation_split=body.validation_split, batch_size=body.batch_size,
+        ctx,
+        user=user,
+        model_id=model_id,
+        x_id=body.x,
+        y_id=body.y,
+        validation_split=body.validation_split,
+        batch_size=body.batch_size,
     )
     return StepOut(loss=_object_out(loss), predictions=_object_out(preds))
 
@@ -192,5 +224,9 @@ def evaluate(model_id: str, body: EvaluateIn, ctx: ContextDep, user: CurrentUser
     release = steps.evaluate(
         ctx, user=user, model_id=model_id, x_id=body.x, y_id=body.y, epsilon=body.epsilon
     )
-    return {"release_id": release.id, "epsilon_added": release.epsilon_added,
-            "epsilon_after": release.epsilon_after, **(release.result or {})}
+    return {
+        "release_id": release.id,
+        "epsilon_added": release.epsilon_added,
+        "epsilon_after": release.epsilon_after,
+        **(release.result or {}),
+    }
