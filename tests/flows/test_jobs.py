@@ -49,7 +49,7 @@ def test_cancel_stops_a_job_and_keeps_what_it_trained(sqlite_node) -> None:
 
 def test_a_model_over_the_size_limit_is_refused(sqlite_node) -> None:
     admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    admin._http.patch("/node", json={"max_params": 1000})
+    assert admin.update_node(max_params=1000)["max_params"] == 1000
     ds = make_ds(admin, sqlite_node)
     with pytest.raises(veil.SpecError, match="param"):
         _mlp().compile(to=ds)
@@ -151,3 +151,37 @@ def test_many_clients_are_served_while_training(sqlite_node) -> None:
     assert answers == ["Patches"] * 20
     model_ptr.cancel()
     model_ptr.wait(show=False)
+
+
+def test_a_failing_job_reports_why_and_charges_nothing(sqlite_node, monkeypatch) -> None:
+    from veil.engine import DPTrainer
+
+    def broken_fit(self, *args, **kwargs):
+        raise RuntimeError("the disk went away")
+
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    upload_images(admin, n=100)
+    ds = make_ds(admin, sqlite_node)
+    data = ds.datasets["Patches"]
+    model_ptr = _mlp().compile(to=ds)
+    monkeypatch.setattr(DPTrainer, "fit", broken_fit)
+    with pytest.raises(veil.JobFailed, match="the disk went away"):
+        model_ptr.fit(data["train_images"], data["train_labels"], max_iter=1, batch_size=10)
+    progress = model_ptr.progress()
+    assert progress["status"] == "failed" and "RuntimeError" in progress["error"]
+    assert ds.privacy_budget.spent == 0.0 and progress["model_epsilon"] == 0.0
+    monkeypatch.undo()
+    model_ptr.fit(data["train_images"], data["train_labels"], max_iter=1, batch_size=10)
+    assert model_ptr.progress()["status"] == "done"
+
+
+def test_the_admin_sets_the_nodes_delta(sqlite_node) -> None:
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    ds = make_ds(admin, sqlite_node)
+    assert ds.privacy_budget.delta == 1e-5
+    admin.update_node(delta=1e-6)
+    assert ds.privacy_budget.delta == 1e-6
+    with pytest.raises(veil.PermissionDenied):
+        ds.update_node(delta=0.1)
+    with pytest.raises(veil.ValidationError, match="delta"):
+        admin.update_node(delta=2.0)

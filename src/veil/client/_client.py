@@ -54,7 +54,19 @@ class Client:
 
     @property
     def node(self) -> dict[str, Any]:
+        """The node's name, version, delta and model size limits."""
         return self._http.get("/node")
+
+    def update_node(
+        self,
+        *,
+        delta: float | None = None,
+        max_params: int | None = None,
+        max_flops: int | None = None,
+    ) -> dict[str, Any]:
+        """Set the node's delta and model size limits (admin only)."""
+        body = {"delta": delta, "max_params": max_params, "max_flops": max_flops}
+        return self._http.patch("/node", json={k: v for k, v in body.items() if v is not None})
 
     def change_password(self, *, old_password: str, new_password: str) -> None:
         self._http.post(

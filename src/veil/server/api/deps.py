@@ -23,9 +23,19 @@ def get_context(request: Request) -> NodeContext:
 ContextDep = Annotated[NodeContext, Depends(get_context)]
 
 
-def get_session(ctx: ContextDep) -> Iterator[Session]:
-    with ctx.db.session() as session:
-        yield session
+def get_session(request: Request, ctx: ContextDep) -> Iterator[Session]:
+    """Reads get a plain session; anything else a write session.
+
+    On SQLite a transaction that reads and then writes fails at once if another
+    connection wrote in between (WAL snapshots cannot be upgraded), so requests that may
+    write take the write lock at their first statement instead.
+    """
+    if request.method in ("GET", "HEAD"):
+        with ctx.db.session() as session:
+            yield session
+    else:
+        with ctx.db.write_session() as session:
+            yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -43,7 +53,9 @@ TokenDep = Annotated[str, Depends(get_token)]
 
 
 def get_current_user(session: SessionDep, token: TokenDep) -> UserRow:
-    return user_for_token(session, token)
+    user = user_for_token(session, token)
+    session.commit()  # end the lookup's transaction: routes may open write sessions of their own
+    return user
 
 
 CurrentUser = Annotated[UserRow, Depends(get_current_user)]

@@ -50,7 +50,7 @@ class _Stop(Exception):
 def run_fit_job(ctx: NodeContext, job_id: str, stopping: threading.Event | None = None) -> None:
     """Run the job to its end; every outcome is recorded on the job row."""
     stopping = stopping or threading.Event()
-    with ctx.db.session() as session:
+    with ctx.db.write_session() as session:
         job = session.get(JobRow, job_id)
         if job is None or job.status != "queued":
             return
@@ -71,7 +71,7 @@ def run_fit_job(ctx: NodeContext, job_id: str, stopping: threading.Event | None 
 
 
 def _finish(ctx: NodeContext, job_id: str, status: str, error: str | None) -> None:
-    with ctx.db.session() as session:
+    with ctx.db.write_session() as session:
         job = session.get(JobRow, job_id)
         if job is None:
             return
@@ -85,7 +85,7 @@ def _finish(ctx: NodeContext, job_id: str, status: str, error: str | None) -> No
 
 
 def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
-    with ctx.db.session() as session:
+    with ctx.db.write_session() as session:
         job = session.get(JobRow, job_id)
         assert job is not None
         user = session.get(UserRow, job.owner_id)
@@ -117,6 +117,7 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
     cart.mark_pool(key, plan.train_rows)
     state = {"step": 0, "samples": 0, "last_write": 0.0, "steps_since_ckpt": 0, "cancel": False}
     rng = np.random.default_rng(secrets.randbits(128))
+    started = time.monotonic()
 
     def should_stop() -> bool:
         return stopping.is_set() or bool(state["cancel"])
@@ -161,17 +162,13 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
             job = session.get(JobRow, job_id)
             assert job is not None
             job.epoch, job.step, job.samples_seen = info.epoch, state["step"], state["samples"]
-            started = job.started_at
-            elapsed = time.time() - (
-                started.timestamp() if started.tzinfo else started.replace(tzinfo=None).timestamp()
-            )
             session.add(
                 JobEpochRow(
                     job_id=job_id,
                     epoch=info.epoch,
                     step=state["step"],
                     samples_seen=state["samples"],
-                    elapsed=max(elapsed, 0.0),
+                    elapsed=time.monotonic() - started,
                     metrics=metrics,
                 )
             )
@@ -214,7 +211,7 @@ def _write_progress(
     ctx: NodeContext, job_id: str, *, epoch: int | None, step: int, samples: int
 ) -> bool:
     """Record the step count; returns whether a cancel was asked for."""
-    with ctx.db.session() as session:
+    with ctx.db.write_session() as session:
         job = session.get(JobRow, job_id)
         if job is None:
             return True
@@ -226,7 +223,7 @@ def _write_progress(
 
 
 def _prune(ctx: NodeContext, model_id: str) -> None:
-    with ctx.db.session() as session:
+    with ctx.db.write_session() as session:
         model = session.get(ModelRow, model_id)
         if model is not None:
             prune_old_versions(ctx.files, model)

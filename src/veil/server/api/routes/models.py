@@ -173,7 +173,7 @@ def quote(
 @router.post("/{model_id}/fit", status_code=202)
 async def fit(model_id: str, body: FitIn, ctx: ContextDep, user: CurrentUser) -> dict[str, Any]:
     def submit() -> dict[str, Any]:
-        with ctx.db.session() as session:
+        with ctx.db.write_session() as session:
             job = fits.submit_fit(
                 session,
                 ctx.files,
