@@ -12,7 +12,7 @@ from veil.server.db.tables.accounts import UserRow
 from veil.server.services.datasets import ResolvedPointer, resolve_pointer
 from veil.server.storage.arrays import ArrayStore
 
-__all__ = ["Pair", "resolve_pair", "select_rows"]
+__all__ = ["Pair", "resolve_pair", "select_rows", "split_rows"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,20 @@ class Pair:
     @property
     def n_asset_rows(self) -> int:
         return self.x.n_asset_rows
+
+
+def split_rows(rows: np.ndarray, validation_split: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held out): the last `validation_split` of the rows are held out, as in Keras."""
+    if not isinstance(validation_split, int | float) or not 0 <= validation_split < 1:
+        raise ValidationError(
+            f"validation_split must be in [0, 1). Received: validation_split={validation_split!r}"
+        )
+    cut = len(rows) - int(np.floor(len(rows) * validation_split))
+    if cut < 1:
+        raise ValidationError(
+            f"validation_split={validation_split} leaves no rows to train on of {len(rows)}."
+        )
+    return rows[:cut], rows[cut:]
 
 
 def select_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:

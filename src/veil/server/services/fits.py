@@ -34,7 +34,7 @@ from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import LedgerRow
 from veil.server.db.tables.models import JobEpochRow, JobRow, ModelRow
 from veil.server.services.checkpoints import load_cart
-from veil.server.services.data import Pair, resolve_pair, select_rows
+from veil.server.services.data import Pair, resolve_pair, select_rows, split_rows
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
 from veil.server.storage.arrays import ArrayStore
@@ -63,19 +63,6 @@ class FitPlan:
     params: dict[str, Any]
 
 
-def _split(rows: np.ndarray, validation_split: float) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(validation_split, int | float) or not 0 <= validation_split < 1:
-        raise ValidationError(
-            f"validation_split must be in [0, 1). Received: validation_split={validation_split!r}"
-        )
-    cut = len(rows) - int(math.floor(len(rows) * validation_split))
-    if cut < 1:
-        raise ValidationError(
-            f"validation_split={validation_split} leaves no training rows of {len(rows)}."
-        )
-    return rows[:cut], rows[cut:]
-
-
 def plan_fit(
     session: Session,
     files: NodeFiles,
@@ -97,7 +84,7 @@ def plan_fit(
             raise ValidationError(f"{name} must be an int >= 1. Received: {name}={value!r}")
     spec = ModelSpec.from_dict(model.spec)
     pair = resolve_pair(session, arrays, user=user, x_id=x_id, y_id=y_id)
-    train_rows, val_rows = _split(pair.rows, validation_split)
+    train_rows, val_rows = split_rows(pair.rows, validation_split)
     if len(np.unique(pair.rows)) != len(pair.rows):
         raise ValidationError(
             "fit samples rows from a pool in which each row appears once. Received: a "

@@ -24,7 +24,7 @@ from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
 from veil.server.services import ledger
 from veil.server.services.checkpoints import prune_old_versions, save_checkpoint
-from veil.server.services.data import resolve_pair, select_rows
+from veil.server.services.data import resolve_pair, select_rows, split_rows
 from veil.server.services.live_models import LiveModel
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
@@ -74,21 +74,13 @@ def _private(
 def _split_batch(
     rows: np.ndarray, validation_split: float, batch_size: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(validation_split, int | float) or not 0 <= validation_split < 1:
+    train, held_out = split_rows(rows, validation_split)
+    if batch_size is not None and (batch_size < 1 or len(train) > batch_size):
         raise ValidationError(
-            f"validation_split must be in [0, 1). Received: validation_split={validation_split!r}"
+            f"A step may take at most batch_size={batch_size} rows. Received: {len(train)} rows "
+            "to train on; slice the pointer, e.g. x_ptr[0:32]."
         )
-    cut = len(rows) - int(np.floor(len(rows) * validation_split))
-    if cut < 1:
-        raise ValidationError(
-            f"validation_split={validation_split} leaves no rows to train on of {len(rows)}."
-        )
-    if batch_size is not None and (batch_size < 1 or cut > batch_size):
-        raise ValidationError(
-            f"A step may take at most batch_size={batch_size} rows. Received: {cut} rows to "
-            "train on; slice the pointer, e.g. x_ptr[0:32]."
-        )
-    return rows[:cut], rows[cut:]
+    return train, held_out
 
 
 def step(

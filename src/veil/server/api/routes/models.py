@@ -43,6 +43,17 @@ class FitIn(Strict):
     validation_split: float = 0.0
     target_epsilon: float | None = None
 
+    def plan_args(self) -> dict[str, Any]:
+        """The planned fit, as `fits.plan_fit` and `fits.submit_fit` take it."""
+        return {
+            "x_id": self.x,
+            "y_id": self.y,
+            "max_iter": self.max_iter,
+            "batch_size": self.batch_size,
+            "validation_split": self.validation_split,
+            "target_epsilon": self.target_epsilon,
+        }
+
 
 class DataIn(Strict):
     x: str
@@ -151,13 +162,8 @@ def quote(
         ctx.arrays,
         user=user,
         model=model,
-        x_id=body.x,
-        y_id=body.y,
-        max_iter=body.max_iter,
-        batch_size=body.batch_size,
-        validation_split=body.validation_split,
-        target_epsilon=body.target_epsilon,
         check=False,
+        **body.plan_args(),
     )
     q = plan.quote
     return {
@@ -180,12 +186,7 @@ async def fit(model_id: str, body: FitIn, ctx: ContextDep, user: CurrentUser) ->
                 ctx.arrays,
                 user=user,
                 model_id=model_id,
-                x_id=body.x,
-                y_id=body.y,
-                max_iter=body.max_iter,
-                batch_size=body.batch_size,
-                validation_split=body.validation_split,
-                target_epsilon=body.target_epsilon,
+                **body.plan_args(),
             )
             return {"job_id": job.id, "status": job.status, **job.params}
 
