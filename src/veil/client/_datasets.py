@@ -14,6 +14,7 @@ import io
 import math
 import operator
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -270,15 +271,15 @@ class DatasetsView:
         )
 
 
-class _Source:
+class _Source(ABC):
     """The .npy bytes of an array or a file, readable a chunk at a time, more than once."""
 
     dtype: np.dtype
     shape: tuple[int, ...]
     size: int
 
-    def chunks(self) -> Iterator[bytes]:
-        raise NotImplementedError
+    @abstractmethod
+    def chunks(self) -> Iterator[bytes]: ...
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
