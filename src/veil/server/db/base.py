@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import DateTime, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "new_id", "utcnow", "IdColumn", "TimestampColumn"]
+__all__ = ["Base", "IdColumn", "TimestampColumn", "as_utc", "new_id", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -29,6 +29,11 @@ def new_id() -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes even for timezone=True columns; they are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def IdColumn() -> Mapped[str]:  # noqa: N802 - reads like a column type

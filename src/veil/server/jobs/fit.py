@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from veil._exceptions import BudgetExceeded, VeilError
 from veil.engine import EpochInfo, StepInfo
@@ -41,10 +42,6 @@ __all__ = ["run_fit_job"]
 log = logging.getLogger("veil.jobs")
 
 PROGRESS_EVERY_S = 0.5
-
-
-class _Stop(Exception):
-    pass
 
 
 def run_fit_job(ctx: NodeContext, job_id: str, stopping: threading.Event | None = None) -> None:
@@ -223,14 +220,14 @@ def _write_progress(
 
 
 def _prune(ctx: NodeContext, model_id: str) -> None:
-    with ctx.db.write_session() as session:
+    with ctx.db.session() as session:
         model = session.get(ModelRow, model_id)
         if model is not None:
             prune_old_versions(ctx.files, model)
 
 
 def _release_validation(
-    session,
+    session: Session,
     user: UserRow,
     model: ModelRow,
     cart: Cart,
@@ -267,7 +264,7 @@ def _release_validation(
                 "sigma": sigma,
                 "n_rows": n_val,
                 "epoch": info.epoch,
-                "model_version": model.version,
+                "model_version": model.version + 1,  # the checkpoint written with it
             },
             model_id=model.id,
             result=noised,

@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from veil._exceptions import AuthenticationError, PermissionDenied, RateLimited
+from veil.server.db.base import as_utc
 from veil.server.db.tables.accounts import TokenRow, UserRow
 from veil.server.services.passwords import verify_dummy, verify_password
 
@@ -132,7 +133,7 @@ def user_for_token(session: Session, token: str) -> UserRow:
         raise AuthenticationError("Unknown token; log in again.")
     if row.revoked_at is not None:
         raise AuthenticationError("This token was revoked (logged out); log in again.")
-    if _aware(row.expires_at) <= now:
+    if as_utc(row.expires_at) <= now:
         raise AuthenticationError("This token has expired; log in again.")
     user = session.get(UserRow, row.user_id)
     if user is None or user.disabled:
@@ -155,8 +156,3 @@ def revoke_all(session: Session, *, user_id: str) -> None:
         .where(TokenRow.user_id == user_id, TokenRow.revoked_at.is_(None))
         .values(revoked_at=datetime.now(UTC))
     )
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes even for timezone=True columns.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

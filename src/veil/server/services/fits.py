@@ -30,6 +30,7 @@ from veil.privacy import (
     poisson_gaussian,
     quote_fit,
 )
+from veil.server.db.base import as_utc
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import LedgerRow
 from veil.server.db.tables.models import JobEpochRow, JobRow, ModelRow
@@ -225,7 +226,7 @@ def progress(session: Session, *, user: UserRow, model_id: str) -> dict[str, Any
     )
     start = job.started_at
     end = job.finished_at or datetime.now(UTC)
-    elapsed = (_aware(end) - _aware(start)).total_seconds() if start else 0.0
+    elapsed = (as_utc(end) - as_utc(start)).total_seconds() if start else 0.0
     return {
         **out,
         "job_id": job.id,
@@ -254,7 +255,3 @@ def fail_interrupted_jobs(session: Session) -> int:
             model.busy_job_id = None
     session.commit()
     return len(jobs)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
