@@ -185,3 +185,28 @@ def test_the_admin_sets_the_nodes_delta(sqlite_node) -> None:
         ds.update_node(delta=0.1)
     with pytest.raises(veil.ValidationError, match="delta"):
         admin.update_node(delta=2.0)
+
+
+def test_a_failed_step_keeps_no_uncounted_training(sqlite_node, monkeypatch) -> None:
+    from veil.server.services import steps
+
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    upload_images(admin, n=64)
+    ds = make_ds(admin, sqlite_node)
+    data = ds.datasets["Patches"]
+    model_ptr = _mlp().compile(to=ds)
+    x, y = data["train_images"][0:32], data["train_labels"][0:32]
+    model_ptr.step(x, y)
+    before = model_ptr.weights().publish().get()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(steps, "save_checkpoint", broken)
+    with pytest.raises(veil.ServerError):
+        model_ptr.step(x, y)
+    monkeypatch.undo()
+    after = model_ptr.weights().publish()
+    assert after.epsilon_added == 0.0  # nothing new was trained as far as the node knows
+    for name, value in after.get().items():
+        assert (value == before[name]).all(), name  # and the weights agree

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from veil._exceptions import NotFound, ServerError, ValidationError, VeilError
 
@@ -49,7 +50,35 @@ def install_error_handlers(app: FastAPI) -> None:
         error.status_code = exc.status_code
         return _respond(error)
 
-    @app.exception_handler(Exception)
-    async def _fault(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return _respond(ServerError(f"Internal error on the node ({type(exc).__name__})."))
+    app.add_middleware(_FaultBarrier)
+
+
+class _FaultBarrier:
+    """Answer an unexpected error with a 500 JSON body and keep the connection usable.
+
+    (A plain `exception_handler(Exception)` answers too, but Starlette then re-raises
+    and the server drops the connection.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.exception("unhandled error")
+            if started:
+                raise
+            error = ServerError(f"Internal error on the node ({type(exc).__name__}).")
+            await _respond(error)(scope, receive, send)

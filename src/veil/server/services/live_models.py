@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from veil.engine import DPTrainer
@@ -55,6 +57,16 @@ class LiveModels:
         )
         self.put(model.id, live)
         return live
+
+    @contextmanager
+    def evicted_on_error(self, model_id: str) -> Iterator[None]:
+        """Drop the cached model if the block fails: its weights may be ahead of the store."""
+        try:
+            yield
+        except BaseException:
+            with self._guard:
+                self._cache.pop(model_id, None)
+            raise
 
     def put(self, model_id: str, live: LiveModel) -> None:
         with self._guard:

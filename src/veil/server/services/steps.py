@@ -17,7 +17,7 @@ from veil._exceptions import Conflict, ValidationError
 from veil.engine import check_data
 from veil.nn.layers import final_activation
 from veil.nn.spec import ModelSpec
-from veil.privacy import RdpCurve, calibrate_sigma, gaussian
+from veil.privacy import Cart, RdpCurve, calibrate_sigma, gaussian
 from veil.server.context import NodeContext
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import ReleaseRow
@@ -107,43 +107,82 @@ def step(
         x, y = pair.x.array, pair.y.array
         xb, yb = np.asarray(x[train]), np.asarray(y[train])
         check_data(spec, xb, yb)
+        if len(held_out):
+            check_data(spec, np.asarray(x[held_out]), np.asarray(y[held_out]))
         live = ctx.live.get(model)
         cart = live.cart.copy()
         cart.ensure_source(pair.key, pair.n_asset_rows)
-        result = live.trainer.step(xb, yb)
-        cart.add_gaussian_rows(pair.key, train, sigma=spec.noise_multiplier)
-        save_checkpoint(ctx.files, model, trainer=live.trainer, cart=cart, steps_added=1)
-        if len(held_out):
-            check_data(spec, np.asarray(x[held_out]), np.asarray(y[held_out]))
-            loss_value, _, n = live.trainer.evaluate(x, y, rows=held_out)
-            preds_value = live.trainer.predict(np.asarray(x[held_out]))
-        else:
-            loss_value, preds_value, n = result.loss, result.preds, len(train)
-        loss = _private(
-            session,
-            ctx,
-            user=user,
-            model=model,
-            kind="loss",
-            value=np.asarray(loss_value, dtype=np.float64),
-            sensitivity=spec.loss_bound / n,
-            n_rows=n,
-        )
-        bounded = final_activation(spec.layers) in ("sigmoid", "softmax")
-        preds = _private(
-            session,
-            ctx,
-            user=user,
-            model=model,
-            kind="predictions",
-            value=np.asarray(preds_value, dtype=np.float64),
-            sensitivity=1.0 if bounded else None,
-            n_rows=n,
-        )
-        session.commit()
+        # From here the in-memory weights move ahead of the stored cart: if anything
+        # fails before the commit, forget them so no uncounted step is ever kept.
+        with ctx.live.evicted_on_error(model.id):
+            loss, preds = _step_and_store(
+                session,
+                ctx,
+                user=user,
+                model=model,
+                spec=spec,
+                live=live,
+                cart=cart,
+                key=pair.key,
+                batch=(xb, yb),
+                train=train,
+                x=x,
+                y=y,
+                held_out=held_out,
+            )
+            session.commit()
         ctx.live.put(model.id, LiveModel(version=model.version, trainer=live.trainer, cart=cart))
         prune_old_versions(ctx.files, model)
         return loss, preds
+
+
+def _step_and_store(
+    session: Session,
+    ctx: NodeContext,
+    *,
+    user: UserRow,
+    model: ModelRow,
+    spec: ModelSpec,
+    live: LiveModel,
+    cart: Cart,
+    key: str,
+    batch: tuple[np.ndarray, np.ndarray],
+    train: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    held_out: np.ndarray,
+) -> tuple[PrivateObjectRow, PrivateObjectRow]:
+    """Step on `batch` (rows `train`), count them in the cart, checkpoint, keep results private."""
+    result = live.trainer.step(*batch)
+    cart.add_gaussian_rows(key, train, sigma=spec.noise_multiplier)
+    save_checkpoint(ctx.files, model, trainer=live.trainer, cart=cart, steps_added=1)
+    if len(held_out):
+        loss_value, _, n = live.trainer.evaluate(x, y, rows=held_out)
+        preds_value = live.trainer.predict(np.asarray(x[held_out]))
+    else:
+        loss_value, preds_value, n = result.loss, result.preds, len(train)
+    loss = _private(
+        session,
+        ctx,
+        user=user,
+        model=model,
+        kind="loss",
+        value=np.asarray(loss_value, dtype=np.float64),
+        sensitivity=spec.loss_bound / n,
+        n_rows=n,
+    )
+    bounded = final_activation(spec.layers) in ("sigmoid", "softmax")
+    preds = _private(
+        session,
+        ctx,
+        user=user,
+        model=model,
+        kind="predictions",
+        value=np.asarray(preds_value, dtype=np.float64),
+        sensitivity=1.0 if bounded else None,
+        n_rows=n,
+    )
+    return loss, preds
 
 
 def evaluate(
