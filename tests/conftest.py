@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 import veil
 from tests.nodes import RunningNode, running_node
@@ -14,6 +15,14 @@ ADMIN_EMAIL = "admin@veil.dev"
 ADMIN_PASSWORD = "changethis"
 DS_PASSWORD = "ds-password-123"
 _emails = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _ieee_floats_in_the_test_thread() -> Iterator[None]:
+    """A node made in this thread flushes denormals here and in the threads it starts
+    (the server's, its jobs'); the test thread itself goes back to IEEE floats."""
+    yield
+    torch.set_flush_denormal(False)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

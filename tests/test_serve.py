@@ -55,3 +55,29 @@ def test_the_node_warns_at_start_about_the_default_password(tmp_path, caplog) ->
     with caplog.at_level(logging.WARNING, logger="veil.node"):
         create_app(Settings(data_dir=tmp_path / "n"))
     assert "Anyone can login as an admin" in caplog.text
+
+
+def test_the_node_and_the_threads_it_starts_flush_denormal_floats(tmp_path) -> None:
+    """A private value that makes a subnormal float must not take longer to train on."""
+    import threading
+
+    import torch
+
+    seen: dict[str, bool] = {}
+
+    def flushes() -> bool:
+        return bool((torch.tensor([1e-39], dtype=torch.float32) * 1.0 == 0).item())
+
+    def node_thread() -> None:
+        seen["before"] = flushes()
+        create_app(Settings(data_dir=tmp_path / "n"))
+        seen["node"] = flushes()
+        child = threading.Thread(target=lambda: seen.update(child=flushes()))
+        child.start()
+        child.join()
+        torch.set_flush_denormal(False)
+
+    thread = threading.Thread(target=node_thread)
+    thread.start()
+    thread.join()
+    assert seen == {"before": False, "node": True, "child": True}

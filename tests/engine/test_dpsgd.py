@@ -9,7 +9,8 @@ from veil.engine import DPTrainer, StepInfo, build_module
 from veil.engine._data import input_tensor, target_tensor
 from veil.engine._dpsgd import clip_and_sum, per_example_grads
 from veil.engine._objective import Objective
-from veil.engine._sampling import poisson_batch, sampling_rate, steps_per_epoch
+from veil.engine._randomness import SecureRandomness, SeededRandomness
+from veil.engine._sampling import sampling_rate, steps_per_epoch
 
 from .conftest import make_spec
 
@@ -36,12 +37,12 @@ def test_vmap_gradients_equal_a_per_example_loop(
     rng = np.random.default_rng(0)
     n = 6
     if which == "cnn_spec":
-        x = input_tensor(rng.integers(0, 256, size=(n, 2, 8, 8)), torch.device("cpu"))
-        y = target_tensor(objective, spec, rng.integers(0, 2, size=n), torch.device("cpu"))
+        x, _ = input_tensor(rng.integers(0, 256, size=(n, 2, 8, 8)), torch.device("cpu"))
+        y, _ = target_tensor(objective, spec, rng.integers(0, 2, size=n), torch.device("cpu"))
         mask_shape = (n, 4)
     else:
-        x = input_tensor(rng.normal(size=(n, 5)), torch.device("cpu"))
-        y = target_tensor(objective, spec, rng.integers(0, 3, size=n), torch.device("cpu"))
+        x, _ = input_tensor(rng.normal(size=(n, 5)), torch.device("cpu"))
+        y, _ = target_tensor(objective, spec, rng.integers(0, 3, size=n), torch.device("cpu"))
         mask_shape = (n, 6)
     masks = [
         torch.bernoulli(torch.full(mask_shape, 0.7), generator=torch.Generator().manual_seed(1))
@@ -84,19 +85,19 @@ def flat(weights: dict[str, np.ndarray]) -> np.ndarray:
 @pytest.mark.parametrize("batch", [1, 4])
 def test_clipping_bounds_a_huge_example(batch: int) -> None:
     lr, clip = 0.5, 1.0
-    spec = sgd_mse_spec(3, 2, lr=lr, max_grad_norm=clip, noise_multiplier=1e-9)
+    spec = sgd_mse_spec(3, 2, lr=lr, max_grad_norm=clip)
     trainer = DPTrainer(spec, seed=0)
     x = np.full((batch, 3), 0.1, np.float32)
     x[0] = 1e6  # a gradient some 1e12 times the bound
     y = np.zeros((batch, 2), np.float32)
     before = flat(trainer.get_weights())
-    trainer.step(x, y)
+    trainer.step(x, y, noise_multiplier=1e-9)
     moved = np.linalg.norm(flat(trainer.get_weights()) - before)
     assert 0.5 * lr * clip / batch < moved <= lr * clip * (1 + 1e-5)
 
 
 def test_a_non_finite_example_contributes_nothing() -> None:
-    spec = sgd_mse_spec(2, 1, lr=0.1, noise_multiplier=1e-9)
+    spec = sgd_mse_spec(2, 1, lr=0.1)
     start = {"0.weight": np.ones((1, 2), np.float32), "0.bias": np.zeros(1, np.float32)}
     good = np.array([[1.0, 2.0]], np.float32)
     overflow = np.array([[1e30, 1e30]], np.float32)  # its squared error is inf in float32
@@ -104,7 +105,7 @@ def test_a_non_finite_example_contributes_nothing() -> None:
     for x in (good, np.concatenate([overflow, good])):
         trainer = DPTrainer(spec, seed=0)
         trainer.set_weights(start)
-        trainer.step(x, np.zeros((len(x), 1), np.float32))
+        trainer.step(x, np.zeros((len(x), 1), np.float32), noise_multiplier=1e-9)
         moves.append(flat(trainer.get_weights()) - flat(start))
     assert np.isfinite(moves[1]).all()
     np.testing.assert_allclose(moves[1], moves[0] / 2, rtol=1e-5)  # same sum, batch of 2
@@ -131,10 +132,11 @@ def noise_only_update(trainer: DPTrainer, features: int, units: int, **fit: obje
     return flat(trainer.get_weights())
 
 
-def test_noise_std_is_sigma_c_over_expected_batch() -> None:
+@pytest.mark.parametrize("seed", [3, None], ids=["seeded", "secure"])
+def test_noise_std_is_sigma_c_over_expected_batch(seed: int | None) -> None:
     sigma, clip, batch = 1.5, 2.0, 10  # q = 0.1 of 100 rows: expected batch 10
     spec = sgd_mse_spec(64, 64, noise_multiplier=sigma, max_grad_norm=clip)
-    update = noise_only_update(DPTrainer(spec, seed=3), 64, 64, batch_size=batch)
+    update = noise_only_update(DPTrainer(spec, seed=seed), 64, 64, batch_size=batch)
     expected = sigma * clip / batch
     assert abs(update.std() / expected - 1) < 0.05  # 4160 draws: ~1% standard error
     assert abs(update.mean()) < 5 * expected / np.sqrt(update.size)
@@ -154,13 +156,18 @@ def test_fit_overrides_and_step_normalise_by_their_own_batch() -> None:
     assert abs(flat(trainer.get_weights()).std() / (1.0 * 1.0 / 8) - 1) < 0.05
 
 
-def test_poisson_batches_average_q_n() -> None:
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("secure", [True, False], ids=["secure", "seeded"])
+def test_poisson_batches_average_q_n(secure: bool) -> None:
+    random = (
+        SecureRandomness()
+        if secure
+        else SeededRandomness(noise_seed=0, sampling_seed=0, device=torch.device("cpu"))
+    )
     rows = np.arange(1000, 3000)
     q = sampling_rate(len(rows), 50)
     sizes = []
     for _ in range(400):
-        batch = poisson_batch(rng, rows, q)
+        batch = random.poisson(rows, q)
         assert np.all(np.diff(batch) > 0) and np.isin(batch, rows).all()
         sizes.append(len(batch))
     n = len(rows)

@@ -81,7 +81,9 @@ def test_flow_two_trains_remotely_and_predicts_locally(admin, ds, node) -> None:
     final = model_ptr.wait(show=False)
     progress = model_ptr.progress()
     assert progress["status"] == "done" and progress["epoch"] == 3 == progress["max_iter"]
-    assert progress["step"] == progress["steps"] and progress["samples_seen"] > 0
+    assert progress["step"] == progress["steps"] and "samples_seen" not in progress
+    # step x the expected batch size (q x n_train = 40): public, whatever was sampled
+    assert progress["expected_samples"] == progress["steps"] * 40
     assert progress["epsilon"] == pytest.approx(0.0, abs=1e-9)  # metrics released: cart paid
     metrics = progress["metrics"]
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and all(m["released"] for m in metrics)

@@ -67,26 +67,55 @@ def test_batchnorm_and_unknown_layers_are_refused_by_the_node(sqlite_node) -> No
         ds.models.create(spec)
 
 
-def test_bad_labels_and_nan_fail_before_training_and_charge_nothing(sqlite_node) -> None:
+def test_the_owner_upload_refuses_nan_and_values_outside_their_bounds(sqlite_node) -> None:
     import numpy as np
 
     admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
     images = np.zeros((50, 1, 28, 28), dtype=np.float32)
     images[3, 0, 0, 0] = np.nan
+    labels = np.zeros(50, dtype=np.int64)
+    with pytest.raises(veil.ValidationError, match=r"finite values.*at row 3"):
+        admin.datasets.upload(
+            name="Broken", assets={"x": images, "y": labels}, bounds={"x": (0, 1), "y": (0, 1)}
+        )
+    labels[7] = 5
+    with pytest.raises(veil.ValidationError, match=r"within the declared bounds \[0, 1\].*row 7"):
+        admin.datasets.upload(
+            name="Broken",
+            assets={"x": np.zeros((50, 1, 28, 28), np.float32), "y": labels},
+            bounds={"x": (0, 1), "y": (0, 1)},
+        )
+    with pytest.raises(veil.ValidationError, match="same number of rows"):
+        admin.datasets.upload(
+            name="Broken",
+            assets={"x": np.zeros((50, 1, 28, 28), np.float32), "y": np.zeros(49, np.int64)},
+            bounds={"x": (0, 1), "y": (0, 1)},
+        )
+    assert [d.name for d in admin.datasets] == []  # nothing half-written
+
+
+def test_labels_declared_outside_the_model_are_refused_up_front(sqlite_node) -> None:
+    import numpy as np
+
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
     admin.datasets.upload(
-        name="Broken",
-        description="",
-        assets={"x": images, "y": np.full(50, 3, dtype=np.int64)},
+        name="Four",
+        assets={"x": np.zeros((50, 1, 28, 28), np.float32), "y": np.arange(50) % 4},
         bounds={"x": (0, 1), "y": (0, 3)},
     )
     ds = make_ds(admin, sqlite_node)
-    data = ds.datasets["Broken"]
-    model_ptr = _mlp().compile(to=ds)
-    with pytest.raises(veil.ValidationError) as err:
-        model_ptr.fit(data["x"], data["y"], max_iter=1, batch_size=10)
-    assert "NaN" in str(err.value) or "finite" in str(err.value)
-    with pytest.raises(veil.ValidationError, match="0 or 1|labels"):
-        model_ptr.fit(data["x"][4:50], data["y"][4:50], max_iter=1, batch_size=10)
+    data = ds.datasets["Four"]
+    model_ptr = _mlp().compile(to=ds)  # one sigmoid output: labels in [0, 1]
+    for attempt in (
+        lambda: model_ptr.fit(data["x"], data["y"], max_iter=1, batch_size=10),
+        lambda: model_ptr.quote(data["x"], data["y"], max_iter=1, batch_size=10),
+        lambda: model_ptr.step(data["x"][0:1], data["y"][0:1]),
+        lambda: model_ptr.evaluate(data["x"], data["y"], epsilon=1.0),
+    ):
+        with pytest.raises(
+            veil.ValidationError, match=r"declared by its owner with bounds \[0, 3\]"
+        ):
+            attempt()
     assert model_ptr.progress()["status"] == "idle"
     assert ds.privacy_budget.spent == 0.0
 
@@ -165,10 +194,11 @@ def test_a_failing_job_reports_why_and_charges_nothing(sqlite_node, monkeypatch)
     data = ds.datasets["Patches"]
     model_ptr = _mlp().compile(to=ds)
     monkeypatch.setattr(DPTrainer, "fit", broken_fit)
-    with pytest.raises(veil.JobFailed, match="the disk went away"):
+    with pytest.raises(veil.JobFailed, match="Internal error on the node"):
         model_ptr.fit(data["train_images"], data["train_labels"], max_iter=1, batch_size=10)
     progress = model_ptr.progress()
     assert progress["status"] == "failed" and "RuntimeError" in progress["error"]
+    assert "disk" not in progress["error"]  # an unexpected error's text may quote a value
     assert ds.privacy_budget.spent == 0.0 and progress["model_epsilon"] == 0.0
     monkeypatch.undo()
     model_ptr.fit(data["train_images"], data["train_labels"], max_iter=1, batch_size=10)

@@ -20,7 +20,7 @@ from veil import SpecError, nn
         (lambda: nn.Dropout(float("nan")), "Received: rate=nan"),
         (lambda: nn.MaxPool(0), "MaxPool expects pool_size"),
         (lambda: nn.GroupNorm(0), "GroupNorm expects groups of a positive int"),
-        (lambda: nn.Normalization([0.0], [0.0]), "std[0] of a finite number > 0.0"),
+        (lambda: nn.Normalization([0.0], [0.0]), "std[0] of a finite number >= 1e-06"),
         (lambda: nn.Normalization([], 1.0), "mean of a number or a non-empty list"),
         (lambda: nn.Rescaling(float("inf")), "Received: scale=inf"),
         (lambda: nn.Dense(3, input_shape=(1, 28, 28)), "batch axis first as None"),

@@ -10,10 +10,13 @@ from safetensors.numpy import load_file, save_file
 from sqlalchemy import func, select
 
 from tests.nodes import RunningNode
-from veil.privacy import Cart, RdpCurve
+from veil.privacy import Bound, Cart, RdpCurve
 from veil.server.db.engine import Database
+from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
-from veil.server.db.tables.models import ModelRow, PrivateObjectRow
+from veil.server.db.tables.models import ModelRow
+from veil.server.services.checkpoints import save_cart_arrays
+from veil.server.services.private_objects import store_object
 from veil.server.storage.files import NodeFiles, atomic_write
 
 __all__ = [
@@ -75,6 +78,8 @@ def _write_weights(
     files: NodeFiles, model_id: str, version: int, weights: dict[str, np.ndarray]
 ) -> None:
     atomic_write(files.weights(model_id, version), lambda tmp: save_file(weights, str(tmp)))
+    # No trainer here: the optimizer file only has to exist for versions to link it.
+    files.optimizer(model_id, version).write_bytes(b"")
 
 
 def add_model(
@@ -94,6 +99,7 @@ def add_model(
         session.add(model)
         session.flush()
         _write_weights(store.files, model.id, 0, weights)
+        save_cart_arrays(store.files.cart_arrays(model.id, 0), cart)
         session.commit()
         return model.id
 
@@ -106,6 +112,7 @@ def train_more(
         model = session.get(ModelRow, model_id)
         version = model.version + 1
         _write_weights(store.files, model_id, version, weights)
+        save_cart_arrays(store.files.cart_arrays(model_id, version), cart)
         model.version = version
         model.cart_state = dict(cart.state_dict())
         model.cart_curve = cart.curve().to_list()
@@ -122,29 +129,27 @@ def add_object(
     *,
     owner_id: str,
     model_id: str,
-    value: np.ndarray | float,
-    sensitivity: float | None,
+    values: np.ndarray | list[float],
+    rows: np.ndarray | range,
+    bound: Bound | None,
     kind: str = "loss",
-    n_rows: int = 32,
 ) -> str:
-    """Insert a private object holding `value` (saved as .npy, as the node does)."""
-    array = np.asarray(value, dtype=np.float64)
+    """Insert a private object of per-row `values` over `rows` of SOURCE, as a step does."""
+    array = np.asarray(values, dtype=np.float64)
+    shape = () if kind == "loss" else array.shape
     with store.db.session() as session:
-        row = PrivateObjectRow(
-            owner_id=owner_id,
-            model_id=model_id,
+        row = store_object(
+            session,
+            store.files,
+            user=session.get(UserRow, owner_id),
+            model=session.get(ModelRow, model_id),
             kind=kind,
-            shape=list(array.shape),
-            sensitivity=sensitivity,
-            n_rows=n_rows,
-            path="",
+            source=SOURCE,
+            rows=np.asarray(rows, dtype=np.int64),
+            values=array,
+            shape=shape,
+            bound=bound,
         )
-        session.add(row)
-        session.flush()
-        path = store.files.private_object(row.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, array, allow_pickle=False)
-        row.path = str(path)
         session.commit()
         return row.id
 

@@ -124,13 +124,14 @@ def test_mocks_come_from_the_owner_or_from_bounds_only(node, admin, ds) -> None:
     admin.datasets.upload(
         name="A",
         assets={"x": private, "codes": np.zeros((150, 4), np.int64)},
-        bounds={"x": (0, 1)},
+        bounds={"x": (0, 20000)},
         mock={"codes": given},
     )
-    admin.datasets.upload(name="B", assets={"x": other}, bounds={"x": (0, 1)})
+    admin.datasets.upload(name="B", assets={"x": other}, bounds={"x": (0, 20000)})
     x_a, x_b = ds.datasets["A"]["x"], ds.datasets["B"]["x"]
     assert x_a.mock.shape == (100, 4) and x_a.mock.dtype == np.float32
-    assert x_a.mock.min() >= 0 and x_a.mock.max() <= 1 and not np.isin(12345.678, x_a.mock)
+    assert x_a.mock.min() >= 0 and x_a.mock.max() <= 20000
+    assert not np.isin(np.float32(12345.678), x_a.mock)
     # Made from shape, dtype and bounds only: the same whatever the private values.
     np.testing.assert_array_equal(x_a.mock, x_b.mock)
     np.testing.assert_array_equal(ds.datasets["A"]["codes"].mock, given)

@@ -9,6 +9,7 @@ import pytest
 import veil
 from tests.conftest import DS_PASSWORD, login, make_ds
 from tests.server.ledger_fixtures import (
+    SOURCE_ROWS,
     add_model,
     add_object,
     ledger_of,
@@ -18,10 +19,11 @@ from tests.server.ledger_fixtures import (
     train_more,
     weights_on_disk,
 )
-from veil.privacy import RdpCurve, gaussian
+from veil.privacy import EachRow, MeanOf, RdpCurve, gaussian
 from veil.server.db.tables.models import ModelRow
 
 DELTA = 1e-5
+LOSS = MeanOf(high=1.0, fill=1.0)
 
 
 def _equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -107,7 +109,7 @@ def test_other_users_things_do_not_exist_for_a_data_scientist(node, admin) -> No
         store, owner_id=owner.user.id, cart=sampled_cart(10), weights=random_weights(0)
     )
     object_id = add_object(
-        store, owner_id=owner.user.id, model_id=model_id, value=1.0, sensitivity=1.0
+        store, owner_id=owner.user.id, model_id=model_id, values=[1.0], rows=[0], bound=LOSS
     )
     with pytest.raises(veil.NotFound, match="No model"):
         veil.WeightsPointer(other._http, model_id).publish()
@@ -140,7 +142,9 @@ def test_private_object_publish_with_sigma_or_epsilon(node, admin) -> None:
     ds = make_ds(admin, node, budget=100.0)
     cart = sampled_cart(100)
     model_id = add_model(store, owner_id=ds.user.id, cart=cart, weights=random_weights(0))
-    loss_id = add_object(store, owner_id=ds.user.id, model_id=model_id, value=0.25, sensitivity=0.5)
+    loss_id = add_object(
+        store, owner_id=ds.user.id, model_id=model_id, values=[0.25] * 4, rows=range(4), bound=LOSS
+    )
     loss = veil.PrivatePointer(ds._http, loss_id, "loss", ())
     assert repr(loss) == "<PrivatePointer loss shape=()>"
     with pytest.raises(veil.PermissionDenied, match="publish"):
@@ -148,25 +152,46 @@ def test_private_object_publish_with_sigma_or_epsilon(node, admin) -> None:
 
     noised = loss.publish(sigma=2.0)
     assert noised.kind == "object" and noised.object_id == loss_id
-    assert noised.params["std"] == pytest.approx(1.0) and noised.params["sigma"] == 2.0
-    expected = cart.curve() + gaussian(2.0)  # the value also reveals the model
+    assert noised.params["sigma"] == 2.0 and noised.params["n_rows"] == 4
+    # The rows' Gaussian in the cart; the value also reveals the model, paid with it.
+    expected = cart.curve() + gaussian(2.0)
     assert noised.epsilon_after == pytest.approx(expected.epsilon(DELTA))
     assert isinstance(noised.get(), float)
+    entry = ds._http.get(f"/releases/{noised.id}/result")["values"]["loss"]
+    assert entry["std"] == pytest.approx(2.0 * 1.0 / 4)  # sigma x loss_bound / rows
 
-    targeted = loss.publish(epsilon=0.5)  # the model is paid now: only the Gaussian
+    targeted = loss.publish(epsilon=0.5)  # the same rows again: their costs add up
     sigma = targeted.params["sigma"]
     assert 0.5 * 0.99 < gaussian(sigma).epsilon(DELTA) <= 0.5
-    assert targeted.epsilon_after == pytest.approx((expected + gaussian(sigma)).epsilon(DELTA))
+    expected = expected + gaussian(sigma)
+    assert targeted.epsilon_after == pytest.approx(expected.epsilon(DELTA))
     assert ds.privacy_budget.spent == pytest.approx(targeted.epsilon_after)
 
+    other_rows = add_object(
+        store,
+        owner_id=ds.user.id,
+        model_id=model_id,
+        values=[0.5] * 4,
+        rows=range(4, 8),
+        bound=LOSS,
+    )
+    parallel = veil.PrivatePointer(ds._http, other_rows, "loss", ()).publish(sigma=2.0)
+    assert parallel.epsilon_added == pytest.approx(0.0, abs=1e-9)  # disjoint rows: parallel
+
     preds_id = add_object(
-        store, owner_id=ds.user.id, model_id=model_id, value=np.ones((3, 2)), sensitivity=1.0
+        store,
+        owner_id=ds.user.id,
+        model_id=model_id,
+        values=np.ones((3, 2)),
+        rows=range(3),
+        bound=EachRow(1.0),
+        kind="predictions",
     )
     preds = veil.PrivatePointer(ds._http, preds_id, "predictions", (3, 2)).publish(sigma=1.0)
     assert preds.get().shape == (3, 2)
 
 
-def test_private_object_publish_refuses_bad_noise_and_unbounded_objects(node, admin) -> None:
+def test_private_object_publish_refuses_what_it_cannot_honour(node, admin) -> None:
     store = store_of(node)
     ds = make_ds(admin, node)
     model_id = add_model(
@@ -174,27 +199,46 @@ def test_private_object_publish_refuses_bad_noise_and_unbounded_objects(node, ad
     )
     bounded = veil.PrivatePointer(
         ds._http,
-        add_object(store, owner_id=ds.user.id, model_id=model_id, value=1.0, sensitivity=1.0),
+        add_object(
+            store, owner_id=ds.user.id, model_id=model_id, values=[1.0], rows=[0], bound=LOSS
+        ),
         "loss",
         (),
     )
     for kwargs in ({}, {"sigma": 1.0, "epsilon": 1.0}):
         with pytest.raises(veil.ValidationError, match="exactly one of sigma"):
             bounded.publish(**kwargs)
-    for kwargs in ({"sigma": -1.0}, {"epsilon": 0.0}):
+    for kwargs in ({"sigma": -1.0}, {"epsilon": 0.0}, {"sigma": 1.0, "clip": -2.0}):
         with pytest.raises(veil.ValidationError, match="finite number > 0"):
             bounded.publish(**kwargs)
+    for sigma in (0.01, 1e300):
+        with pytest.raises(veil.ValidationError, match=r"sigma in \[0.3, 1000\]"):
+            bounded.publish(sigma=sigma)
+    with pytest.raises(veil.ValidationError, match="least noise this node allows"):
+        bounded.publish(epsilon=1e6)
+    with pytest.raises(veil.ValidationError, match="most noise this node allows"):
+        bounded.publish(epsilon=1e-9)
     unbounded = add_object(
         store,
         owner_id=ds.user.id,
         model_id=model_id,
-        value=[1.0, 2.0],
-        sensitivity=None,
+        values=[[1.0], [2.0]],
+        rows=range(2),
+        bound=None,
         kind="predictions",
     )
-    with pytest.raises(veil.ValidationError, match="knows no sensitivity bound"):
-        veil.PrivatePointer(ds._http, unbounded, "predictions", (2,)).publish(sigma=1.0)
+    pointer = veil.PrivatePointer(ds._http, unbounded, "predictions", (2, 1))
+    with pytest.raises(veil.ValidationError, match="no natural bound.*clip=c"):
+        pointer.publish(sigma=1.0)
     assert len(ds.releases) == 0 and ledger_of(store, ds.user.id).curve.is_zero
+    with pytest.raises(veil.BudgetExceeded, match="Nothing was released"):
+        pointer.publish(sigma=0.3, clip=1.0)  # fine noise, but a budget of 10 cannot pay
+    released = pointer.publish(sigma=5.0, clip=1.5)
+    entry = ds._http.get(f"/releases/{released.id}/result")["values"]["predictions"]
+    assert entry["std"] == pytest.approx(5.0 * 1.5) and entry["bound"] == {
+        "kind": "rows",
+        "norm": 1.5,
+    }
 
 
 def test_noise_has_the_declared_standard_deviation(sqlite_node) -> None:
@@ -204,29 +248,76 @@ def test_noise_has_the_declared_standard_deviation(sqlite_node) -> None:
     model_id = add_model(
         store, owner_id=ds.user.id, cart=sampled_cart(10), weights=random_weights(0)
     )
-    sigma, sensitivity = 2.0, 0.5  # std = 1.0
+    sigma, norm = 2.0, 0.5  # std = 1.0; each row's norm 0.05 * sqrt(20) stays unclipped
 
     vector_id = add_object(
         store,
         owner_id=ds.user.id,
         model_id=model_id,
-        value=np.full(20_000, 3.0),
-        sensitivity=sensitivity,
+        values=np.full((SOURCE_ROWS, 20), 0.05),
+        rows=range(SOURCE_ROWS),
+        bound=EachRow(norm),
+        kind="predictions",
     )
-    vector = veil.PrivatePointer(ds._http, vector_id, "predictions", (20_000,))
+    vector = veil.PrivatePointer(ds._http, vector_id, "predictions", (SOURCE_ROWS, 20))
     first, second = vector.publish(sigma=sigma).get(), vector.publish(sigma=sigma).get()
     for sample in (first, second):
-        assert abs(sample.mean() - 3.0) < 5 / np.sqrt(sample.size)
+        assert abs(sample.mean() - 0.05) < 5 / np.sqrt(sample.size)
         assert abs(sample.std() - 1.0) < 5 / np.sqrt(2 * sample.size)
-    assert abs(np.corrcoef(first, second)[0, 1]) < 5 / np.sqrt(first.size)  # fresh seeds
+    corr = np.corrcoef(first.ravel(), second.ravel())[0, 1]
+    assert abs(corr) < 5 / np.sqrt(first.size)  # a fresh secure stream per release
 
     scalar_id = add_object(
-        store, owner_id=ds.user.id, model_id=model_id, value=3.0, sensitivity=sensitivity
+        store,
+        owner_id=ds.user.id,
+        model_id=model_id,
+        values=[0.3],
+        rows=[0],
+        bound=MeanOf(high=0.5, fill=0.5),
     )
     scalar = veil.PrivatePointer(ds._http, scalar_id, "loss", ())
     values = np.array([scalar.publish(sigma=sigma).get() for _ in range(100)])
-    assert abs(values.mean() - 3.0) < 5 / np.sqrt(values.size)
+    assert abs(values.mean() - 0.3) < 5 / np.sqrt(values.size)
     assert abs(values.std(ddof=1) - 1.0) < 5 / np.sqrt(2 * values.size)
+
+
+def test_released_values_are_bounded_whatever_the_rows_hold(sqlite_node) -> None:
+    """NaN, infinity and huge values become their fixed, bounded stand-ins before noise:
+    the release is a number near the bounded mean, never an error (the NaN oracle)."""
+    admin = login(sqlite_node, "admin@veil.dev", "changethis")
+    store = store_of(sqlite_node)
+    ds = make_ds(admin, sqlite_node, budget=1e6)
+    model_id = add_model(
+        store, owner_id=ds.user.id, cart=sampled_cart(10), weights=random_weights(0)
+    )
+    half = SOURCE_ROWS // 2
+    poisoned = np.r_[np.full(half, np.nan), np.full(SOURCE_ROWS - half, 1e300)]
+    loss_id = add_object(
+        store,
+        owner_id=ds.user.id,
+        model_id=model_id,
+        values=poisoned,
+        rows=range(SOURCE_ROWS),
+        bound=MeanOf(high=1.0, fill=1.0),
+    )
+    loss = veil.PrivatePointer(ds._http, loss_id, "loss", ()).publish(sigma=1.0).get()
+    assert abs(loss - 1.0) < 5 * 1.0 / SOURCE_ROWS  # every row at the bound, std 1/n
+    rows = np.full((SOURCE_ROWS, 3), 1e300)  # finite but huge: clipped to norm 1
+    rows[::2, 1] = np.nan  # a row with any non-finite value: the zero row
+    rows[::4, 2] = np.inf
+    preds_id = add_object(
+        store,
+        owner_id=ds.user.id,
+        model_id=model_id,
+        values=rows,
+        rows=range(SOURCE_ROWS),
+        bound=EachRow(1.0),
+        kind="predictions",
+    )
+    out = veil.PrivatePointer(ds._http, preds_id, "predictions", rows.shape).publish(sigma=0.3)
+    values = out.get()
+    assert np.isfinite(values).all() and abs(values[::2].mean()) < 5 * 0.3 / np.sqrt(1500)
+    assert abs(values[1::2].mean() - 1 / np.sqrt(3)) < 5 * 0.3 / np.sqrt(1500)
 
 
 def test_publish_without_weights_is_a_conflict(node, admin) -> None:

@@ -128,7 +128,7 @@ class ModelPointer:
         return state
 
     def progress(self) -> dict[str, Any]:
-        """Status, epoch, step, samples seen, elapsed, epsilon, and released metrics."""
+        """Status, epoch, step, expected samples, elapsed, epsilon, and released metrics."""
         return self._http.get(f"/models/{self.id}/progress")
 
     def cancel(self) -> dict[str, Any]:

@@ -49,14 +49,28 @@ class PrivatePointer:
         self.kind = kind
         self.shape = tuple(shape)
 
-    def publish(self, sigma: float | None = None, epsilon: float | None = None) -> Published:
-        """Release the value with Gaussian noise: give a noise multiplier `sigma` (noise
-        std = sigma x the sensitivity the node knows) or a target `epsilon`, not both.
+    def publish(
+        self,
+        sigma: float | None = None,
+        epsilon: float | None = None,
+        *,
+        clip: float | None = None,
+    ) -> Published:
+        """Release the value with Gaussian noise: give a noise multiplier `sigma` or a
+        target `epsilon`, not both.
 
-        The model that computed the value is revealed with it, so what its training
-        added since the last publish is charged too.
+        Each row's value is bounded first (a loss to [0, loss_bound], a row of
+        predictions to its L2 norm: 1 for softmax, sqrt(outputs) for sigmoid), and the
+        noise std is sigma x that bound (divided by the rows, for a mean). `clip` sets
+        another L2 bound per row; it is required for outputs with no natural bound.
+        The rows it came from are charged in the model's cart, and the model that
+        computed the value is revealed with it, so its unpaid training is charged too.
         """
-        body = {k: v for k, v in (("sigma", sigma), ("epsilon", epsilon)) if v is not None}
+        body = {
+            k: v
+            for k, v in (("sigma", sigma), ("epsilon", epsilon), ("clip", clip))
+            if v is not None
+        }
         data = self._http.post(f"/objects/{self.id}/publish", json=body)
         return Published.from_json(self._http, data)
 

@@ -87,19 +87,20 @@ class Published:
 
     def get(self) -> Any:
         """The released result: `{name: np.ndarray}` for weights, a float or an array
-        for a private object, the released values as a dict for anything else."""
+        for a private object, `{name: float}` for metrics."""
         if self._http is None:
             raise RuntimeError("This Published handle is not attached to a node session.")
         response = self._http.request("GET", f"/releases/{self.id}/result")
         if self.kind == "weights":
             return safetensors.numpy.load(response.content)
-        data = response.json()
+        values = {
+            name: _value(entry["value"], entry["shape"])
+            for name, entry in response.json()["values"].items()
+        }
         if self.kind == "object":
-            shape = tuple(data["shape"])
-            if not shape:
-                return float(data["value"])
-            return np.asarray(data["value"], dtype=np.float64).reshape(shape)
-        return data
+            (value,) = values.values()
+            return value
+        return values
 
     def __repr__(self) -> str:
         if self.object_id:
@@ -112,6 +113,12 @@ class Published:
             f"<Published {what}: epsilon +{self.epsilon_added:.4g} "
             f"(total {self.epsilon_after:.4g}), id={self.id}>"
         )
+
+
+def _value(value: Any, shape: list[int]) -> float | np.ndarray:
+    if not shape:
+        return float(value)
+    return np.asarray(value, dtype=np.float64).reshape(tuple(shape))
 
 
 class Releases(Sequence[Published]):

@@ -1,8 +1,19 @@
-"""Input checks before any training, and batches gathered by index.
+"""What may be checked about training data, and how rows that do not fit are handled.
 
-Errors say what was expected and what arrived, but never show a private value or
-row: the node sends these messages to the data scientist. Arrays are scanned in
-chunks, so a memory-mapped asset is never loaded whole.
+On the node, x and y are private. Every check that can raise here (`check_shapes`,
+`check_rows`) reads public facts only: shapes, dtypes, row indices and the model spec,
+never a value, so its answer is the same for any private contents.
+
+A row whose values do not fit (NaN or infinite inputs, a label outside the loss's
+range) is not an error: `input_tensor` and `target_tensor` return a per-row `valid`
+mask computed with the same tensor operations for every row, and the trainer gives an
+invalid row a fixed contribution (a zero gradient, a NaN loss that every release turns
+into its fixed fill value). Neither the answer nor the work done depends on which rows
+did not fit.
+
+`check_values` is for data the caller may see (a data scientist's own arrays, local
+training): it names what is wrong. The node never calls it on private data; the owner's
+upload is where the node checks private values.
 """
 
 from __future__ import annotations
@@ -16,16 +27,9 @@ from veil._exceptions import ValidationError
 from veil.engine._objective import Objective
 from veil.nn import BinaryCrossEntropy, CrossEntropy, ModelSpec, format_shape
 
-__all__ = ["check_data", "check_rows", "input_tensor", "target_tensor"]
+__all__ = ["check_rows", "check_shapes", "check_values", "input_tensor", "target_tensor"]
 
 _CHUNK_BYTES = 1 << 24
-
-
-def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
-    row_bytes = max(1, array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
-    step = max(1, _CHUNK_BYTES // row_bytes)
-    for start in range(0, array.shape[0], step):
-        yield np.asarray(array[start : start + step])
 
 
 def _numeric(name: str, array: object) -> np.ndarray:
@@ -42,12 +46,6 @@ def _numeric(name: str, array: object) -> np.ndarray:
     return array
 
 
-def _all_finite(array: np.ndarray) -> bool:
-    if array.dtype.kind != "f":
-        return True
-    return all(bool(np.isfinite(block).all()) for block in _chunks(array))
-
-
 def _check_x(spec: ModelSpec, x: object) -> np.ndarray:
     x = _numeric("x", x)
     expected = spec.input_shape[1:]
@@ -62,11 +60,6 @@ def _check_x(spec: ModelSpec, x: object) -> np.ndarray:
             expected=list(spec.input_shape),
             received=list(x.shape),
         )
-    if not _all_finite(x):
-        raise ValidationError(
-            "Expected x without NaN or infinite values. Received: x contains some "
-            "(which rows is not shown: the data is private)"
-        )
     return x
 
 
@@ -78,7 +71,7 @@ def _label_shapes(spec: ModelSpec) -> list[tuple[int, ...]]:
     return [out, ()] if out == (1,) else [out]
 
 
-def _check_y(spec: ModelSpec, y: object, rows: int) -> None:
+def _check_y(spec: ModelSpec, y: object, rows: int) -> np.ndarray:
     y = _numeric("y", y)
     if y.shape[0] != rows:
         raise ValidationError(
@@ -96,45 +89,50 @@ def _check_y(spec: ModelSpec, y: object, rows: int) -> None:
             expected=[list(s) for s in allowed],
             received=list(y.shape),
         )
-    if isinstance(spec.loss, CrossEntropy):
-        classes = int(spec.output_shape[1])  # type: ignore[arg-type]
-        for block in _chunks(y):
-            if block.dtype.kind == "f" and not (
-                np.isfinite(block).all() and (block == np.floor(block)).all()
-            ):
-                raise ValidationError(
-                    f"CrossEntropy expects integer class labels in [0, {classes}). "
-                    f"Received: y ({y.dtype}) with non-integer or non-finite values"
-                )
-            if block.size and (block.min() < 0 or block.max() >= classes):
-                raise ValidationError(
-                    f"CrossEntropy expects integer class labels in [0, {classes}). "
-                    "Received: labels outside that range (values not shown: private data)"
-                )
-    elif isinstance(spec.loss, BinaryCrossEntropy):
-        for block in _chunks(y):
-            if not np.isin(block, (0, 1)).all():
-                raise ValidationError(
-                    "BinaryCrossEntropy expects labels in {0, 1}. Received: other values "
-                    "(not shown: private data)"
-                )
-    elif not _all_finite(y):
-        raise ValidationError(
-            "Expected y without NaN or infinite values. Received: y contains some "
-            "(which rows is not shown: the data is private)"
-        )
+    return y
 
 
-def check_data(spec: ModelSpec, x: np.ndarray, y: np.ndarray | None = None) -> None:
-    """ValidationError unless x (and y) fit the spec: shapes, rows, finite values, labels.
+def check_shapes(spec: ModelSpec, x: np.ndarray, y: np.ndarray | None = None) -> None:
+    """ValidationError unless x (and y) have dtypes and shapes that fit the spec.
 
-    Integer inputs (uint8 images) are accepted and cast to float32 per batch.
-    CrossEntropy labels: ints in [0, classes), shape (N,) or (N, 1). BinaryCrossEntropy
-    labels: 0 or 1, shaped as the output, or (N,) for a `(None, 1)` output.
+    Reads `.shape` and `.dtype` only, never a value. Integer inputs (uint8 images) are
+    accepted and cast to float32 per batch. Labels: (N,) or (N, 1) for CrossEntropy;
+    shaped as the output for the others, or (N,) for a `(None, 1)` output.
     """
     x = _check_x(spec, x)
     if y is not None:
         _check_y(spec, y, int(x.shape[0]))
+
+
+def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
+    row_bytes = max(1, array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
+    step = max(1, _CHUNK_BYTES // row_bytes)
+    for start in range(0, array.shape[0], step):
+        yield np.asarray(array[start : start + step])
+
+
+def check_values(spec: ModelSpec, x: np.ndarray, y: np.ndarray | None = None) -> None:
+    """ValidationError naming values that would be given a fixed contribution in training:
+    non-finite inputs, labels outside the loss's range. For data the caller may see."""
+    check_shapes(spec, x, y)
+    if x.dtype.kind == "f" and not all(np.isfinite(b).all() for b in _chunks(x)):
+        raise ValidationError("Expected x without NaN or infinite values. Received: some")
+    if y is None:
+        return
+    for block in _chunks(y):
+        ok = np.isfinite(block).all() if block.dtype.kind == "f" else True
+        if isinstance(spec.loss, CrossEntropy):
+            classes = int(spec.output_shape[1])  # type: ignore[arg-type]
+            in_range = (block >= 0) & (block < classes)
+            ok = ok and (block == np.floor(block)).all() and in_range.all()
+            what = f"integer class labels in [0, {classes})"
+        elif isinstance(spec.loss, BinaryCrossEntropy):
+            ok = ok and ((block >= 0) & (block <= 1)).all()
+            what = "labels in [0, 1]"
+        else:
+            what = "finite labels"
+        if not ok:
+            raise ValidationError(f"{spec.loss.name} expects {what}. Received: other values")
 
 
 def check_rows(name: str, rows: object, n: int) -> np.ndarray:
@@ -156,15 +154,33 @@ def check_rows(name: str, rows: object, n: int) -> np.ndarray:
     return array
 
 
-def input_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(batch, dtype=np.float32), device=device)
+def _rows_all(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.ndim == 1 else mask.flatten(1).all(dim=1)
+
+
+def input_tensor(batch: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x as float32 with non-finite rows zeroed, valid rows as a bool mask)."""
+    x = torch.as_tensor(np.asarray(batch, dtype=np.float32), device=device)
+    finite = torch.isfinite(x)
+    valid = _rows_all(finite)
+    return torch.where(finite, x, 0.0), valid
 
 
 def target_tensor(
     objective: Objective, spec: ModelSpec, batch: np.ndarray, device: torch.device
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels the loss can take, valid rows): a row whose label is outside the loss's
+    range gets a harmless stand-in label and `valid` False."""
+    raw = torch.as_tensor(np.asarray(batch, dtype=np.float64), device=device)
     if objective.kind == "ce":
-        return torch.as_tensor(np.asarray(batch).reshape(-1).astype(np.int64), device=device)
+        labels = raw.reshape(-1)
+        classes = int(spec.output_shape[1])  # type: ignore[arg-type]
+        ok = torch.isfinite(labels) & (labels == torch.floor(labels))
+        ok = ok & (labels >= 0) & (labels < classes)
+        return torch.where(ok, labels, 0.0).to(torch.int64), ok
     out = tuple(int(d) for d in spec.output_shape[1:])  # type: ignore[arg-type]
-    values = np.asarray(batch, dtype=np.float32).reshape(-1, *out)
-    return torch.as_tensor(values, device=device)
+    values = raw.reshape(-1, *out)
+    ok = torch.isfinite(values)
+    if objective.kind == "bce":
+        ok = ok & (values >= 0) & (values <= 1)
+    return torch.where(ok, values, 0.0).to(torch.float32), _rows_all(ok)

@@ -59,12 +59,18 @@ def per_example_grads(module: VeilModule, objective: Objective) -> Callable[...,
 
 
 def clip_and_sum(
-    grads: dict[str, torch.Tensor], max_grad_norm: float
+    grads: dict[str, torch.Tensor], max_grad_norm: float, valid: torch.Tensor | None = None
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Zero non-finite examples, clip each example's whole gradient to L2 norm
-    `max_grad_norm`, and sum over examples. Returns (sums, norms before clipping)."""
+    """Clip each example's whole gradient to L2 norm `max_grad_norm` and sum over examples.
+
+    An example whose gradient is not finite, or that `valid` marks False (a row that
+    did not fit), contributes zero; the same operations run whichever examples these are.
+    Returns (sums, norms before clipping).
+    """
     flat = [g.flatten(1) for g in grads.values()]
     finite = torch.stack([f.isfinite().all(1) for f in flat]).all(0)
+    if valid is not None:
+        finite = finite & valid
     norms = (
         torch.stack([torch.where(finite.unsqueeze(1), f, 0.0).pow(2).sum(1) for f in flat])
         .sum(0)

@@ -63,7 +63,9 @@ class Objective:
         return activate(self.final, out) if self.fused else out
 
     def clipped(self, losses: torch.Tensor) -> torch.Tensor:
-        return losses.clamp(0.0, self.loss_bound)
+        """Losses clipped to [0, loss_bound]; a non-finite loss counts as loss_bound."""
+        bounded = losses.clamp(0.0, self.loss_bound)
+        return torch.where(torch.isfinite(losses), bounded, self.loss_bound)
 
     def correct(self, probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """Per-example accuracy in [0, 1] (a share of values for multi-output BCE)."""

@@ -1,4 +1,10 @@
-"""What the trainer reports. Raw values: the node noises anything a data scientist sees."""
+"""What the trainer reports. Raw values: the node noises anything a data scientist sees.
+
+Per-row values are raw: a row that did not fit (non-finite input, label outside the
+loss's range) or on which the model produced NaN or infinity carries a non-finite value
+here, which every consumer maps to a fixed value (`RowMetrics.loss`, the node's release
+path). Means are over every row, so their denominator is the public row count.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EpochInfo", "FitResult", "StepInfo", "StepResult"]
+from veil.privacy import MeanOf
+
+__all__ = ["EpochInfo", "FitResult", "RowMetrics", "StepInfo", "StepResult"]
 
 
 @dataclass(frozen=True)
@@ -14,7 +22,7 @@ class StepInfo:
     """After each `fit` step. `step` counts from 1 over the whole run.
 
     `batch_size_actual` and `samples_seen` depend on which rows Poisson sampling drew:
-    they are private, for the node's own bookkeeping, never for a data scientist.
+    they are private, for local bookkeeping only, never for a data scientist.
     """
 
     epoch: int
@@ -25,17 +33,45 @@ class StepInfo:
 
 
 @dataclass(frozen=True)
-class EpochInfo:
-    """After each full epoch: raw validation metrics (None when there are no val rows).
+class RowMetrics:
+    """Raw per-row losses and accuracy (None for MeanSquaredError) over some rows."""
 
-    `val_loss` is the mean of per-example losses clipped to [0, loss_bound];
-    `val_accuracy` is None for MeanSquaredError.
-    """
+    losses: np.ndarray
+    correct: np.ndarray | None
+    loss_bound: float
+
+    @property
+    def n(self) -> int:
+        return int(self.losses.shape[0])
+
+    @property
+    def loss(self) -> float:
+        """Mean loss, each clipped to [0, loss_bound] (a non-finite one counts as the bound)."""
+        bound = MeanOf(high=self.loss_bound, fill=self.loss_bound)
+        return float(bound.aggregate(bound.bounded(self.losses)))
+
+    @property
+    def accuracy(self) -> float | None:
+        if self.correct is None:
+            return None
+        bound = MeanOf(high=1.0, fill=0.0)
+        return float(bound.aggregate(bound.bounded(self.correct)))
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    """After each full epoch: raw per-row validation metrics (None without val rows)."""
 
     epoch: int
-    val_loss: float | None
-    val_accuracy: float | None
-    n_val: int
+    validation: RowMetrics | None
+
+    @property
+    def val_loss(self) -> float | None:
+        return None if self.validation is None else self.validation.loss
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return None if self.validation is None else self.validation.accuracy
 
 
 @dataclass(frozen=True)
@@ -55,8 +91,12 @@ class FitResult:
 
 @dataclass(frozen=True)
 class StepResult:
-    """One `step`: the mean clipped loss of the batch and its predictions (probabilities),
-    both from the forward pass before the update. Raw: private until released."""
+    """One `step`: per-row losses and outputs (probabilities) from the forward pass
+    before the update. Raw: private until released."""
 
-    loss: float
+    metrics: RowMetrics
     preds: np.ndarray
+
+    @property
+    def loss(self) -> float:
+        return self.metrics.loss

@@ -1,4 +1,4 @@
-"""Poisson sampling, and the step count the privacy accounting must use.
+"""The sampling rate and step count of `fit`, as the privacy accounting must use them.
 
 Each of `steps_per_epoch(n, b) = ceil(n / b)` steps per epoch includes every training
 row independently with probability `q = sampling_rate(n, b) = min(1, b / n)`. The
@@ -14,7 +14,7 @@ import numpy as np
 
 from veil._exceptions import ValidationError
 
-__all__ = ["poisson_batch", "sampling_rate", "steps_per_epoch"]
+__all__ = ["sampling_rate", "steps_per_epoch"]
 
 
 def _check(n_train: int, batch_size: int) -> None:
@@ -33,14 +33,3 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     """ceil(n_train / batch_size): the steps in one epoch of `fit`."""
     _check(n_train, batch_size)
     return math.ceil(n_train / batch_size)
-
-
-def poisson_batch(rng: np.random.Generator, rows: np.ndarray, q: float) -> np.ndarray:
-    """Each of `rows` independently with probability q, sorted.
-
-    Drawn as a Binomial(n, q) size and then a uniform subset of that size, which is
-    the same distribution in O(batch) rather than O(n) random numbers.
-    """
-    size = int(rng.binomial(len(rows), q))
-    picked = rng.choice(len(rows), size=size, replace=False)
-    return np.sort(rows[picked])

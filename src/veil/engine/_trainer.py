@@ -13,18 +13,13 @@ import torch
 
 from veil._exceptions import ValidationError
 from veil.engine._build import build_module
-from veil.engine._checkpoint import (
-    CHECKPOINT_FORMAT,
-    numpy_state,
-    optimizer_state,
-    restore_numpy_state,
-    restore_optimizer_state,
-)
-from veil.engine._data import check_data, check_rows, input_tensor, target_tensor
+from veil.engine._checkpoint import CHECKPOINT_FORMAT, optimizer_state, restore_optimizer_state
+from veil.engine._data import check_rows, check_shapes, input_tensor, target_tensor
 from veil.engine._dpsgd import clip_and_sum, per_example_grads
 from veil.engine._objective import Objective
-from veil.engine._results import EpochInfo, FitResult, StepInfo, StepResult
-from veil.engine._sampling import poisson_batch, sampling_rate, steps_per_epoch
+from veil.engine._randomness import Randomness, SecureRandomness, SeededRandomness
+from veil.engine._results import EpochInfo, FitResult, RowMetrics, StepInfo, StepResult
+from veil.engine._sampling import sampling_rate, steps_per_epoch
 from veil.nn import SGD, Adam, Adamax, Dropout, ModelSpec, Optimizer, RMSprop
 
 __all__ = ["DPTrainer"]
@@ -69,7 +64,8 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def _seeds(seed: int | None) -> list[int]:
-    """Four independent 64-bit seeds (weights, noise, dropout, sampling)."""
+    """Four independent 64-bit seeds (weights, noise, dropout, sampling); None draws
+    them from `secrets`."""
     if seed is None:
         seed = secrets.randbits(128)
     elif isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
@@ -81,10 +77,15 @@ def _seeds(seed: int | None) -> list[int]:
 class DPTrainer:
     """DP-SGD for one `ModelSpec`.
 
-    Without `seed`, weights, noise, dropout masks and sampling come from a secure seed
-    (`secrets`); with one, runs repeat exactly. Noise comes from torch's generator
-    (Mersenne Twister) seeded that way; the checkpoint stores its state, so a
-    checkpoint must be kept as private as the data.
+    Without `seed` (always, on the node) the gradient noise and Poisson sampling come
+    from a cryptographically secure stream that is never saved (`SecureRandomness`),
+    and weights and dropout masks from a seed drawn with `secrets`. With a `seed`, every
+    draw comes from ordinary generators seeded from it so that a local experiment
+    repeats exactly; that mode is not secure and the node never uses it.
+
+    Rows that do not fit (non-finite inputs, labels outside the loss's range) are never
+    an error: they contribute a zero gradient and a non-finite loss, with the same work
+    as any other row (see `veil.engine._data`).
     """
 
     def __init__(
@@ -111,12 +112,21 @@ class DPTrainer:
         self.steps_done = 0
         self.reseed(seed)
 
+    @property
+    def secure(self) -> bool:
+        """Whether noise and sampling come from the secure stream (no seed was given)."""
+        return self._random.secure
+
     def reseed(self, seed: int | None) -> None:
-        """New noise, dropout and sampling streams (weights stay as they are)."""
+        """New noise, dropout and sampling streams (weights stay as they are); None
+        makes them secure again."""
         _, noise, dropout, sampling = _seeds(seed)
-        self._noise = torch.Generator(device=self.device).manual_seed(noise)
         self._dropout = torch.Generator(device=self.device).manual_seed(dropout)
-        self._sampler = np.random.Generator(np.random.PCG64(sampling))
+        self._random: Randomness = (
+            SecureRandomness()
+            if seed is None
+            else SeededRandomness(noise_seed=noise, sampling_seed=sampling, device=self.device)
+        )
 
     # DP parameters -------------------------------------------------------------------
 
@@ -155,10 +165,14 @@ class DPTrainer:
         self, xb: np.ndarray, yb: np.ndarray, sigma: float, clip: float, denominator: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip, sum, noise, divide by `denominator`, optimizer step.
-        Returns the batch's per-example losses and outputs (before the update)."""
+
+        Returns the batch's per-example losses and outputs before the update (non-finite
+        for rows that did not fit). Every row, valid or not, takes the same operations.
+        """
         self.module.train()
-        x = input_tensor(xb, self.device)
-        y = target_tensor(self.objective, self.spec, yb, self.device)
+        x, x_ok = input_tensor(xb, self.device)
+        y, y_ok = target_tensor(self.objective, self.spec, yb, self.device)
+        valid = x_ok & y_ok
         params = {name: p.detach() for name, p in self.module.named_parameters()}
         buffers = dict(self.module.named_buffers())
         masks = self._masks(x.shape[0])
@@ -169,21 +183,24 @@ class DPTrainer:
             grads, loss, out = self._per_example(
                 params, buffers, x[part], y[part], [m[part] for m in masks]
             )
-            clipped, _ = clip_and_sum(grads, clip)
+            clipped, _ = clip_and_sum(grads, clip, valid[part])
             for name in sums:
                 sums[name] += clipped[name]
             losses.append(loss)
             outputs.append(out)
+        noise = self._random.normal(self.spec.param_count, self.device) * (sigma * clip)
+        offset = 0
         for name, p in self.module.named_parameters():
-            noise = torch.randn(p.shape, generator=self._noise, device=self.device) * (sigma * clip)
-            p.grad = (sums[name] + noise) / denominator
+            size = p.numel()
+            p.grad = (sums[name] + noise[offset : offset + size].view_as(p)) / denominator
+            offset += size
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps_done += 1
         if not losses:
             out_shape = tuple(int(d) for d in self.spec.output_shape[1:])  # type: ignore[arg-type]
             return torch.zeros(0, device=self.device), torch.zeros((0, *out_shape))
-        return torch.cat(losses), torch.cat(outputs)
+        return _unfit(torch.cat(losses), valid), _unfit(torch.cat(outputs), x_ok)
 
     # Public training API -------------------------------------------------------------
 
@@ -208,13 +225,13 @@ class DPTrainer:
         Poisson sample at rate q = batch_size / len(train_rows) (empty batches included:
         a noise-only step). The clipped gradient sum plus N(0, (sigma C)^2) noise is
         divided by the expected batch size q * len(train_rows). Validation metrics are
-        raw, on `val_rows` (disjoint from `train_rows`), after each full epoch.
-        `should_stop()` is asked after every step; True ends the run there.
+        raw per-row values on `val_rows` (disjoint from `train_rows`), after each full
+        epoch. `should_stop()` is asked after every step; True ends the run there.
         """
         sigma, clip = self._dp(noise_multiplier, max_grad_norm)
         epochs = _positive_int("epochs", epochs)
         batch_size = _positive_int("batch_size", batch_size)
-        check_data(self.spec, x, y)
+        check_shapes(self.spec, x, y)
         n = int(x.shape[0])
         train = check_rows("train_rows", train_rows, n)
         if train.size == 0:
@@ -231,7 +248,7 @@ class DPTrainer:
         done, seen, stopped, history = 0, 0, False, []
         for epoch in range(1, epochs + 1):
             for _ in range(per_epoch):
-                rows = poisson_batch(self._sampler, train, q)
+                rows = self._random.poisson(train, q)
                 self._update(x[rows], y[rows], sigma, clip, expected)
                 done += 1
                 seen += len(rows)
@@ -242,11 +259,7 @@ class DPTrainer:
                     break
             if stopped:
                 break
-            if val.size:
-                val_loss, val_acc, n_val = self._evaluate(x, y, val)
-                info = EpochInfo(epoch, val_loss, val_acc, n_val)
-            else:
-                info = EpochInfo(epoch, None, None, 0)
+            info = EpochInfo(epoch, self._evaluate(x, y, val) if val.size else None)
             history.append(info)
             if on_epoch is not None:
                 on_epoch(info)
@@ -261,61 +274,68 @@ class DPTrainer:
         max_grad_norm: float | None = None,
     ) -> StepResult:
         """One DP-SGD step on exactly these rows (no sampling), normalised by the public
-        batch size len(x_batch). Loss and predictions are from before the update."""
+        batch size len(x_batch). Per-row losses and predictions are from before the update."""
         sigma, clip = self._dp(noise_multiplier, max_grad_norm)
-        check_data(self.spec, x_batch, y_batch)
+        check_shapes(self.spec, x_batch, y_batch)
         if x_batch.shape[0] == 0:
             raise ValidationError("Expected a batch of at least one row. Received: 0 rows")
         losses, outputs = self._update(x_batch, y_batch, sigma, clip, float(x_batch.shape[0]))
-        loss = float(self.objective.clipped(losses).double().mean())
         preds = self.objective.probabilities(outputs).detach().cpu().numpy()
-        return StepResult(loss, preds)
+        metrics = RowMetrics(losses.detach().double().cpu().numpy(), None, self.spec.loss_bound)
+        return StepResult(metrics, preds)
 
     # Evaluation --------------------------------------------------------------------
 
-    def _evaluate(
-        self, x: np.ndarray, y: np.ndarray, rows: np.ndarray
-    ) -> tuple[float, float | None, int]:
+    def _evaluate(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> RowMetrics:
         self.module.eval()
-        loss_sum, correct_sum = 0.0, 0.0
+        losses, correct = [], []
         with torch.no_grad():
             for start in range(0, len(rows), _EVAL_BATCH):
                 idx = rows[start : start + _EVAL_BATCH]
-                xb = input_tensor(x[idx], self.device)
-                yb = target_tensor(self.objective, self.spec, y[idx], self.device)
+                xb, x_ok = input_tensor(x[idx], self.device)
+                yb, y_ok = target_tensor(self.objective, self.spec, y[idx], self.device)
+                valid = x_ok & y_ok
                 out = self.module(xb, logits=True)
-                loss_sum += float(
-                    self.objective.clipped(self.objective.per_example(out, yb)).double().sum()
-                )
-                correct = self.objective.correct(self.objective.probabilities(out), yb)
-                if correct is not None:
-                    correct_sum += float(correct.double().sum())
-        n = len(rows)
-        accuracy = None if self.objective.kind == "mse" else correct_sum / n
-        return loss_sum / n, accuracy, n
+                losses.append(_unfit(self.objective.per_example(out, yb), valid))
+                hits = self.objective.correct(self.objective.probabilities(out), yb)
+                if hits is not None:
+                    correct.append(torch.where(valid, hits, 0.0))
+        return RowMetrics(
+            losses=torch.cat(losses).double().cpu().numpy(),
+            correct=torch.cat(correct).double().cpu().numpy() if correct else None,
+            loss_bound=self.spec.loss_bound,
+        )
 
-    def evaluate(
+    def evaluate_rows(
         self, x: np.ndarray, y: np.ndarray, *, rows: np.ndarray | None = None
-    ) -> tuple[float, float | None, int]:
-        """(mean loss clipped to [0, loss_bound], accuracy or None for MSE, rows used). Raw."""
-        check_data(self.spec, x, y)
+    ) -> RowMetrics:
+        """Raw per-row losses and accuracy of the model on `rows` of x, y (all rows by
+        default). Rows that do not fit get a non-finite loss and 0 accuracy."""
+        check_shapes(self.spec, x, y)
         n = int(x.shape[0])
         chosen = np.arange(n) if rows is None else check_rows("rows", rows, n)
         if chosen.size == 0:
             raise ValidationError("Expected at least one row to evaluate. Received: none")
         return self._evaluate(x, y, chosen)
 
+    def evaluate(
+        self, x: np.ndarray, y: np.ndarray, *, rows: np.ndarray | None = None
+    ) -> tuple[float, float | None, int]:
+        """(mean loss clipped to [0, loss_bound], accuracy or None for MSE, rows used). Raw."""
+        metrics = self.evaluate_rows(x, y, rows=rows)
+        return metrics.loss, metrics.accuracy, metrics.n
+
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """The model's output (probabilities when it ends in Sigmoid/Softmax), float32."""
-        check_data(self.spec, x)
+        check_shapes(self.spec, x)
         batch_size = _positive_int("batch_size", batch_size)
         self.module.eval()
         out_shape = tuple(int(d) for d in self.spec.output_shape[1:])  # type: ignore[arg-type]
         parts = [np.zeros((0, *out_shape), dtype=np.float32)]
         with torch.no_grad():
             for start in range(0, x.shape[0], batch_size):
-                xb = input_tensor(x[start : start + batch_size], self.device)
-                parts.append(self.module(xb).cpu().numpy())
+                xb, x_ok = input_tensor(x[start : start + batch_size], self.device)
+                parts.append(_unfit(self.module(xb), x_ok).cpu().numpy())
         return np.concatenate(parts)
 
     # Weights and checkpoints ---------------------------------------------------------
@@ -370,21 +390,23 @@ class DPTrainer:
 
     def checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, meta): weights, optimizer state and random-generator states as flat
-        named CPU tensors (safetensors-ready), the rest as a JSON-able dict. No pickle."""
+        named CPU tensors (safetensors-ready), the rest as a JSON-able dict. No pickle.
+        A secure trainer's noise and sampling stream is not in it: it is never saved."""
         tensors = {
             f"param.{name}": p.detach().cpu().clone().contiguous()
             for name, p in self.module.named_parameters()
         }
         optim_tensors, optim_meta = optimizer_state(self.optimizer, self._names)
         tensors.update(optim_tensors)
-        tensors["rng.noise"] = self._noise.get_state()
         tensors["rng.dropout"] = self._dropout.get_state()
+        random_tensors, random_meta = self._random.state()
+        tensors.update(random_tensors)
         meta = {
             "format": CHECKPOINT_FORMAT,
             "spec": self.spec.to_dict(),
             "steps_done": self.steps_done,
             "optimizer": optim_meta,
-            "sampler": numpy_state(self._sampler),
+            **random_meta,
         }
         return tensors, meta
 
@@ -397,9 +419,11 @@ class DPTrainer:
             )
         if meta.get("spec") != self.spec.to_dict():
             raise ValidationError("This checkpoint belongs to a different model spec")
-        expected = {f"param.{n}" for n in self._names} | {"rng.noise", "rng.dropout"}
+        expected = {f"param.{n}" for n in self._names} | {"rng.dropout"}
         missing = sorted(expected - set(tensors))
-        unknown = sorted(k for k in tensors if k not in expected and not k.startswith("optim."))
+        unknown = sorted(
+            k for k in tensors if k not in expected | {"rng.noise"} and not k.startswith("optim.")
+        )
         if missing or unknown:
             raise ValidationError(
                 f"Checkpoint tensors do not fit this trainer. Received: "
@@ -418,7 +442,12 @@ class DPTrainer:
                 params[name].copy_(tensors[f"param.{name}"])
         optim = {k: v for k, v in tensors.items() if k.startswith("optim.")}
         restore_optimizer_state(self.optimizer, self._names, optim, meta.get("optimizer", {}))
-        self._noise.set_state(tensors["rng.noise"])
         self._dropout.set_state(tensors["rng.dropout"])
-        restore_numpy_state(self._sampler, meta.get("sampler", {}))
+        self._random.load_state(dict(tensors), dict(meta))
         self.steps_done = int(meta.get("steps_done", 0))
+
+
+def _unfit(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """`values` with the rows that did not fit replaced by NaN (same work for every row)."""
+    shape = (-1, *([1] * (values.ndim - 1)))
+    return torch.where(valid.reshape(shape), values, torch.nan)

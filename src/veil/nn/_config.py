@@ -15,9 +15,11 @@ from veil._exceptions import SpecError
 
 __all__ = [
     "ACTIVATIONS",
+    "CONSTANT_LIMIT",
     "Configurable",
     "Shape",
     "check_activation",
+    "check_constant",
     "check_float",
     "check_input_shape",
     "check_int",
@@ -91,6 +93,19 @@ def check_float(
         what = f"a finite number {bounds}".rstrip()
         raise SpecError(f"{owner} expects {name} of {what}. Received: {name}={value!r}")
     return float(value)
+
+
+# Public model constants (Rescaling, Normalization) stay in a range where float32 keeps
+# them meaningful. Stacked layers can still overflow; training and releases give such
+# rows a fixed contribution rather than failing, so overflow reveals nothing either.
+CONSTANT_LIMIT = 1e6
+
+
+def check_constant(owner: str, name: str, value: object, *, positive: bool = False) -> float:
+    """A model constant: |value| <= CONSTANT_LIMIT, and >= 1/CONSTANT_LIMIT if positive."""
+    if positive:
+        return check_float(owner, name, value, low=1 / CONSTANT_LIMIT, high=CONSTANT_LIMIT)
+    return check_float(owner, name, value, low=-CONSTANT_LIMIT, high=CONSTANT_LIMIT)
 
 
 def check_activation(owner: str, value: object) -> str | None:

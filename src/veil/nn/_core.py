@@ -7,7 +7,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from veil._exceptions import SpecError
-from veil.nn._config import Shape, check_activation, check_float, check_int, format_shape
+from veil.nn._config import (
+    Shape,
+    check_activation,
+    check_constant,
+    check_float,
+    check_int,
+    format_shape,
+)
 from veil.nn._layer import ACTIVATION_FLOPS, Layer, elements
 
 __all__ = [
@@ -117,7 +124,9 @@ class GroupNorm(Layer):
 
 
 class Rescaling(Layer):
-    """`x * scale + offset` with public constants, e.g. `Rescaling(1 / 255)` for images."""
+    """`x * scale + offset` with public constants, e.g. `Rescaling(1 / 255)` for images.
+
+    Constants are limited to |c| <= 1e6 (`CONSTANT_LIMIT`)."""
 
     def __init__(
         self,
@@ -127,8 +136,8 @@ class Rescaling(Layer):
         input_shape: Sequence[int | None] | None = None,
     ) -> None:
         super().__init__(input_shape=input_shape)
-        self.scale = check_float(self.name, "scale", scale)
-        self.offset = check_float(self.name, "offset", offset)
+        self.scale = check_constant(self.name, "scale", scale)
+        self.offset = check_constant(self.name, "offset", offset)
 
     def _config(self) -> dict[str, Any]:
         return {"scale": self.scale, "offset": self.offset}
@@ -138,7 +147,6 @@ class Rescaling(Layer):
 
 
 def _constants(owner: str, name: str, value: object, *, positive: bool) -> float | list[float]:
-    low = 0.0 if positive else None
     if isinstance(value, list | tuple):
         if not value:
             raise SpecError(
@@ -146,10 +154,9 @@ def _constants(owner: str, name: str, value: object, *, positive: bool) -> float
                 f"Received: {name}={value!r}"
             )
         return [
-            check_float(owner, f"{name}[{i}]", v, low=low, low_open=positive)
-            for i, v in enumerate(value)
+            check_constant(owner, f"{name}[{i}]", v, positive=positive) for i, v in enumerate(value)
         ]
-    return check_float(owner, name, value, low=low, low_open=positive)
+    return check_constant(owner, name, value, positive=positive)
 
 
 class Normalization(Layer):

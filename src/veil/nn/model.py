@@ -3,7 +3,8 @@
 Three ways to use it (see DESIGN.md):
 
 * local: `Model()`, `add(...)`, `compile()`; `fit` runs the node's own DP-SGD engine
-  on numpy arrays (mock data), `predict`/`evaluate` run locally.
+  on numpy arrays (mock data), `predict`/`evaluate` run locally. Your arrays are
+  checked value by value first, so a NaN or a label out of range is named.
 * flow II: `Model()`, `add(...)`, `compile(to=client)` sends `to_spec()` with
   `client.models.create(spec)` and returns the pointer it answers.
 * flow I: `Model(to=client)` opens a draft with `client.models.create_draft()`;
@@ -244,6 +245,7 @@ class Model:
         """
         trainer = self._local()
         x, y = np.asarray(x), np.asarray(y)
+        _check_values(trainer, x, y)
         if (
             isinstance(validation_split, bool)
             or not isinstance(validation_split, int | float)
@@ -282,7 +284,9 @@ class Model:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float | None]:
         """`{"loss": mean loss (clipped to loss_bound), "accuracy": ... or None for MSE}`."""
-        loss, accuracy, _ = self._local().evaluate(np.asarray(x), np.asarray(y))
+        trainer, x, y = self._local(), np.asarray(x), np.asarray(y)
+        _check_values(trainer, x, y)
+        loss, accuracy, _ = trainer.evaluate(x, y)
         return {"loss": loss, "accuracy": accuracy}
 
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -295,6 +299,14 @@ class Model:
     def to_torch(self) -> torch.nn.Module:
         """A copy of the built module, on the CPU, in eval mode; it outputs probabilities."""
         return self._local().to_torch()
+
+
+def _check_values(trainer: DPTrainer, x: np.ndarray, y: np.ndarray) -> None:
+    """Your own arrays may be checked value by value (the node never does that for a data
+    scientist: there a row that does not fit gets a fixed contribution instead)."""
+    from veil.engine import check_values
+
+    check_values(trainer.spec, x, y)
 
 
 def _pick(given: float | None, last: float | None, default: float) -> float:

@@ -16,8 +16,9 @@ and `loss_bound` may be absent or null: the loss is then inferred from the last 
 the optimizer is `Adamax()`, and `loss_bound` is `DEFAULT_LOSS_BOUND` (10.0, for every
 loss, MeanSquaredError included). Per-example losses are clipped to [0, loss_bound]
 wherever a loss is reported, which gives a released mean loss the sensitivity
-loss_bound / n. `noise_multiplier` and `max_grad_norm` are required and must be > 0:
-DP-SGD cannot be switched off.
+loss_bound / n. `noise_multiplier` (in [0.3, 1000], the noise the node allows) and
+`max_grad_norm` (> 0) are required: DP-SGD cannot be switched off. `max_grad_norm` and
+`loss_bound` are at most `MAX_BOUND`.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from veil.nn._config import Shape, check_input_shape, format_shape
 from veil.nn.layers import Layer, layer_from_dict, layer_to_dict
 from veil.nn.losses import CrossEntropy, Loss, infer_loss, loss_from_dict, loss_to_dict
 from veil.nn.optimizers import Adamax, Optimizer, optimizer_from_dict, optimizer_to_dict
+from veil.privacy.calibration import SIGMA_MAX, SIGMA_MIN
 
 __all__ = [
     "DEFAULT_LOSS_BOUND",
+    "MAX_BOUND",
     "MAX_LAYERS",
     "SPEC_FORMAT",
     "ModelSpec",
@@ -46,6 +49,9 @@ __all__ = [
 SPEC_FORMAT = 1
 DEFAULT_LOSS_BOUND = 10.0
 MAX_LAYERS = 256
+# Bounds are public numbers a release multiplies noise by: kept where float64 stays exact
+# enough and a noised value can never overflow.
+MAX_BOUND = 1e6
 
 _REQUIRED = ("format", "input_shape", "layers", "noise_multiplier", "max_grad_norm")
 _OPTIONAL = ("loss", "optimizer", "loss_bound")
@@ -72,16 +78,20 @@ def layer_output_shape(
         raise SpecError(f"{where}: {err.message}", **detail) from None
 
 
-def _positive(name: str, value: object, why: str = "") -> float:
+def _in_range(name: str, value: object, low: float, high: float, why: str = "") -> float:
+    """A finite number in (0, high] that is also >= low (low > 0 closes the range)."""
     if (
         isinstance(value, int | float)
         and not isinstance(value, bool)
         and math.isfinite(value)
         and value > 0
+        and low <= value <= high
     ):
         return float(value)
+    lowest = f">= {low:g}" if low > 0 else "> 0"
     raise SpecError(
-        f"ModelSpec expects {name} of a finite number > 0{why}. Received: {name}={value!r}"
+        f"ModelSpec expects {name} of a finite number {lowest} and <= {high:g}{why}. "
+        f"Received: {name}={value!r}"
     )
 
 
@@ -157,11 +167,11 @@ class ModelSpec:
         set_ = object.__setattr__
         set_(self, "input_shape", input_shape)
         set_(self, "layers", layers)
-        set_(
-            self, "noise_multiplier", _positive("noise_multiplier", self.noise_multiplier, _NO_OFF)
-        )
-        set_(self, "max_grad_norm", _positive("max_grad_norm", self.max_grad_norm, _NO_OFF))
-        set_(self, "loss_bound", _positive("loss_bound", self.loss_bound))
+        noise = _in_range("noise_multiplier", self.noise_multiplier, SIGMA_MIN, SIGMA_MAX, _NO_OFF)
+        set_(self, "noise_multiplier", noise)
+        clip = _in_range("max_grad_norm", self.max_grad_norm, 0.0, MAX_BOUND, _NO_OFF)
+        set_(self, "max_grad_norm", clip)
+        set_(self, "loss_bound", _in_range("loss_bound", self.loss_bound, 0.0, MAX_BOUND))
         set_(self, "shapes", tuple(shapes))
         set_(self, "param_count", params)
         set_(self, "flops_per_example", flops)

@@ -1,9 +1,18 @@
 """Privacy accounting: RDP curves, mechanism costs, the per-model cart, calibration.
 
-Imports neither torch nor the web stack, so the node's ledger and the DS's laptop can
-both use it.
+Also the maths of a release: bounding private per-row values (`bounding`) and the
+secure noise every mechanism draws (`noise`). Imports neither torch nor the web stack,
+so the node's ledger and the DS's laptop can both use it.
 """
 
+from veil.privacy.bounding import (
+    Bound,
+    EachRow,
+    MeanOf,
+    Released,
+    bound_from_dict,
+    release_value,
+)
 from veil.privacy.calibration import (
     SIGMA_MAX,
     SIGMA_MIN,
@@ -16,17 +25,24 @@ from veil.privacy.calibration import (
 from veil.privacy.cart import Cart, CartState, SourceArrays, SourceState
 from veil.privacy.curve import ORDERS, RdpCurve
 from veil.privacy.mechanisms import gaussian, gaussian_rho, pld_epsilon, poisson_gaussian
+from veil.privacy.noise import SecureNoise, snap
 
 __all__ = [
     "ORDERS",
     "SIGMA_MAX",
     "SIGMA_MIN",
+    "Bound",
     "Cart",
     "CartState",
+    "EachRow",
+    "MeanOf",
     "Quote",
     "RdpCurve",
+    "Released",
+    "SecureNoise",
     "SourceArrays",
     "SourceState",
+    "bound_from_dict",
     "calibrate_fit",
     "calibrate_sigma",
     "dominated_gaussian_sigma",
@@ -35,4 +51,6 @@ __all__ = [
     "pld_epsilon",
     "poisson_gaussian",
     "quote_fit",
+    "release_value",
+    "snap",
 ]

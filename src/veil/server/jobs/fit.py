@@ -1,39 +1,33 @@
 """Run one `fit` job: DP-SGD over the Poisson pool, cart updated step by step.
 
 The cart gains one Poisson-subsampled Gaussian step per step (O(1)). At each epoch's
-end the weights and the cart are checkpointed together; if the fit holds out
-validation rows, their noised loss and accuracy are released then, charging the
-model's uncharged cart (they reveal the model) with the validation rows' own cost
-added per row. If the budget cannot pay, the metrics are withheld and training goes on.
+end the weights and the cart are checkpointed together, and the validation metrics,
+if the fit holds out rows, go through the release path (`fits.release_validation`,
+which owns the rule for withholding them). Progress shows public counts only: steps,
+epochs and the expected number of rows sampled, never the exact Poisson batch sizes.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from sqlalchemy.orm import Session
-
-from veil._exceptions import BudgetExceeded, VeilError
+from veil._exceptions import VeilError
 from veil.engine import EpochInfo, StepInfo
-from veil.nn.spec import ModelSpec
-from veil.privacy import Cart, RdpCurve
 from veil.server.context import NodeContext
 from veil.server.db.base import utcnow
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import JobEpochRow, JobRow, ModelRow
-from veil.server.services import ledger
+from veil.server.services import fits
 from veil.server.services.checkpoints import (
     load_cart,
     load_trainer,
     prune_old_versions,
     save_checkpoint,
 )
-from veil.server.services.fits import VAL_RELEASES_PER_EPOCH, plan_fit
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
 
@@ -64,7 +58,9 @@ def run_fit_job(ctx: NodeContext, job_id: str, stopping: threading.Event | None 
         _finish(ctx, job_id, "failed", f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # the job must end recorded, whatever happened
         log.exception("fit job %s failed", job_id)
-        _finish(ctx, job_id, "failed", f"{type(exc).__name__}: {exc}")
+        # The text of an unexpected error could quote a value; the data scientist gets
+        # its type only, the node's log the whole of it.
+        _finish(ctx, job_id, "failed", f"Internal error on the node ({type(exc).__name__}).")
 
 
 def _finish(ctx: NodeContext, job_id: str, status: str, error: str | None) -> None:
@@ -81,6 +77,22 @@ def _finish(ctx: NodeContext, job_id: str, status: str, error: str | None) -> No
         session.commit()
 
 
+@dataclass
+class _Run:
+    """What the running job tracks between the trainer's callbacks."""
+
+    params: dict[str, Any]
+    started: float = field(default_factory=time.monotonic)
+    step: int = 0
+    steps_since_checkpoint: int = 0
+    last_write: float = 0.0
+    cancel: bool = False
+
+    @property
+    def expected_samples(self) -> int:
+        return fits.expected_samples(self.params, self.step)
+
+
 def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
     with ctx.db.write_session() as session:
         job = session.get(JobRow, job_id)
@@ -88,8 +100,9 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
         user = session.get(UserRow, job.owner_id)
         assert user is not None
         model = get_model(session, user=user, model_id=job.model_id)
-        p: dict[str, Any] = dict(job.params)
-        plan = plan_fit(
+        run = _Run(params=dict(job.params))
+        p = run.params
+        plan = fits.plan_fit(
             session,
             ctx.files,
             ctx.arrays,
@@ -101,9 +114,7 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
             batch_size=p["batch_size"],
             validation_split=p["validation_split"],
             target_epsilon=None,
-            check=False,
         )
-        spec = ModelSpec.from_dict(model.spec)
         trainer = load_trainer(ctx.files, model, device=ctx.settings.device)
         cart = load_cart(ctx.files, model)
         delta = get_node(session).delta
@@ -112,65 +123,58 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
     sigma, q, key = float(p["sigma"]), float(p["q"]), plan.pair.key
     cart.ensure_source(key, plan.pair.n_asset_rows)
     cart.mark_pool(key, plan.train_rows)
-    state = {"step": 0, "samples": 0, "last_write": 0.0, "steps_since_ckpt": 0, "cancel": False}
-    rng = np.random.default_rng(secrets.randbits(128))
-    started = time.monotonic()
 
     def should_stop() -> bool:
-        return stopping.is_set() or bool(state["cancel"])
+        return stopping.is_set() or run.cancel
 
     def on_step(info: StepInfo) -> None:
         cart.add_sampled(key, q=q, sigma=sigma, steps=1)
-        state["step"] += 1
-        state["samples"] = info.samples_seen
-        state["steps_since_ckpt"] += 1
+        run.step += 1
+        run.steps_since_checkpoint += 1
         now = time.monotonic()
-        if now - state["last_write"] >= PROGRESS_EVERY_S:
-            state["last_write"] = now
-            state["cancel"] = _write_progress(ctx, job_id, epoch=info.epoch - 1, **_counts(state))
+        if now - run.last_write >= PROGRESS_EVERY_S:
+            run.last_write = now
+            run.cancel = _write_progress(ctx, job_id, run, epoch=info.epoch - 1)
 
     def on_epoch(info: EpochInfo) -> None:
         nonlocal cart
         with ctx.db.write_session() as session:
             model = session.get(ModelRow, model_id, with_for_update=True)
-            assert model is not None
             user = session.get(UserRow, user_id)
-            metrics: dict[str, Any] = {}
-            if len(plan.val_rows):
-                metrics, cart = _release_validation(
-                    session,
-                    user,
-                    model,
-                    cart,
-                    info,
-                    plan.val_rows,
-                    key,
-                    float(p["val_sigma"]),
-                    spec,
-                    delta,
-                    rng,
-                )
-            save_checkpoint(
-                ctx.files, model, trainer=trainer, cart=cart, steps_added=state["steps_since_ckpt"]
-            )
-            if metrics.get("released"):
-                model.charged_curve = model.cart_curve
-            state["steps_since_ckpt"] = 0
             job = session.get(JobRow, job_id)
-            assert job is not None
-            job.epoch, job.step, job.samples_seen = info.epoch, state["step"], state["samples"]
+            assert model is not None and user is not None and job is not None
+            save_checkpoint(
+                ctx.files, model, trainer=trainer, cart=cart, steps_added=run.steps_since_checkpoint
+            )
+            run.steps_since_checkpoint = 0
+            metrics: dict[str, Any] = {}
+            if info.validation is not None:
+                metrics, cart = fits.release_validation(
+                    session,
+                    ctx.files,
+                    user=user,
+                    model=model,
+                    cart=cart,
+                    metrics=info.validation,
+                    params=p,
+                    pair=plan.pair,
+                    val_rows=plan.val_rows,
+                    delta=delta,
+                    epoch=info.epoch,
+                )
+            job.epoch, job.step, job.expected_samples = info.epoch, run.step, run.expected_samples
             session.add(
                 JobEpochRow(
                     job_id=job_id,
                     epoch=info.epoch,
-                    step=state["step"],
-                    samples_seen=state["samples"],
-                    elapsed=time.monotonic() - started,
+                    step=run.step,
+                    expected_samples=run.expected_samples,
+                    elapsed=time.monotonic() - run.started,
                     metrics=metrics,
                 )
             )
             session.commit()
-            state["cancel"] = job.cancel_requested
+            run.cancel = job.cancel_requested
         _prune(ctx, model_id)
 
     result = trainer.fit(
@@ -185,34 +189,28 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
         on_epoch=on_epoch,
         should_stop=should_stop,
     )
-    if state["steps_since_ckpt"]:  # stopped mid-epoch: keep what was trained, and its cost
+    if run.steps_since_checkpoint:  # stopped mid-epoch: keep what was trained, and its cost
         with ctx.db.write_session() as session:
             model = session.get(ModelRow, model_id, with_for_update=True)
             assert model is not None
             save_checkpoint(
-                ctx.files, model, trainer=trainer, cart=cart, steps_added=state["steps_since_ckpt"]
+                ctx.files, model, trainer=trainer, cart=cart, steps_added=run.steps_since_checkpoint
             )
             session.commit()
         _prune(ctx, model_id)
-    _write_progress(ctx, job_id, epoch=None, **_counts(state))
+    _write_progress(ctx, job_id, run, epoch=None)
     if stopping.is_set():
         raise VeilError("The node shut down during training; the model keeps its last checkpoint.")
     return "cancelled" if result.stopped else "done"
 
 
-def _counts(state: dict[str, Any]) -> dict[str, int]:
-    return {"step": int(state["step"]), "samples": int(state["samples"])}
-
-
-def _write_progress(
-    ctx: NodeContext, job_id: str, *, epoch: int | None, step: int, samples: int
-) -> bool:
+def _write_progress(ctx: NodeContext, job_id: str, run: _Run, *, epoch: int | None) -> bool:
     """Record the step count; returns whether a cancel was asked for."""
     with ctx.db.write_session() as session:
         job = session.get(JobRow, job_id)
         if job is None:
             return True
-        job.step, job.samples_seen = step, samples
+        job.step, job.expected_samples = run.step, run.expected_samples
         if epoch is not None:
             job.epoch = epoch
         session.commit()
@@ -224,51 +222,3 @@ def _prune(ctx: NodeContext, model_id: str) -> None:
         model = session.get(ModelRow, model_id)
         if model is not None:
             prune_old_versions(ctx.files, model)
-
-
-def _release_validation(
-    session: Session,
-    user: UserRow,
-    model: ModelRow,
-    cart: Cart,
-    info: EpochInfo,
-    val_rows: np.ndarray,
-    key: str,
-    sigma: float,
-    spec: ModelSpec,
-    delta: float,
-    rng: np.random.Generator,
-) -> tuple[dict[str, Any], Cart]:
-    """Noise and release this epoch's validation metrics, or withhold them."""
-    n_val = len(val_rows)
-    with_val = cart.copy()
-    with_val.add_gaussian_rows(key, val_rows, sigma=sigma, count=VAL_RELEASES_PER_EPOCH)
-    increment = with_val.curve() - RdpCurve.from_list(model.charged_curve)
-    loss_std = sigma * spec.loss_bound / n_val
-    noised: dict[str, Any] = {
-        "val_loss": float(info.val_loss + rng.normal(0.0, loss_std)),
-        "val_loss_std": loss_std,
-    }
-    if info.val_accuracy is not None:
-        noised["val_accuracy"] = float(info.val_accuracy + rng.normal(0.0, sigma / n_val))
-        noised["val_accuracy_std"] = sigma / n_val
-    try:
-        ledger.charge(
-            session,
-            user=user,
-            curve_added=increment,
-            delta=delta,
-            kind="metrics",
-            mechanism="gaussian",
-            params={
-                "sigma": sigma,
-                "n_rows": n_val,
-                "epoch": info.epoch,
-                "model_version": model.version + 1,  # the checkpoint written with it
-            },
-            model_id=model.id,
-            result=noised,
-        )
-    except BudgetExceeded as exc:
-        return {"released": False, "withheld": str(exc)}, cart
-    return {"released": True, **noised}, with_val

@@ -21,9 +21,16 @@ from veil.nn.spec import ModelSpec
 from veil.privacy import Cart
 from veil.server.db.base import utcnow
 from veil.server.db.tables.models import ModelRow
-from veil.server.storage.files import NodeFiles, atomic_write
+from veil.server.storage.files import NodeFiles, atomic_write, link_into
 
-__all__ = ["load_cart", "load_trainer", "prune_old_versions", "save_checkpoint"]
+__all__ = [
+    "load_cart",
+    "load_trainer",
+    "prune_old_versions",
+    "save_cart_arrays",
+    "save_cart_version",
+    "save_checkpoint",
+]
 
 
 def load_cart(files: NodeFiles, model: ModelRow) -> Cart:
@@ -38,7 +45,8 @@ def load_cart(files: NodeFiles, model: ModelRow) -> Cart:
     return cart
 
 
-def _save_cart(path: Path, cart: Cart) -> None:
+def save_cart_arrays(path: Path, cart: Cart) -> None:
+    """The cart's per-row arrays as one .npz (`rho_i`, `pool_i` per source, sorted keys)."""
     arrays = cart.arrays()
     flat: dict[str, np.ndarray] = {}
     for index, key in enumerate(sorted(arrays)):
@@ -53,6 +61,7 @@ def _save_cart(path: Path, cart: Cart) -> None:
 
 
 def load_trainer(files: NodeFiles, model: ModelRow, *, device: str = "cpu") -> DPTrainer:
+    """The model at its current version. Never seeded: its noise and sampling are secure."""
     trainer = DPTrainer(ModelSpec.from_dict(model.spec), device=device)
     path = files.optimizer(model.id, model.version)
     tensors = load_file(path)
@@ -60,6 +69,14 @@ def load_trainer(files: NodeFiles, model: ModelRow, *, device: str = "cpu") -> D
         meta = json.loads((handle.metadata() or {}).get("veil", "{}"))
     trainer.load_checkpoint(tensors, meta)
     return trainer
+
+
+def _point_at(model: ModelRow, version: int, cart: Cart, steps_added: int) -> None:
+    model.version = version
+    model.cart_state = dict(cart.state_dict())
+    model.cart_curve = cart.curve().to_list()
+    model.steps = model.steps + steps_added
+    model.updated_at = utcnow()
 
 
 def save_checkpoint(
@@ -80,12 +97,18 @@ def save_checkpoint(
         files.optimizer(model.id, version),
         lambda tmp: save_torch(contiguous, str(tmp), metadata={"veil": json.dumps(meta)}),
     )
-    _save_cart(files.cart_arrays(model.id, version), cart)
-    model.version = version
-    model.cart_state = dict(cart.state_dict())
-    model.cart_curve = cart.curve().to_list()
-    model.steps = model.steps + steps_added
-    model.updated_at = utcnow()
+    save_cart_arrays(files.cart_arrays(model.id, version), cart)
+    _point_at(model, version, cart, steps_added)
+
+
+def save_cart_version(files: NodeFiles, model: ModelRow, *, cart: Cart) -> None:
+    """Version v+1 with v's weights and optimizer state (linked: they did not change)
+    and a new cart, for a release that charged rows; the caller commits."""
+    version = model.version + 1
+    for path_of in (files.weights, files.optimizer):
+        link_into(path_of(model.id, model.version), path_of(model.id, version))
+    save_cart_arrays(files.cart_arrays(model.id, version), cart)
+    _point_at(model, version, cart, 0)
 
 
 def prune_old_versions(files: NodeFiles, model: ModelRow) -> None:

@@ -1,4 +1,5 @@
-"""Pair a features pointer with a labels pointer: the rows a job or a step reads."""
+"""Pair a features pointer with a labels pointer: the rows a job or a step reads, and
+what public facts alone say about whether a model can train on them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from veil._exceptions import ValidationError
+from veil.engine import check_shapes
+from veil.nn import BinaryCrossEntropy, CrossEntropy, ModelSpec
 from veil.server.db.tables.accounts import UserRow
 from veil.server.services.datasets import ResolvedPointer, resolve_pointer
 from veil.server.storage.arrays import ArrayStore
 
-__all__ = ["Pair", "resolve_pair", "select_rows", "split_rows"]
+__all__ = ["Pair", "check_public", "resolve_pair", "select_rows", "split_rows"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,34 @@ def resolve_pair(
     if len(x.rows) == 0:
         raise ValidationError("x and y select no rows. Received: an empty slice")
     return Pair(key=x.dataset_id, x=x, y=y)
+
+
+def _label_range(spec: ModelSpec) -> tuple[float, float] | None:
+    if isinstance(spec.loss, CrossEntropy):
+        return (0.0, float(spec.output_shape[1] - 1))  # type: ignore[operator]
+    if isinstance(spec.loss, BinaryCrossEntropy):
+        return (0.0, 1.0)
+    return None
+
+
+def check_public(spec: ModelSpec, pair: Pair) -> None:
+    """Refuse what public facts alone show cannot work: dtypes and shapes against the
+    model, and labels declared (by the owner's bounds) outside what the loss takes.
+
+    Reads no private value, so a data scientist learns nothing from its answer. A row
+    whose actual label does not fit is not refused: training gives it a fixed
+    contribution (see `veil.engine`).
+    """
+    check_shapes(spec, pair.x.array[:0], pair.y.array[:0])
+    expected = _label_range(spec)
+    if expected is None or pair.y.bounds is None:
+        return
+    low, high = pair.y.bounds
+    if low < expected[0] or high > expected[1]:
+        raise ValidationError(
+            f"{spec.loss.name} on output {list(spec.output_shape)} expects labels in "
+            f"[{expected[0]:g}, {expected[1]:g}]. Received: {pair.y.asset_name!r}, declared "
+            f"by its owner with bounds [{low:g}, {high:g}]",
+            expected=list(expected),
+            declared=[low, high],
+        )

@@ -62,6 +62,7 @@ class ResolvedPointer:
     n_asset_rows: int
     shape: tuple[int, ...]  # public shape of the view
     dtype: str
+    bounds: tuple[float, float] | None  # as the owner declared them: public
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ def resolve_pointer(
         n_asset_rows=int(asset.n_rows),
         shape=(len(rows), *(int(d) for d in asset.shape[1:])),
         dtype=np.dtype(asset.dtype).name,
+        bounds=_bounds(asset),
     )
 
 
@@ -244,10 +246,13 @@ def _mock_range(rows: range, mock_rows: int) -> range:
     return range(rows.start, max(rows.start, min(rows.stop, mock_rows)), rows.step)
 
 
+def _bounds(asset: AssetRow) -> tuple[float, float] | None:
+    if asset.bounds_low is None or asset.bounds_high is None:
+        return None
+    return (asset.bounds_low, asset.bounds_high)
+
+
 def _info(asset: AssetRow, rows: range, view_id: str | None) -> PointerInfo:
-    bounds = None
-    if asset.bounds_low is not None and asset.bounds_high is not None:
-        bounds = (asset.bounds_low, asset.bounds_high)
     return PointerInfo(
         id=view_id or asset.id,
         dataset_id=asset.dataset_id,
@@ -259,7 +264,7 @@ def _info(asset: AssetRow, rows: range, view_id: str | None) -> PointerInfo:
         stop=rows.stop,
         step=rows.step,
         is_view=view_id is not None,
-        bounds=bounds,
+        bounds=_bounds(asset),
         mock_source=asset.mock_source,
         mock_rows=len(_mock_range(rows, int(asset.mock_rows))),
     )

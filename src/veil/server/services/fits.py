@@ -19,10 +19,11 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from veil._exceptions import Conflict, NotFound, ValidationError
-from veil.engine import check_data
+from veil._exceptions import BudgetExceeded, Conflict, NotFound, ValidationError
+from veil.engine import RowMetrics
 from veil.nn.spec import ModelSpec
 from veil.privacy import (
+    Cart,
     Quote,
     RdpCurve,
     calibrate_fit,
@@ -35,9 +36,10 @@ from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import LedgerRow
 from veil.server.db.tables.models import JobEpochRow, JobRow, ModelRow
 from veil.server.services.checkpoints import load_cart
-from veil.server.services.data import Pair, resolve_pair, select_rows, split_rows
+from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
+from veil.server.services.releases import metric_queries, release_metrics, released_values
 from veil.server.storage.arrays import ArrayStore
 from veil.server.storage.files import NodeFiles
 
@@ -48,6 +50,7 @@ __all__ = [
     "fail_interrupted_jobs",
     "plan_fit",
     "progress",
+    "release_validation",
     "submit_fit",
 ]
 
@@ -77,7 +80,6 @@ def plan_fit(
     batch_size: int,
     validation_split: float,
     target_epsilon: float | None,
-    check: bool = True,
 ) -> FitPlan:
     """Check a planned fit and price it; with `target_epsilon`, pick sigma for it."""
     for name, value in (("max_iter", max_iter), ("batch_size", batch_size)):
@@ -96,8 +98,7 @@ def plan_fit(
             f"batch_size must be at most the {len(train_rows)} training rows. "
             f"Received: batch_size={batch_size}"
         )
-    if check:
-        check_data(spec, select_rows(pair.x.array, pair.rows), select_rows(pair.y.array, pair.rows))
+    check_public(spec, pair)
     cart = load_cart(files, model)
     cart.ensure_source(pair.key, pair.n_asset_rows)
     delta = get_node(session).delta
@@ -142,6 +143,7 @@ def plan_fit(
         "steps": quote.steps,
         "target_epsilon": target_epsilon,
         "quoted_epsilon": quote.epsilon_added,
+        "n_train": len(train_rows),
     }
     return FitPlan(pair=pair, train_rows=train_rows, val_rows=val_rows, quote=quote, params=params)
 
@@ -235,12 +237,62 @@ def progress(session: Session, *, user: UserRow, model_id: str) -> dict[str, Any
         "max_iter": job.max_iter,
         "step": job.step,
         "steps": job.steps,
-        "samples_seen": job.samples_seen,
+        "expected_samples": job.expected_samples,
         "elapsed": round(elapsed, 3),
         "sigma": job.params.get("sigma"),
         "error": job.error,
         "metrics": [{"epoch": e.epoch, **e.metrics} for e in epochs],
     }
+
+
+def expected_samples(params: dict[str, Any], step: int) -> int:
+    """Rows a fit's first `step` steps sample on average (step x q x n_train): public.
+    The exact count depends on which rows Poisson sampling drew, and is never shown."""
+    return round(step * params["q"] * params["n_train"])
+
+
+def release_validation(
+    session: Session,
+    files: NodeFiles,
+    *,
+    user: UserRow,
+    model: ModelRow,
+    cart: Cart,
+    metrics: RowMetrics,
+    params: dict[str, Any],
+    pair: Pair,
+    val_rows: np.ndarray,
+    delta: float,
+    epoch: int,
+) -> tuple[dict[str, Any], Cart]:
+    """Release one epoch's validation loss and accuracy, or withhold them.
+
+    `cart` is the model's cart as just checkpointed. The metrics are released at the
+    fit's `val_sigma`, which keeps the held-out rows' cost under the training rows'
+    (so validating adds nothing to the model's cost); if the budget cannot pay for the
+    model's cart, they are withheld and training goes on. Returns the progress entry
+    and the model's cart after it.
+    """
+    queries = metric_queries(
+        metrics, source=pair.key, n_source_rows=pair.n_asset_rows, rows=val_rows, prefix="val_"
+    )
+    try:
+        outcome = release_metrics(
+            session,
+            files,
+            user=user,
+            model=model,
+            cart=cart,
+            queries=queries,
+            sigma=float(params["val_sigma"]),
+            delta=delta,
+            params={"epoch": epoch, "n_rows": len(val_rows), "model_version": model.version},
+        )
+    except BudgetExceeded as exc:
+        return {"released": False, "withheld": str(exc)}, cart
+    assert outcome.release.result is not None and outcome.cart is not None
+    entry = {"released": True, "release_id": outcome.release.id}
+    return {**entry, **released_values(outcome.release.result)}, outcome.cart
 
 
 def fail_interrupted_jobs(session: Session) -> int:

@@ -1,25 +1,31 @@
-"""Releases: the only way a result computed from private data leaves the node.
+"""Releases: the one path by which anything computed from private rows leaves the node.
 
-- `publish_weights` charges a model's cart minus what its earlier releases charged,
-  and hands out the weights of its latest checkpoint. It reads two curves from the
-  model's row, never the training steps, so its time does not grow with training.
-- `publish_object` adds Gaussian noise (std = sigma x the object's L2 sensitivity) to a
-  private result. A value computed by a model also reveals that model, so it charges
-  the model's unpaid cart as well as the Gaussian.
+`release()` is that path, for weights, a step's loss and predictions, evaluate and
+validation metrics alike. Inside the caller's write transaction, with the model row
+locked, it
 
-Each publish is one write transaction (`ledger.charge` + the model's charged curve +
-the release row). A weights release's file is hard-linked before the commit: a crash
-in between leaves a file no release points to, which `sweep_orphans` removes at start.
+1. bounds each private value (`veil.privacy.bounding`: finite, each row clipped to the
+   sensitivity the charge assumes),
+2. noises it from a fresh cryptographically secure source and snaps it,
+3. charges the ledger: the model's cart with these rows' Gaussian releases added,
+   minus what this model already paid (any result reveals the model, so it settles the
+   model's cart too; publishing twice costs once),
+4. records the release and stores the grown cart as the model's next version,
+
+so a result becomes readable exactly when it is paid for, or not at all. Releases on
+rows a data scientist chose are charged per row in the cart: results on disjoint rows
+compose in parallel, results on the same row add up.
+
+Who calls it: `publish_weights` (no values: DP-SGD noised the weights),
+`publish_object` (flow III), `release_metrics` (evaluate; validation during `fit`).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import os
-import secrets
-import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,45 +35,81 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from veil._exceptions import Conflict, NotFound, ValidationError
-from veil.privacy import RdpCurve, calibrate_sigma, gaussian
+from veil.engine import RowMetrics
+from veil.privacy import (
+    SIGMA_MAX,
+    SIGMA_MIN,
+    Bound,
+    Cart,
+    EachRow,
+    MeanOf,
+    RdpCurve,
+    SecureNoise,
+    calibrate_sigma,
+    gaussian,
+    release_value,
+)
 from veil.server.db.base import new_id
 from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
 from veil.server.db.tables.ledger import ReleaseRow
-from veil.server.db.tables.models import ModelRow, PrivateObjectRow
+from veil.server.db.tables.models import ModelRow
 from veil.server.services import ledger
+from veil.server.services.checkpoints import load_cart, save_cart_version
 from veil.server.services.failpoints import failpoint
 from veil.server.services.node import get_node
-from veil.server.storage.files import NodeFiles, atomic_write
+from veil.server.services.private_objects import load_object
+from veil.server.storage.files import NodeFiles, link_into
 
 __all__ = [
+    "KIND_METRICS",
     "KIND_OBJECT",
     "KIND_WEIGHTS",
+    "Outcome",
+    "Query",
     "ReleasePayload",
     "get_release",
     "list_releases",
+    "metric_queries",
+    "noise_for",
+    "owned_model",
     "publish_object",
     "publish_weights",
+    "release",
+    "released_values",
+    "release_metrics",
     "release_payload",
     "sweep_orphans",
 ]
 
 KIND_WEIGHTS = "weights"
 KIND_OBJECT = "object"
+KIND_METRICS = "metrics"
 _WEIGHTS_SUFFIX = ".safetensors"
+_MAX_CLIP = 1e6
 
 
 @dataclass(frozen=True)
-class ReleasePayload:
-    """What a release hands out: a file (weights) or a JSON result (objects)."""
+class Query:
+    """Private per-row values over `rows` of data source `source` (of `n_source_rows`
+    rows), waiting to be released as `name` under `bound`."""
 
+    name: str
+    source: str
+    n_source_rows: int
+    rows: np.ndarray
+    values: np.ndarray
+    bound: Bound
+
+
+@dataclass(frozen=True)
+class Outcome:
     release: ReleaseRow
-    path: Path | None
-    result: dict[str, Any] | None
+    cart: Cart | None  # the model's cart after the release; None if no rows were charged
 
 
-def _owned_model(session: Session, *, user: UserRow, model_id: str) -> ModelRow:
-    """The caller's model, locked against a concurrent checkpoint or publish of it."""
+def owned_model(session: Session, *, user: UserRow, model_id: str) -> ModelRow:
+    """The caller's model, locked against a concurrent checkpoint or release of it."""
     model = session.scalars(
         select(ModelRow)
         .where(ModelRow.id == model_id, ModelRow.owner_id == user.id)
@@ -79,31 +121,156 @@ def _owned_model(session: Session, *, user: UserRow, model_id: str) -> ModelRow:
     return model
 
 
-def _unpaid(model: ModelRow) -> RdpCurve:
-    return RdpCurve.from_list(model.cart_curve) - RdpCurve.from_list(model.charged_curve)
+def release(
+    session: Session,
+    files: NodeFiles,
+    *,
+    user: UserRow,
+    model: ModelRow,
+    kind: str,
+    mechanism: str,
+    params: Mapping[str, Any],
+    delta: float,
+    queries: Sequence[Query] = (),
+    sigma: float | None = None,
+    cart: Cart | None = None,
+    object_id: str | None = None,
+    result_path: str | None = None,
+    release_id: str | None = None,
+) -> Outcome:
+    """Bound, noise, charge and record; the caller holds the model row locked and commits.
+
+    With `queries`, `cart` must be the model's cart at its current version and `sigma`
+    the noise multiplier of every query. Raises `BudgetExceeded` (recording nothing)
+    when the user's budget cannot pay.
+    """
+    after: Cart | None = None
+    result: dict[str, Any] | None = None
+    if queries:
+        if cart is None or sigma is None:
+            raise ValueError("release() with queries needs the model's cart and a sigma")
+        after = cart.copy()
+        noise = SecureNoise()
+        values: dict[str, Any] = {}
+        for query in queries:
+            after.ensure_source(query.source, query.n_source_rows)
+            after.add_gaussian_rows(query.source, query.rows, sigma=sigma)
+            out = release_value(query.values, bound=query.bound, sigma=sigma, noise=noise)
+            values[query.name] = {
+                "value": out.value.tolist(),
+                "std": out.std,
+                "shape": list(out.value.shape),
+                "bound": query.bound.to_dict(),
+            }
+        result = {"sigma": sigma, "values": values}
+        curve = after.curve()
+    else:
+        curve = RdpCurve.from_list(model.cart_curve)
+    row = ledger.charge(
+        session,
+        user=user,
+        curve_added=curve - RdpCurve.from_list(model.charged_curve),
+        delta=delta,
+        kind=kind,
+        mechanism=mechanism,
+        params=params,
+        model_id=model.id,
+        object_id=object_id,
+        result_path=result_path,
+        result=result,
+        release_id=release_id,
+    )
+    if after is not None:
+        save_cart_version(files, model, cart=after)
+    model.charged_curve = curve.to_list()
+    session.flush()
+    return Outcome(release=row, cart=after)
 
 
-def _relative(files: NodeFiles, path: Path) -> str:
-    return path.relative_to(files.root).as_posix()
+def released_values(result: Mapping[str, Any]) -> dict[str, Any]:
+    """`{name: value, name_std: std}` from a release's result, for progress and replies."""
+    out: dict[str, Any] = {}
+    for name, entry in result["values"].items():
+        out[name] = entry["value"]
+        out[f"{name}_std"] = entry["std"]
+    return out
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link `source` at `target` (checkpoints are never rewritten in place); copy if
-    the file system cannot link."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        raise
-    except OSError:  # no hard links on this file system, or another device
-        atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+# Choosing the noise --------------------------------------------------------------
+
+
+def _finite_positive(name: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValidationError(
+            f"Expected {name} as a finite number > 0. Received: {name}={value!r}", field=name
+        )
+    return float(value)
+
+
+def noise_for(
+    *,
+    sigma: float | None,
+    epsilon: float | None,
+    count: int,
+    delta: float,
+) -> float:
+    """The noise multiplier of `count` Gaussian releases: `sigma` as given, or the least
+    whose cost is at most `epsilon`. Anything that cannot be honoured is refused with
+    the figures (never silently replaced by other noise). A budget too small to pay is
+    refused by the charge itself, which knows the rows involved."""
+    if (sigma is None) == (epsilon is None):
+        raise ValidationError(
+            "Expected exactly one of sigma (noise multiplier) or epsilon (target). "
+            f"Received: sigma={sigma!r}, epsilon={epsilon!r}",
+            sigma=sigma,
+            epsilon=epsilon,
+        )
+    if sigma is not None:
+        sigma = _finite_positive("sigma", sigma)
+        if not SIGMA_MIN <= sigma <= SIGMA_MAX:
+            raise ValidationError(
+                f"Expected sigma in [{SIGMA_MIN}, {SIGMA_MAX:g}], the noise this node allows. "
+                f"Received: sigma={sigma}",
+                field="sigma",
+            )
+        return sigma
+    target = _finite_positive("epsilon", epsilon)
+    cost = lambda s: gaussian(s, count=count).epsilon(delta)  # noqa: E731
+    most, least = cost(SIGMA_MIN), cost(SIGMA_MAX)
+    if target > most:
+        raise ValidationError(
+            f"epsilon={target:g} cannot be spent on this release: the least noise this "
+            f"node allows (sigma={SIGMA_MIN}) costs epsilon {most:.6g}. Ask for at most that.",
+            field="epsilon",
+            most=most,
+        )
+    if target < least:
+        raise ValidationError(
+            f"epsilon={target:g} is below what the most noise this node allows "
+            f"(sigma={SIGMA_MAX:g}) costs: epsilon {least:.6g}. Ask for at least that.",
+            field="epsilon",
+            least=least,
+        )
+    return calibrate_sigma(target, cost)
+
+
+# Weights --------------------------------------------------------------------------
 
 
 def publish_weights(db: Database, files: NodeFiles, *, user: UserRow, model_id: str) -> ReleaseRow:
-    """Release the weights of the caller's model, charging its cart minus what was paid."""
+    """Release the weights of the caller's model, charging its cart minus what was paid.
+
+    Reads two curves from the model's row, never the training steps, so its time does
+    not grow with training. The release's file is linked before the commit: a crash in
+    between leaves a file no release points to, which `sweep_orphans` removes.
+    """
     with db.write_session() as session:
         delta = get_node(session).delta
-        model = _owned_model(session, user=user, model_id=model_id)
+        model = owned_model(session, user=user, model_id=model_id)
         source = files.weights(model.id, model.version)
         if not source.is_file():
             raise Conflict(
@@ -113,22 +280,20 @@ def publish_weights(db: Database, files: NodeFiles, *, user: UserRow, model_id: 
             )
         release_id = new_id()
         target = files.release(release_id, _WEIGHTS_SUFFIX)
-        release = ledger.charge(
+        outcome = release(
             session,
+            files,
             user=user,
-            curve_added=_unpaid(model),
-            delta=delta,
+            model=model,
             kind=KIND_WEIGHTS,
             mechanism="dp-sgd",
             params={"version": model.version, "steps": model.steps},
-            model_id=model.id,
-            result_path=_relative(files, target),
+            delta=delta,
+            result_path=target.relative_to(files.root).as_posix(),
             release_id=release_id,
         )
-        model.charged_curve = list(model.cart_curve)
-        session.flush()
         try:
-            _link_or_copy(source, target)
+            link_into(source, target)
             failpoint("publish.before_commit")
         except BaseException:
             target.unlink(missing_ok=True)
@@ -137,28 +302,28 @@ def publish_weights(db: Database, files: NodeFiles, *, user: UserRow, model_id: 
         # a paid result must not lose its file. An orphan is swept at the next start.
         session.commit()
     failpoint("publish.after_commit")
-    return release
+    return outcome.release
 
 
-def _check_noise(sigma: float | None, epsilon: float | None) -> None:
-    if (sigma is None) == (epsilon is None):
-        raise ValidationError(
-            "publish expects exactly one of sigma (noise multiplier) or epsilon (target). "
-            f"Received: sigma={sigma!r}, epsilon={epsilon!r}",
-            sigma=sigma,
-            epsilon=epsilon,
-        )
-    name, value = ("sigma", sigma) if sigma is not None else ("epsilon", epsilon)
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value < math.inf:
-        raise ValidationError(
-            f"publish expects {name} as a finite number > 0. Received: {name}={value!r}",
-            field=name,
-        )
+# Private objects (flow III) -------------------------------------------------------
 
 
-def _object_path(files: NodeFiles, obj: PrivateObjectRow) -> Path:
-    path = Path(obj.path)
-    return path if path.is_absolute() else files.root / path
+def _object_bound(bound: Bound | None, clip: float | None, kind: str) -> Bound:
+    if clip is None:
+        if bound is None:
+            raise ValidationError(
+                f"This model's {kind} have no natural bound (its output is not a sigmoid or "
+                "softmax), so the node cannot know their sensitivity. Expected: "
+                "publish(..., clip=c) with c the L2 norm each row is clipped to. Received: none",
+                kind=kind,
+            )
+        return bound
+    clip = _finite_positive("clip", clip)
+    if clip > _MAX_CLIP:
+        raise ValidationError(f"Expected clip <= {_MAX_CLIP:g}. Received: clip={clip}")
+    if isinstance(bound, MeanOf):
+        return MeanOf(high=clip, fill=min(bound.fill, clip))
+    return EachRow(norm=clip)
 
 
 def publish_object(
@@ -169,71 +334,114 @@ def publish_object(
     object_id: str,
     sigma: float | None = None,
     epsilon: float | None = None,
+    clip: float | None = None,
 ) -> ReleaseRow:
     """Release a private object with Gaussian noise; give `sigma` or a target `epsilon`.
 
-    `epsilon` picks the smallest sigma whose Gaussian costs at most `epsilon` at the
-    node's delta. The charge is that Gaussian plus the unpaid cart of the model that
-    computed the object.
+    `epsilon` prices the Gaussian alone; what is charged is the model's cart with the
+    object's rows added, minus what was paid (often less than `epsilon` when other
+    releases touched other rows, more when the model has unpaid training). `clip`
+    overrides the bound on each row (required when the model's output has none).
     """
-    _check_noise(sigma, epsilon)
-    with db.session() as session:
-        delta = get_node(session).delta
-    if sigma is None:  # calibrated before the write lock: it takes milliseconds
-        sigma = calibrate_sigma(float(epsilon), lambda s: gaussian(s).epsilon(delta))
-    sigma = float(sigma)
     with db.write_session() as session:
-        obj = session.scalars(
-            select(PrivateObjectRow).where(
-                PrivateObjectRow.id == object_id, PrivateObjectRow.owner_id == user.id
-            )
-        ).first()
-        if obj is None:
-            raise NotFound(f"No private object {object_id!r} among yours.", object_id=object_id)
-        if obj.sensitivity is None:
-            raise ValidationError(
-                f"The node knows no sensitivity bound for this {obj.kind} object, so it cannot "
-                "be released with the Gaussian mechanism. Expected: an object with a declared "
-                "L2 sensitivity (e.g. a clipped loss).",
-                object_id=object_id,
-                kind=obj.kind,
-            )
-        model = _owned_model(session, user=user, model_id=obj.model_id)
-        value = np.load(_object_path(files, obj), allow_pickle=False).astype(np.float64)
-        std = sigma * obj.sensitivity
-        rng = np.random.default_rng(secrets.randbits(128))
-        noised = value + rng.normal(0.0, std, size=value.shape)
-        model_unpaid = _unpaid(model)
-        release = ledger.charge(
+        delta = get_node(session).delta
+        stored = load_object(session, files, user=user, object_id=object_id)
+        bound = _object_bound(stored.bound, clip, stored.row.kind)
+        sigma = noise_for(sigma=sigma, epsilon=epsilon, count=1, delta=delta)
+        model = owned_model(session, user=user, model_id=stored.row.model_id)
+        cart = load_cart(files, model)  # a step put the object's rows in it already
+        outcome = release(
             session,
+            files,
             user=user,
-            curve_added=model_unpaid + gaussian(sigma),
-            delta=delta,
+            model=model,
             kind=KIND_OBJECT,
             mechanism="gaussian",
             params={
                 "sigma": sigma,
-                "std": std,
-                "sensitivity": obj.sensitivity,
-                "n_rows": obj.n_rows,
-                "object_kind": obj.kind,
                 "target_epsilon": epsilon,
+                "object_kind": stored.row.kind,
+                "n_rows": stored.row.n_rows,
                 "model_version": model.version,
-                "model_epsilon": model_unpaid.epsilon(delta),
             },
-            model_id=model.id,
-            object_id=obj.id,
-            result={
-                "value": noised.tolist(),
-                "shape": list(value.shape),
-                "sigma": sigma,
-                "std": std,
-                "object_kind": obj.kind,
-            },
+            delta=delta,
+            queries=[
+                Query(
+                    name=stored.row.kind,
+                    source=stored.row.source,
+                    n_source_rows=cart.n_rows(stored.row.source),
+                    rows=stored.rows,
+                    values=stored.values,
+                    bound=bound,
+                )
+            ],
+            sigma=sigma,
+            cart=cart,
+            object_id=stored.row.id,
         )
-        model.charged_curve = list(model.cart_curve)
         session.commit()
-    return release
+    return outcome.release
+
+
+# Metrics (evaluate, validation) ---------------------------------------------------
+
+
+def metric_queries(
+    metrics: RowMetrics, *, source: str, n_source_rows: int, rows: np.ndarray, prefix: str = ""
+) -> list[Query]:
+    """The mean loss (each row clipped to [0, loss_bound]) and, unless MSE, the accuracy."""
+    common = {"source": source, "n_source_rows": n_source_rows, "rows": rows}
+    bound = metrics.loss_bound
+    queries = [
+        Query(name=f"{prefix}loss", values=metrics.losses, bound=MeanOf(bound, bound), **common)
+    ]
+    if metrics.correct is not None:
+        queries.append(
+            Query(
+                name=f"{prefix}accuracy", values=metrics.correct, bound=MeanOf(1.0, 0.0), **common
+            )
+        )
+    return queries
+
+
+def release_metrics(
+    session: Session,
+    files: NodeFiles,
+    *,
+    user: UserRow,
+    model: ModelRow,
+    cart: Cart,
+    queries: Sequence[Query],
+    sigma: float,
+    delta: float,
+    params: Mapping[str, Any],
+) -> Outcome:
+    """Release noised metrics of `model` (locked; `cart` stored at its version)."""
+    return release(
+        session,
+        files,
+        user=user,
+        model=model,
+        kind=KIND_METRICS,
+        mechanism="gaussian",
+        params={"sigma": sigma, **params},
+        delta=delta,
+        queries=queries,
+        sigma=sigma,
+        cart=cart,
+    )
+
+
+# Reading releases -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleasePayload:
+    """What a release hands out: a file (weights) or a JSON result (everything else)."""
+
+    release: ReleaseRow
+    path: Path | None
+    result: dict[str, Any] | None
 
 
 def list_releases(session: Session, *, user: UserRow) -> list[ReleaseRow]:
@@ -248,30 +456,26 @@ def list_releases(session: Session, *, user: UserRow) -> list[ReleaseRow]:
 
 def get_release(session: Session, *, user: UserRow, release_id: str) -> ReleaseRow:
     """A release of `user`, or any release for the admin; others answer NotFound."""
-    release = session.get(ReleaseRow, release_id)
-    if release is None or (release.user_id != user.id and user.role != ROLE_ADMIN):
+    row = session.get(ReleaseRow, release_id)
+    if row is None or (row.user_id != user.id and user.role != ROLE_ADMIN):
         raise NotFound(f"No release {release_id!r} among yours.", release_id=release_id)
-    return release
+    return row
 
 
 def release_payload(
     session: Session, files: NodeFiles, *, user: UserRow, release_id: str
 ) -> ReleasePayload:
     """What `GET /releases/{id}/result` hands out: the weights file or the JSON result."""
-    release = get_release(session, user=user, release_id=release_id)
-    if release.result_path is None:
-        return ReleasePayload(release=release, path=None, result=release.result)
-    path = files.root / release.result_path
+    row = get_release(session, user=user, release_id=release_id)
+    if row.result_path is None:
+        return ReleasePayload(release=row, path=None, result=row.result)
+    path = files.root / row.result_path
     if not path.is_file():
         raise NotFound(
             f"The file of release {release_id!r} is missing from the node's data directory.",
             release_id=release_id,
         )
-    return ReleasePayload(release=release, path=path, result=None)
-
-
-def _releases_dir(files: NodeFiles) -> Path:
-    return files.release("-", _WEIGHTS_SUFFIX).parent
+    return ReleasePayload(release=row, path=path, result=None)
 
 
 def sweep_orphans(db: Database, files: NodeFiles, *, grace_s: float = 60.0) -> list[Path]:
@@ -280,14 +484,14 @@ def sweep_orphans(db: Database, files: NodeFiles, *, grace_s: float = 60.0) -> l
     Run at start. Files changed in the last `grace_s` seconds are kept, so that another
     process serving the same data directory may finish a publish it has begun.
     """
-    folder = _releases_dir(files)
+    folder = files.release("-", _WEIGHTS_SUFFIX).parent
     if not folder.is_dir():
         return []
     cutoff = time.time() - grace_s
     candidates = [p for p in folder.iterdir() if p.is_file() and p.stat().st_ctime <= cutoff]
     if not candidates:
         return []
-    names = {_relative(files, p): p for p in candidates}
+    names = {p.relative_to(files.root).as_posix(): p for p in candidates}
     known: set[str] = set()
     with db.session() as session:
         chunk = sorted(names)

@@ -90,6 +90,13 @@ def check_assets(assets: Sequence[AssetDecl], *, max_bytes: int) -> tuple[AssetD
     names = [decl.name for decl in checked]
     if len(set(names)) != len(names):
         raise ValidationError(f"Asset names must be unique. Received: {names}")
+    rows = {decl.name: decl.shape[0] for decl in checked}
+    if len(set(rows.values())) > 1:
+        raise ValidationError(
+            "The assets of one dataset share one row space (row i of each is one record), "
+            f"so they need the same number of rows. Received: {rows}",
+            rows=rows,
+        )
     total = sum(decl.nbytes * (2 if decl.mock_shape else 1) for decl in checked)
     if total > max_bytes:
         raise ValidationError(

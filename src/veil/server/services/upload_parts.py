@@ -60,6 +60,8 @@ def open_part(
         shape=decl.part_shape(part),
         sha256=sha256,
         what=f"Asset {asset!r} ({part})",
+        check_values=part == "data",
+        bounds=decl.bounds,
     )
 
 

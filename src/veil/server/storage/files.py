@@ -7,11 +7,12 @@ reader (or a restart after a crash) never sees half a file.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["NodeFiles", "atomic_write"]
+__all__ = ["NodeFiles", "atomic_write", "link_into"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -28,6 +29,20 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def link_into(source: Path, target: Path) -> Path:
+    """Make `target` the same file as `source` (a hard link: checkpoints are never
+    rewritten in place), replacing whatever `target` was; a copy where links fail."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links on this file system, or another device
+        return atomic_write(target, lambda out: shutil.copyfile(source, out))
+    os.replace(tmp, target)
+    return target
 
 
 class NodeFiles:
@@ -52,7 +67,8 @@ class NodeFiles:
         return self.model_dir(model_id) / f"cart-{version}.npz"
 
     def private_object(self, object_id: str) -> Path:
-        return self.root / "objects" / f"{object_id}.npy"
+        """Per-row values and their rows (.npz of plain arrays, no pickle)."""
+        return self.root / "objects" / f"{object_id}.npz"
 
     def release(self, release_id: str, suffix: str) -> Path:
         return self.root / "releases" / f"{release_id}{suffix}"

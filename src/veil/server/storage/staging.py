@@ -1,14 +1,22 @@
 """A `.npy` file arriving in chunks: checked, hashed and renamed into place only if whole.
 
 The header is checked against the expected dtype and shape as soon as it is complete,
-before any data is kept; the byte count against the header as bytes pass; the SHA-256
-at the end. Only then does the file appear under its final name, next to its checksum.
+before any data is kept; the byte count against the header as bytes pass; with
+`check_values`, every value as it passes (finite, and inside the declared bounds); the
+SHA-256 at the end. Only then does the file appear under its final name, next to its
+checksum.
+
+Only the data owner uploads, and may see its own data: these errors name the row and
+the value. Training later relies on them (no private value is ever checked where a
+data scientist could see the answer).
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+import numpy as np
 
 from veil._exceptions import ValidationError
 from veil.server.storage.arrays import AtomicFile
@@ -31,6 +39,8 @@ class CheckedNpyFile:
         shape: tuple[int, ...],
         sha256: str,
         what: str,
+        check_values: bool = False,
+        bounds: tuple[float, float] | None = None,
     ) -> None:
         self._out = out
         self._final = final
@@ -42,6 +52,7 @@ class CheckedNpyFile:
         self._prefix = bytearray()
         self._header: NpyHeader | None = None
         self.received = 0
+        self._values = _ValueCheck(dtype, shape, bounds, what) if check_values else None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.received += len(data)
@@ -58,6 +69,10 @@ class CheckedNpyFile:
                 f"{self._what}: the .npy header declares {self._header.total_bytes} bytes "
                 f"but more arrived ({self.received} so far)."
             )
+        if self._values is not None:
+            # The bytes of this write that lie past the header are values.
+            first = self._header.offset - (self.received - len(data))
+            self._values.feed(memoryview(data)[max(0, first) :])
         self._out.write(data)
 
     def finish(self) -> str:
@@ -96,3 +111,54 @@ class CheckedNpyFile:
                 f"{self._what}: expected dtype {self._dtype!r} and shape {self._shape}, as "
                 f"declared. Received: dtype {header.dtype.str!r}, shape {header.shape}"
             )
+
+
+class _ValueCheck:
+    """Checks an array's values as its bytes stream past, whatever the chunking."""
+
+    def __init__(
+        self, dtype: str, shape: tuple[int, ...], bounds: tuple[float, float] | None, what: str
+    ) -> None:
+        self._dtype = np.dtype(dtype)
+        self._row_items = max(1, int(np.prod(shape[1:], dtype=np.int64)))
+        self._bounds = bounds
+        self._what = what
+        self._pending = bytearray()
+        self._seen = 0  # items checked so far
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        size = self._dtype.itemsize
+        if self._pending:  # complete the value split across the last chunk and this one
+            take = min(size - len(self._pending), len(view))
+            self._pending += view[:take]
+            view = view[take:]
+            if len(self._pending) < size:
+                return
+            self._check(np.frombuffer(bytes(self._pending), dtype=self._dtype))
+            self._pending.clear()
+        whole = len(view) - len(view) % size
+        if whole:
+            self._check(np.frombuffer(view[:whole], dtype=self._dtype))
+        self._pending += view[whole:]
+
+    def _check(self, values: np.ndarray) -> None:
+        bad = ~np.isfinite(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+        if self._bounds is not None:
+            low, high = self._bounds
+            with np.errstate(invalid="ignore"):
+                bad |= (values < low) | (values > high)
+        if not bad.any():
+            self._seen += values.size
+            return
+        index = int(np.flatnonzero(bad)[0])
+        item = self._seen + index
+        rule = "finite values"
+        if self._bounds is not None:
+            rule += f" within the declared bounds [{self._bounds[0]:g}, {self._bounds[1]:g}]"
+        raise ValidationError(
+            f"{self._what}: expected {rule}. Received: {values[index]!r} at row "
+            f"{item // self._row_items} (element {item}). Nothing was stored; fix the data "
+            "or the declaration and upload again.",
+            row=item // self._row_items,
+        )

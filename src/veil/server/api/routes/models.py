@@ -13,7 +13,7 @@ from veil.privacy import RdpCurve
 from veil.server.api.deps import ContextDep, CurrentUser, SessionDep
 from veil.server.api.schemas import Strict
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
-from veil.server.services import fits, models, steps
+from veil.server.services import fits, models, releases, steps
 from veil.server.services.node import get_node
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -162,7 +162,6 @@ def quote(
         ctx.arrays,
         user=user,
         model=model,
-        check=False,
         **body.plan_args(),
     )
     q = plan.quote
@@ -229,5 +228,5 @@ def evaluate(model_id: str, body: EvaluateIn, ctx: ContextDep, user: CurrentUser
         "release_id": release.id,
         "epsilon_added": release.epsilon_added,
         "epsilon_after": release.epsilon_after,
-        **(release.result or {}),
+        **releases.released_values(release.result or {"values": {}}),
     }

@@ -37,6 +37,9 @@ class ReleaseOut(BaseModel):
 class PublishObjectIn(Strict):
     sigma: float | None = Field(default=None, description="noise multiplier: std / sensitivity")
     epsilon: float | None = Field(default=None, description="target epsilon of the Gaussian")
+    clip: float | None = Field(
+        default=None, description="L2 bound each row is clipped to (needed for unbounded outputs)"
+    )
 
 
 def get_publisher(session: SessionDep, user: CurrentUser) -> UserRow:
@@ -61,7 +64,13 @@ def publish_object(
     object_id: str, body: PublishObjectIn, ctx: ContextDep, user: Publisher
 ) -> ReleaseOut:
     release = releases.publish_object(
-        ctx.db, ctx.files, user=user, object_id=object_id, sigma=body.sigma, epsilon=body.epsilon
+        ctx.db,
+        ctx.files,
+        user=user,
+        object_id=object_id,
+        sigma=body.sigma,
+        epsilon=body.epsilon,
+        clip=body.clip,
     )
     return ReleaseOut.model_validate(release)
 

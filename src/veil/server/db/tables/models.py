@@ -64,7 +64,8 @@ class JobRow(Base):
     max_iter: Mapped[int] = mapped_column(Integer, nullable=False)
     step: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     steps: Mapped[int] = mapped_column(Integer, nullable=False)
-    samples_seen: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    # step x the expected batch size: public. The exact Poisson count never is.
+    expected_samples: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = TimestampColumn()
@@ -83,7 +84,7 @@ class JobEpochRow(Base):
     )
     epoch: Mapped[int] = mapped_column(Integer, nullable=False)
     step: Mapped[int] = mapped_column(Integer, nullable=False)
-    samples_seen: Mapped[int] = mapped_column(Integer, nullable=False)
+    expected_samples: Mapped[int] = mapped_column(Integer, nullable=False)
     elapsed: Mapped[float] = mapped_column(Float, nullable=False)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     created_at: Mapped[datetime] = TimestampColumn()
@@ -92,8 +93,10 @@ class JobEpochRow(Base):
 class PrivateObjectRow(Base):
     """A private result on the node (a step's loss or predictions).
 
-    Its value never leaves the node except through a release; `sensitivity` is the
-    L2 sensitivity the node knows for it, `rows` the data rows it was computed from.
+    Its file holds the raw per-row values and the rows of data source `source` they
+    came from; they leave the node only through a release, which bounds them with
+    `bound` (`veil.privacy.bound_from_dict`; None when the model's output has no natural
+    bound, so the publish must name one) and charges those rows in the model's cart.
     """
 
     __tablename__ = "private_objects"
@@ -105,7 +108,8 @@ class PrivateObjectRow(Base):
     )
     kind: Mapped[str] = mapped_column(String(20), nullable=False)
     shape: Mapped[list[int]] = mapped_column(JSON, nullable=False)
-    sensitivity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    source: Mapped[str] = mapped_column(String(36), nullable=False)
+    bound: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     n_rows: Mapped[int] = mapped_column(Integer, nullable=False)
     path: Mapped[str] = mapped_column(String(500), nullable=False)
     created_at: Mapped[datetime] = TimestampColumn()

@@ -1,0 +1,83 @@
+"""Where DP-SGD's randomness comes from: gradient noise and Poisson sampling.
+
+- `SecureRandomness` (the default, and the only kind the node uses): both come from
+  `veil.privacy.SecureNoise`, a keyed AES-CTR stream made fresh for each trainer. It
+  has no state to save: a checkpoint carries none, and a resumed job draws new keys.
+- `SeededRandomness`: torch's and numpy's generators from one seed, so a local
+  experiment repeats exactly. They are not cryptographically secure; their state is
+  saved in the checkpoint so that a resumed run repeats too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from veil.engine._checkpoint import numpy_state, restore_numpy_state
+from veil.privacy import SecureNoise
+
+__all__ = ["Randomness", "SecureRandomness", "SeededRandomness"]
+
+
+class Randomness(Protocol):
+    secure: bool
+
+    def normal(self, count: int, device: torch.device) -> torch.Tensor:
+        """`count` float32 N(0, 1) samples on `device`."""
+        ...
+
+    def poisson(self, rows: np.ndarray, q: float) -> np.ndarray:
+        """Each of `rows` independently with probability q, in their order."""
+        ...
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None: ...
+
+
+class SecureRandomness:
+    secure = True
+
+    def __init__(self) -> None:
+        self._source = SecureNoise()
+
+    def normal(self, count: int, device: torch.device) -> torch.Tensor:
+        samples = torch.from_numpy(self._source.standard_normal(count))
+        return samples.to(device=device, dtype=torch.float32)
+
+    def poisson(self, rows: np.ndarray, q: float) -> np.ndarray:
+        return rows[self._source.bernoulli(len(rows), q)]
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {}, {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Nothing to restore: a secure stream is never saved, so it is never replayed."""
+
+
+class SeededRandomness:
+    secure = False
+
+    def __init__(self, *, noise_seed: int, sampling_seed: int, device: torch.device) -> None:
+        self._noise = torch.Generator(device=device).manual_seed(noise_seed)
+        self._sampler = np.random.Generator(np.random.PCG64(sampling_seed))
+
+    def normal(self, count: int, device: torch.device) -> torch.Tensor:
+        return torch.randn(count, generator=self._noise, device=device)
+
+    def poisson(self, rows: np.ndarray, q: float) -> np.ndarray:
+        """A Binomial(n, q) size, then a uniform subset of that size: the same
+        distribution as n coins, in O(batch) random numbers."""
+        size = int(self._sampler.binomial(len(rows), q))
+        return np.sort(rows[self._sampler.choice(len(rows), size=size, replace=False)])
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {"rng.noise": self._noise.get_state()}, {"sampler": numpy_state(self._sampler)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        if "rng.noise" in tensors:
+            self._noise.set_state(tensors["rng.noise"])
+        if "sampler" in meta:
+            restore_numpy_state(self._sampler, meta["sampler"])

@@ -1,0 +1,162 @@
+"""Bounding private per-row values before noise: what makes a release's sensitivity true.
+
+Releases on rows the data scientist chose (a step's batch, held-out rows, evaluation
+rows) use zero-out adjacency: the neighbouring dataset has one row replaced by a null
+row that contributes zero. Hence
+
+- `MeanOf(high, fill)`: one scalar per row, clipped to [0, high], averaged over the
+  public row count n; its sensitivity is high / n.
+- `EachRow(norm)`: every row's values, each row clipped to L2 norm `norm`; released row
+  by row, one row changes one row, so the sensitivity is `norm`.
+
+A value that is NaN or infinite (a model can make one on purpose) becomes a fixed
+value taken from the bound alone (`fill`, or a zero row), and every row goes through
+the same array operations, so neither the released value nor the time it takes
+branches on which rows were not finite. `release_value` then adds the noise and snaps.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from veil._exceptions import ValidationError
+from veil.privacy.noise import SecureNoise, snap
+
+__all__ = ["Bound", "EachRow", "MeanOf", "Released", "bound_from_dict", "release_value"]
+
+
+def _positive(owner: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValidationError(f"{owner} expects {name} of a number. Received: {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValidationError(f"{owner} expects a finite {name} > 0. Received: {name}={value!r}")
+    return float(value)
+
+
+def _rows(values: np.ndarray) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim == 0 or array.shape[0] == 0:
+        raise ValidationError(
+            f"Expected per-row values with at least one row. Received: shape {array.shape}"
+        )
+    return array
+
+
+@dataclass(frozen=True)
+class MeanOf:
+    """The mean of one scalar per row, each clipped to [0, high]; non-finite -> fill."""
+
+    high: float
+    fill: float
+
+    def __post_init__(self) -> None:
+        high = _positive("MeanOf", "high", self.high)
+        if not (isinstance(self.fill, numbers.Real) and 0 <= self.fill <= high):
+            raise ValidationError(
+                f"MeanOf expects fill in [0, high={high}]. Received: fill={self.fill!r}"
+            )
+        object.__setattr__(self, "high", high)
+        object.__setattr__(self, "fill", float(self.fill))
+
+    def bounded(self, values: np.ndarray) -> np.ndarray:
+        array = _rows(values)
+        if array.ndim != 1:
+            raise ValidationError(
+                f"MeanOf expects one value per row, shape (n,). Received: shape {array.shape}"
+            )
+        return np.where(np.isfinite(array), np.clip(array, 0.0, self.high), self.fill)
+
+    def aggregate(self, bounded: np.ndarray) -> np.ndarray:
+        return np.asarray(bounded.sum() / bounded.shape[0])
+
+    def sensitivity(self, n_rows: int) -> float:
+        return self.high / n_rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "mean", "high": self.high, "fill": self.fill}
+
+
+@dataclass(frozen=True)
+class EachRow:
+    """Each row's values, the row clipped to L2 norm `norm`; a non-finite row -> zeros."""
+
+    norm: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", _positive("EachRow", "norm", self.norm))
+
+    def bounded(self, values: np.ndarray) -> np.ndarray:
+        array = _rows(values)
+        flat = array.reshape(array.shape[0], -1)
+        finite = np.isfinite(flat).all(axis=1, keepdims=True)
+        flat = np.where(finite, flat, 0.0)
+        # Norms taken on rows scaled by their largest value, so that a huge finite row
+        # is clipped along its own direction instead of overflowing to infinity.
+        peak = np.abs(flat).max(axis=1, keepdims=True, initial=0.0)
+        unit = flat / np.where(peak > 0, peak, 1.0)
+        unit_norm = np.sqrt(np.square(unit).sum(axis=1, keepdims=True))
+        with np.errstate(over="ignore"):
+            too_long = peak * unit_norm > self.norm
+        clipped = unit * (self.norm / np.where(unit_norm > 0, unit_norm, 1.0))
+        return np.where(too_long, clipped, flat).reshape(array.shape)
+
+    def aggregate(self, bounded: np.ndarray) -> np.ndarray:
+        return bounded
+
+    def sensitivity(self, n_rows: int) -> float:
+        return self.norm
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "rows", "norm": self.norm}
+
+
+Bound = MeanOf | EachRow
+
+
+def bound_from_dict(data: Mapping[str, Any]) -> Bound:
+    """The inverse of `to_dict()`, with its keys checked."""
+    kinds = {"mean": (MeanOf, {"kind", "high", "fill"}), "rows": (EachRow, {"kind", "norm"})}
+    kind = data.get("kind") if isinstance(data, Mapping) else None
+    if kind not in kinds:
+        raise ValidationError(f"A bound has kind 'mean' or 'rows'. Received: {data!r}")
+    cls, keys = kinds[kind]
+    if set(data) != keys:
+        raise ValidationError(f"A {kind!r} bound has keys {sorted(keys)}. Received: {sorted(data)}")
+    return cls(**{k: v for k, v in data.items() if k != "kind"})
+
+
+@dataclass(frozen=True)
+class Released:
+    """A noised value and the standard deviation of its noise."""
+
+    value: np.ndarray
+    std: float
+    sensitivity: float
+
+
+def release_value(
+    values: np.ndarray, *, bound: Bound, sigma: float, noise: SecureNoise
+) -> Released:
+    """Bound per-row `values`, aggregate, add N(0, (sigma x sensitivity)^2), snap.
+
+    The result is finite whatever `values` hold: the bounded aggregate is finite and
+    the noise std is a finite product of public numbers.
+    """
+    sigma = _positive("release_value", "sigma", sigma)
+    bounded = bound.bounded(values)
+    aggregate = bound.aggregate(bounded)
+    sensitivity = bound.sensitivity(bounded.shape[0])
+    std = sigma * sensitivity
+    if not math.isfinite(std):
+        raise ValidationError(
+            f"The noise std sigma x sensitivity = {sigma} x {sensitivity} is not a finite "
+            "number; ask for less noise."
+        )
+    noised = snap(aggregate + noise.gaussian(aggregate.shape, std), std)
+    return Released(value=noised, std=std, sensitivity=sensitivity)
