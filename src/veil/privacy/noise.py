@@ -28,13 +28,37 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from veil._exceptions import ValidationError
 
-__all__ = ["SNAP_BITS", "SecureNoise", "snap"]
+__all__ = [
+    "SNAP_BITS",
+    "SUMMANDS",
+    "SecureNoise",
+    "normals_from_words",
+    "snap",
+    "words_for_normals",
+]
 
 # Box-Muller normals summed per output (Holohan and Braghin's 2n, with n = 2).
-_SUMMANDS = 4
+SUMMANDS = 4
 _U53 = np.uint64((1 << 53) - 1)
 # Released values are rounded to a grid 2^SNAP_BITS times finer than their noise std.
 SNAP_BITS = 20
+
+
+def words_for_normals(count: int) -> int:
+    """How many keystream words `count` standard normals take (two per Box-Muller pair)."""
+    return 2 * ((SUMMANDS * count + 1) // 2)
+
+
+def normals_from_words(words: np.ndarray, count: int) -> np.ndarray:
+    """The transform: `words_for_normals(count)` uint64 words to `count` float64 N(0, 1)
+    samples, each four Box-Muller normals summed and divided by two. (The engine runs the
+    same transform in torch, `veil.engine._randomness`; a test holds the two equal.)"""
+    u = ((words & _U53) + 1.0) * 2.0**-53
+    pairs = u.shape[0] // 2
+    radius = np.sqrt(-2.0 * np.log(u[:pairs]))
+    angle = (2.0 * np.pi) * u[pairs:]
+    normals = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])
+    return normals[: SUMMANDS * count].reshape(SUMMANDS, count).sum(axis=0) / math.sqrt(SUMMANDS)
 
 
 class SecureNoise:
@@ -46,26 +70,29 @@ class SecureNoise:
     def __init__(self) -> None:
         cipher = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16)))
         self._stream = cipher.encryptor()
+        self._zeros = b""
+        self._out = bytearray()
 
-    def _words(self, count: int) -> np.ndarray:
-        """`count` uniform uint64 words from the keystream."""
-        raw = self._stream.update(bytes(8 * count))
-        return np.frombuffer(raw, dtype=np.uint64)
+    def _bytes(self, count: int) -> memoryview:
+        """The next `count` keystream bytes, in a buffer reused by the next draw."""
+        if len(self._zeros) < count:
+            self._zeros = bytes(count)
+            self._out = bytearray(count + 15)  # CTR may hold back up to a block
+        written = self._stream.update_into(memoryview(self._zeros)[:count], self._out)
+        return memoryview(self._out)[:written]
+
+    def words(self, count: int) -> np.ndarray:
+        """`count` uniform uint64 words: a view that the next draw overwrites."""
+        return np.frombuffer(self._bytes(8 * count), dtype=np.uint64)
 
     def uniform(self, count: int) -> np.ndarray:
         """`count` float64 uniforms in (0, 1], each a multiple of 2^-53."""
-        return ((self._words(count) & _U53) + 1.0) * 2.0**-53
+        return ((self.words(count) & _U53) + 1.0) * 2.0**-53
 
     def standard_normal(self, shape: int | tuple[int, ...]) -> np.ndarray:
         """Float64 N(0, 1) samples: four Box-Muller normals summed, divided by two."""
         count = math.prod(shape) if isinstance(shape, tuple) else int(shape)
-        pairs = (_SUMMANDS * count + 1) // 2
-        u = self.uniform(2 * pairs)
-        radius = np.sqrt(-2.0 * np.log(u[:pairs]))
-        angle = (2.0 * np.pi) * u[pairs:]
-        normals = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])
-        summed = normals[: _SUMMANDS * count].reshape(_SUMMANDS, count).sum(axis=0)
-        return (summed / math.sqrt(_SUMMANDS)).reshape(shape)
+        return normals_from_words(self.words(words_for_normals(count)), count).reshape(shape)
 
     def gaussian(self, shape: int | tuple[int, ...], std: float) -> np.ndarray:
         """Float64 N(0, std^2) noise of `shape`."""
@@ -81,8 +108,7 @@ class SecureNoise:
         if p >= 1.0:
             return np.ones(count, dtype=bool)
         threshold = np.uint32(math.floor(p * 2.0**32))
-        words = np.frombuffer(self._stream.update(bytes(4 * count)), dtype=np.uint32)
-        return words < threshold
+        return np.frombuffer(self._bytes(4 * count), dtype=np.uint32) < threshold
 
 
 def snap(values: np.ndarray, std: float) -> np.ndarray:
