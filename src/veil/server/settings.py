@@ -42,9 +42,7 @@ class Settings(BaseSettings):
     login_failures_allowed: int = Field(
         default=5, ge=1, description="failed logins per e-mail or address before a lockout"
     )
-    login_lockout_seconds: float = Field(
-        default=30.0, gt=0, description="how long a lockout lasts"
-    )
+    login_lockout_seconds: float = Field(default=30.0, gt=0, description="how long a lockout lasts")
     default_delta: float = Field(
         default=1e-5, gt=0, lt=1, description="the node's delta, set at first start"
     )
