@@ -42,8 +42,8 @@ class Client:
 
     @property
     def privacy_budget(self) -> PrivacyBudget:
-        """Your epsilon budget, what your releases spent, and what is left."""
-        return PrivacyBudget.from_json(self._http.get("/budget"))
+        """Your epsilon budget, what your releases spent, and what is left; `.plot()` it."""
+        return PrivacyBudget.from_json(self._http.get("/budget"), http=self._http)
 
     @property
     def releases(self) -> Releases:
