@@ -11,7 +11,7 @@ import numpy as np
 
 import veil
 from tests.conftest import DS_PASSWORD
-from tests.flows.data import upload_images
+from tests.flows.data import image_mlp, upload_images
 from tests.nodes import RunningNode
 from veil import nn
 
@@ -19,7 +19,7 @@ __all__ = [
     "DS_PASSWORD",
     "csrf_of",
     "dashboard",
-    "image_model",
+    "image_mlp",
     "publish_small_fit",
     "start_long_fit",
     "table_fit",
@@ -62,19 +62,9 @@ def publish_small_fit(ds: veil.Client) -> veil.Published:
     return table_fit(ds).weights().publish()
 
 
-def image_model() -> nn.Model:
-    model = nn.Model()
-    model.add(nn.Rescaling(1 / 255, input_shape=(None, 1, 28, 28)))
-    model.add(nn.Flatten())
-    model.add(nn.Dense(16, activation="relu"))
-    model.add(nn.Dense(1))
-    model.add(nn.Sigmoid())
-    return model
-
-
 def start_long_fit(ds: veil.Client, dataset: str = "Patches"):  # noqa: ANN201 - a ModelPointer
     """A fit of many small steps on the images, left running (the caller cancels it)."""
-    model_ptr = image_model().compile(to=ds)
+    model_ptr = image_mlp().compile(to=ds)
     data = ds.datasets[dataset]
     model_ptr.fit(
         data["train_images"], data["train_labels"], max_iter=500, batch_size=8, wait=False

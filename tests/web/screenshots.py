@@ -16,10 +16,10 @@ from pathlib import Path
 
 import veil
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD
-from tests.flows.data import image_data
+from tests.flows.data import image_data, image_mlp
 from tests.nodes import running_node
 from tests.web.browser import CHROMIUM, LAUNCH_ARGS, missing_browser
-from tests.web.scenario import DS_PASSWORD, image_model, wait_for
+from tests.web.scenario import DS_PASSWORD, wait_for
 from veil import nn
 from veil.server.demo import ensure_demo_datasets
 
@@ -76,12 +76,12 @@ def _populate(admin: veil.Client, url: str):  # noqa: ANN202 - the ModelPointer 
     loss, _ = model_ptr.step(data["features"][0:64], data["labels"][0:64])
     loss.publish(epsilon=0.5)
     _wisconsin_fit(ana, epochs=3)  # left unpublished: it sits in ana's cart
-    cancelled = image_model().compile(to=ben)
+    cancelled = image_mlp().compile(to=ben)
     patches = ben.datasets["Patches"]
     cancelled.fit(patches["train_images"], patches["train_labels"], max_iter=200, wait=False)
     cancelled.cancel()
     cancelled.wait(show=False)
-    running = image_model().compile(to=ben)
+    running = image_mlp().compile(to=ben)
     running.fit(
         patches["train_images"], patches["train_labels"], max_iter=500, batch_size=8, wait=False
     )

@@ -121,7 +121,7 @@ def test_a_data_scientist_sees_none_of_the_admin_pages(sqlite_node, browser_page
 
     answer = page.goto(sqlite_node.url + "/users")
     assert answer.status == 403
-    expect(page.locator(".notice.bad")).to_contain_text("for the node's admin only")
+    expect(page.locator(".notice.bad")).to_contain_text("Only the node's admin may do this")
     page.goto(sqlite_node.url + "/ledger")
     expect(page.locator("tr[data-release]")).to_have_count(1)
     expect(page.locator(f"tr[data-release='{mine.id}']")).to_be_visible()

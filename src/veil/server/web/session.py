@@ -29,8 +29,8 @@ from fastapi import Depends, Form, Request
 from fastapi.responses import RedirectResponse
 
 from veil._exceptions import AuthenticationError, PermissionDenied
-from veil.server.api.deps import SessionDep
-from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
+from veil.server.api.deps import SessionDep, get_admin
+from veil.server.db.tables.accounts import UserRow
 from veil.server.services.auth import user_for_token
 
 __all__ = [
@@ -70,14 +70,8 @@ def get_page_user(request: Request, session: SessionDep) -> UserRow:
 PageUser = Annotated[UserRow, Depends(get_page_user)]
 
 
-def _admin(user: UserRow) -> UserRow:
-    if user.role != ROLE_ADMIN:
-        raise PermissionDenied("This page is for the node's admin only.", role=user.role)
-    return user
-
-
 def get_page_admin(user: PageUser) -> UserRow:
-    return _admin(user)
+    return get_admin(user)
 
 
 PageAdmin = Annotated[UserRow, Depends(get_page_admin)]
@@ -109,7 +103,7 @@ FormUser = Annotated[UserRow, Depends(get_form_user)]
 
 
 def get_form_admin(user: FormUser) -> UserRow:
-    return _admin(user)
+    return get_admin(user)
 
 
 FormAdmin = Annotated[UserRow, Depends(get_form_admin)]
