@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 
 import httpx
@@ -62,6 +63,11 @@ def test_pages_need_a_session_and_login_sets_a_strict_httponly_cookie(sqlite_nod
         assert page.headers["cache-control"] == "no-store"
         assert session.value not in page.text  # the token is never in a page, nor a URL
     assert "Anyone can login as an admin" in http.get("/").text
+    for junk in ["x", "W1tbW1s=", base64.urlsafe_b64encode(b"[" * 3000).decode(), "%FF"]:
+        http.cookies.set("veil_notice", junk)
+        assert http.get("/").status_code == 200, junk
+    with httpx.Client(base_url=sqlite_node.url, cookies={"veil_session": "forged"}) as forged:
+        assert forged.get("/jobs").headers["location"] == "/login"
     http.post("/logout", data={"csrf": csrf_of(http)})
     http.cookies.set("veil_session", session.value)  # a stolen cookie after logout
     assert http.get("/").headers["location"] == "/login"

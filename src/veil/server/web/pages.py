@@ -65,7 +65,7 @@ class Notice:
             return None
         try:
             ok, text = json.loads(base64.urlsafe_b64decode(value))
-        except (binascii.Error, ValueError, TypeError):  # not one of ours: ignore it
+        except (binascii.Error, ValueError, TypeError, RecursionError):  # not ours: ignore it
             return None
         return cls(ok=bool(ok), text=str(text))
 
