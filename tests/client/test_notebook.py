@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
-from veil import nn
+from veil import PrivacyBudget, nn
 
 
 @pytest.fixture
@@ -65,11 +65,12 @@ def test_budget_plot_draws_spending_over_time(spent) -> None:
     assert "delta=1e-05" in ax.get_ylabel()
 
 
-def test_budget_plot_names_the_missing_package(spent, monkeypatch) -> None:
+def test_budget_plot_names_the_missing_package(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    budget = PrivacyBudget(total=1.0, spent=0.0, remaining=1.0, delta=1e-5, _http=object())
     with pytest.raises(ImportError, match=r"matplotlib, which is not installed: pip install"):
-        spent[1].privacy_budget.plot()
+        budget.plot()
 
 
 NOTEBOOK_WITHOUT_IPYWIDGETS = """
