@@ -8,6 +8,7 @@ VeilError
  +-- NotFound              404: no such object visible to this account (also a KeyError)
  +-- ValidationError       400/422: bad input; says what was expected and what arrived
  |    +-- SpecError        a model spec outside the whitelist or with shapes that do not fit
+ |    +-- OutOfRange       rows a pointer does not have (also an IndexError)
  +-- Conflict              409: the object exists already, or is in the wrong state
  +-- BudgetExceeded        402: a release would spend more epsilon than is left
  +-- RateLimited           429: too many failed logins; retry later
@@ -30,6 +31,7 @@ __all__ = [
     "Conflict",
     "JobFailed",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "RateLimited",
     "ServerError",
@@ -85,6 +87,10 @@ class SpecError(ValidationError):
     pass
 
 
+class OutOfRange(ValidationError, IndexError):
+    """Rows outside a pointer's public length; the message names that length."""
+
+
 class Conflict(VeilError):
     status_code = 409
 
@@ -117,6 +123,7 @@ _BY_NAME: dict[str, type[VeilError]] = {
         NotFound,
         ValidationError,
         SpecError,
+        OutOfRange,
         Conflict,
         BudgetExceeded,
         RateLimited,

@@ -1,8 +1,9 @@
 """The `veil` command line: run a node, and manage it as its admin.
 
-`veil serve` starts a domain node. Every other command talks to a running node over
-HTTP as the admin: `--url` (or VEIL_URL), `--email` (or VEIL_EMAIL) and the password
-from VEIL_PASSWORD, else a prompt.
+`veil serve` starts a domain node; its options also come from VEIL_* variables (an
+option given on the command line wins). Every other command talks to a running node
+over HTTP as the admin: --url (VEIL_URL), --email (VEIL_EMAIL) and the password from
+VEIL_PASSWORD, else a prompt on the terminal.
 """
 
 from __future__ import annotations
@@ -11,20 +12,51 @@ import argparse
 import getpass
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
 
 import veil
 from veil._exceptions import VeilError
 
 __all__ = ["main"]
 
+DEFAULT_URL = "http://localhost:8081"
+DEFAULT_EMAIL = "admin@veil.dev"
+# `veil serve` options; every other setting comes from its VEIL_* variable only.
+_SERVE_OPTIONS = ("host", "port", "data_dir", "database_url", "job_backend")
+
+
+class UsageError(Exception):
+    """A command that cannot run as given; `main` prints it on one line."""
+
+
+def _secret(variable: str, prompt: str) -> str:
+    """`variable` from the environment, else typed at a terminal; never an EOFError."""
+    value = os.environ.get(variable)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise UsageError(f"{variable} is not set and there is no terminal to ask: set {variable}.")
+    try:
+        return getpass.getpass(prompt)
+    except (EOFError, KeyboardInterrupt):
+        raise UsageError(f"No password given; set {variable} or type it at the prompt.") from None
+
+
+def _login(args: argparse.Namespace, password: str) -> veil.Client:
+    client = veil.login(args.email, password, url=args.url, verbose=False)
+    for warning in client.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return client
+
 
 def _connect(args: argparse.Namespace) -> veil.Client:
-    password = os.environ.get("VEIL_PASSWORD") or getpass.getpass(f"Password for {args.email}: ")
-    return veil.login(args.email, password, url=args.url, verbose=False)
+    return _login(args, _secret("VEIL_PASSWORD", f"Password for {args.email}: "))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -33,18 +65,8 @@ def _serve(args: argparse.Namespace) -> None:
     from veil.server.app import create_app
     from veil.server.settings import Settings
 
-    overrides = {
-        key: value
-        for key, value in {
-            "host": args.host,
-            "port": args.port,
-            "data_dir": args.data_dir,
-            "database_url": args.database_url,
-            "job_backend": args.job_backend,
-        }.items()
-        if value is not None
-    }
-    settings = Settings(**overrides)
+    given = {name: getattr(args, name) for name in _SERVE_OPTIONS}
+    settings = Settings(**{name: value for name, value in given.items() if value is not None})
     app = create_app(settings)
     if args.demo:
         from veil.server.demo import ensure_demo_datasets
@@ -123,9 +145,9 @@ def _datasets(args: argparse.Namespace) -> None:
 
 
 def _admin(args: argparse.Namespace) -> None:
-    client = _connect(args)
-    old = os.environ.get("VEIL_PASSWORD") or ""
-    new = os.environ.get("VEIL_NEW_PASSWORD") or getpass.getpass("New password: ")
+    old = _secret("VEIL_PASSWORD", f"Current password for {args.email}: ")
+    client = _login(args, old)
+    new = _secret("VEIL_NEW_PASSWORD", "New password: ")
     client.change_password(old_password=old, new_password=new)
     print("Password changed.")
 
@@ -134,61 +156,156 @@ def _ledger(args: argparse.Namespace) -> None:
     print(repr(_connect(args).ledger))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="veil", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("VEIL_URL", "http://localhost:8081"))
-    parser.add_argument("--email", default=os.environ.get("VEIL_EMAIL", "admin@veil.dev"))
-    sub = parser.add_subparsers(dest="command", required=True)
+def _setting_default(field: FieldInfo) -> str:
+    default = field.get_default()
+    if default is None or default == "":  # the description says what happens then
+        return ""
+    if isinstance(default, SecretStr):  # the documented default password, shown as such
+        default = default.get_secret_value()
+    return f"default: {default}"
 
-    serve = sub.add_parser("serve", help="run a domain node")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--data-dir", type=Path)
-    serve.add_argument("--database-url")
-    serve.add_argument("--job-backend", choices=["embedded", "celery"])
-    serve.add_argument("--demo", action="store_true", help="load the demo datasets if missing")
+
+def _setting_help(name: str, field: FieldInfo) -> str:
+    facts = "; ".join(filter(None, [f"env VEIL_{name.upper()}", _setting_default(field)]))
+    return f"{field.description} [{facts}]"
+
+
+def _settings_epilog() -> str:
+    from veil.server.settings import Settings
+
+    lines = ["settings from the environment only:"]
+    for name, field in Settings.model_fields.items():
+        if name not in _SERVE_OPTIONS:
+            default = _setting_default(field)
+            text = f"{field.description}" + (f" [{default}]" if default else "")
+            lines += textwrap.wrap(
+                text,
+                width=100,
+                initial_indent=f"  VEIL_{name.upper():<24}",
+                subsequent_indent=" " * 31,
+            )
+    return "\n".join(lines)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from veil.server.settings import Settings
+
+    serve = sub.add_parser(
+        "serve",
+        help="run a domain node",
+        description="Run a domain node: the API under /api/v1, the dashboard at /, and "
+        "the API's reference at /docs.",
+        epilog=_settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fields = Settings.model_fields
+    serve.add_argument("--host", help=_setting_help("host", fields["host"]))
+    serve.add_argument("--port", type=int, help=_setting_help("port", fields["port"]))
+    serve.add_argument("--data-dir", type=Path, help=_setting_help("data_dir", fields["data_dir"]))
+    serve.add_argument("--database-url", help=_setting_help("database_url", fields["database_url"]))
+    serve.add_argument(
+        "--job-backend",
+        choices=["embedded", "celery"],
+        help=_setting_help("job_backend", fields["job_backend"]),
+    )
+    serve.add_argument(
+        "--demo", action="store_true", help="load the demo datasets if the node lacks them"
+    )
     serve.set_defaults(run=_serve)
 
-    worker = sub.add_parser("worker", help="run a Celery worker for --job-backend celery")
-    worker.add_argument("--concurrency", type=int, default=1)
-    worker.set_defaults(run=_worker)
 
+def _add_users(sub: argparse._SubParsersAction) -> None:
     users = sub.add_parser("users", help="manage accounts").add_subparsers(
         dest="action", required=True
     )
-    create = users.add_parser("create")
-    create.add_argument("user", metavar="EMAIL")
-    create.add_argument("--password", required=True)
-    create.add_argument("--budget", type=float, required=True)
-    create.add_argument("--name")
-    users.add_parser("list")
-    budget = users.add_parser("set-budget")
-    budget.add_argument("user", metavar="EMAIL_OR_ID")
-    budget.add_argument("budget", type=float)
-    disable = users.add_parser("disable")
-    disable.add_argument("user", metavar="EMAIL_OR_ID")
+    create = users.add_parser("create", help="create a data scientist's account")
+    create.add_argument("user", metavar="EMAIL", help="the account's e-mail (its login)")
+    create.add_argument("--password", required=True, help="its first password (8+ characters)")
+    create.add_argument("--budget", type=float, required=True, help="its epsilon budget")
+    create.add_argument("--name", help="a display name; default: the e-mail")
+    users.add_parser("list", help="every account with its budget")
+    budget = users.add_parser("set-budget", help="set an account's epsilon budget")
+    budget.add_argument("user", metavar="EMAIL_OR_ID", help="the account")
+    budget.add_argument("budget", type=float, help="the new budget (epsilon, >= 0)")
+    disable = users.add_parser("disable", help="disable an account and revoke its logins")
+    disable.add_argument("user", metavar="EMAIL_OR_ID", help="the account")
     for p in users.choices.values():
         p.set_defaults(run=_users)
 
+
+def _add_datasets(sub: argparse._SubParsersAction) -> None:
     datasets = sub.add_parser("datasets", help="manage datasets").add_subparsers(
         dest="action", required=True
     )
-    upload = datasets.add_parser("upload")
-    upload.add_argument("name")
-    upload.add_argument("--description", default="")
-    upload.add_argument("--asset", action="append", required=True, metavar="NAME=FILE.npy")
-    upload.add_argument("--mock", action="append", metavar="NAME=FILE.npy")
-    upload.add_argument("--bounds", action="append", metavar="NAME=LOW,HIGH")
-    datasets.add_parser("list")
-    delete = datasets.add_parser("delete")
-    delete.add_argument("name")
+    upload = datasets.add_parser("upload", help="upload .npy files as a new dataset")
+    upload.add_argument("name", help="the dataset's name, unique on the node")
+    upload.add_argument("--description", default="", help="public description; default: none")
+    upload.add_argument(
+        "--asset",
+        action="append",
+        required=True,
+        metavar="NAME=FILE.npy",
+        help="a private array, one per asset (repeat the option)",
+    )
+    upload.add_argument(
+        "--mock",
+        action="append",
+        metavar="NAME=FILE.npy",
+        help="public mock data for an asset; default: generated from its bounds",
+    )
+    upload.add_argument(
+        "--bounds",
+        action="append",
+        metavar="NAME=LOW,HIGH",
+        help="declared value range of an asset (public); uint8 and bool default to their "
+        "full range, other dtypes need bounds or a mock",
+    )
+    datasets.add_parser("list", help="every dataset with its assets")
+    delete = datasets.add_parser("delete", help="delete a dataset and its files")
+    delete.add_argument("name", help="the dataset's name or id")
     for p in datasets.choices.values():
         p.set_defaults(run=_datasets)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="veil",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("VEIL_URL", DEFAULT_URL),
+        help=f"the node, for the admin commands [env VEIL_URL; default: {DEFAULT_URL}]",
+    )
+    parser.add_argument(
+        "--email",
+        default=os.environ.get("VEIL_EMAIL", DEFAULT_EMAIL),
+        help=f"the admin's e-mail [env VEIL_EMAIL; default: {DEFAULT_EMAIL}]",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run a Celery worker for --job-backend celery",
+        description="Run training jobs for nodes started with --job-backend celery; it "
+        "reads the same VEIL_* settings as the node (see `veil serve --help`).",
+    )
+    worker.add_argument("--concurrency", type=int, default=1, help="jobs run at once; default: 1")
+    worker.set_defaults(run=_worker)
+
+    _add_users(sub)
+    _add_datasets(sub)
 
     admin = sub.add_parser("admin", help="the admin account").add_subparsers(
         dest="action", required=True
     )
-    admin.add_parser("passwd", help="change the admin password (VEIL_NEW_PASSWORD or prompt)")
+    admin.add_parser(
+        "passwd",
+        help="change the admin password: the current one from VEIL_PASSWORD, the new one "
+        "from VEIL_NEW_PASSWORD, else prompts",
+    )
     for p in admin.choices.values():
         p.set_defaults(run=_admin)
 
@@ -200,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.run(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except VeilError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

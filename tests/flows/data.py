@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import veil
+from veil import nn
 
 
 def image_data(n: int = 240, side: int = 28, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -25,3 +26,14 @@ def upload_images(admin: veil.Client, name: str = "Patches", **kw: int) -> None:
         assets={"train_images": images, "train_labels": labels},
         bounds={"train_labels": (0, 1)},
     )
+
+
+def image_mlp() -> nn.Model:
+    """A small MLP for the 1 x 28 x 28 patches, ending in a sigmoid."""
+    model = nn.Model()
+    model.add(nn.Rescaling(1 / 255, input_shape=(None, 1, 28, 28)))
+    model.add(nn.Flatten())
+    model.add(nn.Dense(16, activation="relu"))
+    model.add(nn.Dense(1))
+    model.add(nn.Sigmoid())
+    return model

@@ -9,19 +9,8 @@ import pytest
 
 import veil
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
-from tests.flows.data import upload_images
+from tests.flows.data import image_mlp, upload_images
 from tests.nodes import running_node
-from veil import nn
-
-
-def _mlp() -> nn.Model:
-    model = nn.Model()
-    model.add(nn.Rescaling(1 / 255, input_shape=(None, 1, 28, 28)))
-    model.add(nn.Flatten())
-    model.add(nn.Dense(16, activation="relu"))
-    model.add(nn.Dense(1))
-    model.add(nn.Sigmoid())
-    return model
 
 
 def test_cancel_stops_a_job_and_keeps_what_it_trained(sqlite_node) -> None:
@@ -29,7 +18,7 @@ def test_cancel_stops_a_job_and_keeps_what_it_trained(sqlite_node) -> None:
     upload_images(admin, n=400)
     ds = make_ds(admin, sqlite_node)
     data = ds.datasets["Patches"]
-    model_ptr = _mlp().compile(to=ds)
+    model_ptr = image_mlp().compile(to=ds)
     model_ptr.fit(
         data["train_images"], data["train_labels"], max_iter=500, batch_size=8, wait=False
     )
@@ -52,13 +41,13 @@ def test_a_model_over_the_size_limit_is_refused(sqlite_node) -> None:
     assert admin.update_node(max_params=1000)["max_params"] == 1000
     ds = make_ds(admin, sqlite_node)
     with pytest.raises(veil.SpecError, match="param"):
-        _mlp().compile(to=ds)
+        image_mlp().compile(to=ds)
 
 
 def test_batchnorm_and_unknown_layers_are_refused_by_the_node(sqlite_node) -> None:
     admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
     ds = make_ds(admin, sqlite_node)
-    spec = _mlp().to_spec()
+    spec = image_mlp().to_spec()
     spec["layers"].append({"class_name": "BatchNorm", "config": {}})
     with pytest.raises(veil.SpecError, match="GroupNorm"):
         ds.models.create(spec)
@@ -105,7 +94,7 @@ def test_labels_declared_outside_the_model_are_refused_up_front(sqlite_node) -> 
     )
     ds = make_ds(admin, sqlite_node)
     data = ds.datasets["Four"]
-    model_ptr = _mlp().compile(to=ds)  # one sigmoid output: labels in [0, 1]
+    model_ptr = image_mlp().compile(to=ds)  # one sigmoid output: labels in [0, 1]
     for attempt in (
         lambda: model_ptr.fit(data["x"], data["y"], max_iter=1, batch_size=10),
         lambda: model_ptr.quote(data["x"], data["y"], max_iter=1, batch_size=10),
@@ -126,7 +115,7 @@ def test_steps_survive_a_restart(tmp_path) -> None:
         upload_images(admin, n=64)
         ds = make_ds(admin, node)
         data = ds.datasets["Patches"]
-        model_ptr = _mlp().compile(to=ds)
+        model_ptr = image_mlp().compile(to=ds)
         model_ptr.step(data["train_images"][0:32], data["train_labels"][0:32])
         before = model_ptr.progress()["model_epsilon"]
         email = ds.user.email
@@ -145,7 +134,7 @@ def test_a_training_model_refuses_steps(sqlite_node) -> None:
     upload_images(admin, n=400)
     ds = make_ds(admin, sqlite_node)
     data = ds.datasets["Patches"]
-    model_ptr = _mlp().compile(to=ds)
+    model_ptr = image_mlp().compile(to=ds)
     model_ptr.fit(
         data["train_images"], data["train_labels"], max_iter=200, batch_size=8, wait=False
     )
@@ -162,7 +151,7 @@ def test_many_clients_are_served_while_training(sqlite_node) -> None:
     upload_images(admin, n=400)
     ds = make_ds(admin, sqlite_node)
     data = ds.datasets["Patches"]
-    model_ptr = _mlp().compile(to=ds)
+    model_ptr = image_mlp().compile(to=ds)
     model_ptr.fit(
         data["train_images"], data["train_labels"], max_iter=200, batch_size=8, wait=False
     )
@@ -192,7 +181,7 @@ def test_a_failing_job_reports_why_and_charges_nothing(sqlite_node, monkeypatch)
     upload_images(admin, n=100)
     ds = make_ds(admin, sqlite_node)
     data = ds.datasets["Patches"]
-    model_ptr = _mlp().compile(to=ds)
+    model_ptr = image_mlp().compile(to=ds)
     monkeypatch.setattr(DPTrainer, "fit", broken_fit)
     with pytest.raises(veil.JobFailed, match="Internal error on the node"):
         model_ptr.fit(data["train_images"], data["train_labels"], max_iter=1, batch_size=10)
@@ -224,7 +213,7 @@ def test_a_failed_step_keeps_no_uncounted_training(sqlite_node, monkeypatch) -> 
     upload_images(admin, n=64)
     ds = make_ds(admin, sqlite_node)
     data = ds.datasets["Patches"]
-    model_ptr = _mlp().compile(to=ds)
+    model_ptr = image_mlp().compile(to=ds)
     x, y = data["train_images"][0:32], data["train_labels"][0:32]
     model_ptr.step(x, y)
     before = model_ptr.weights().publish().get()

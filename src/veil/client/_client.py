@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -19,10 +20,13 @@ __all__ = ["Client", "login"]
 class Client:
     """A logged-in session with one domain node."""
 
-    def __init__(self, http: Http, *, node_name: str, user: User) -> None:
+    def __init__(
+        self, http: Http, *, node_name: str, user: User, warnings: Sequence[str] = ()
+    ) -> None:
         self._http = http
         self.node_name = node_name
         self.user = user
+        self.warnings = list(warnings)  # what the node said at login (printed if verbose)
 
     @property
     def users(self) -> UsersAPI:
@@ -38,8 +42,8 @@ class Client:
 
     @property
     def privacy_budget(self) -> PrivacyBudget:
-        """Your epsilon budget, what your releases spent, and what is left."""
-        return PrivacyBudget.from_json(self._http.get("/budget"))
+        """Your epsilon budget, what your releases spent, and what is left; `.plot()` it."""
+        return PrivacyBudget.from_json(self._http.get("/budget"), http=self._http)
 
     @property
     def releases(self) -> Releases:
@@ -120,9 +124,15 @@ def login(
         raise
     http.token = answer["token"]
     _say(verbose, f"Logging into {answer['node_name']}... done!\n")
-    for warning in answer.get("warnings", []):
+    warnings = answer.get("warnings", [])
+    for warning in warnings:
         _say(verbose, f"\n{warning}\n")
-    return Client(http, node_name=answer["node_name"], user=User.from_json(answer["user"]))
+    return Client(
+        http,
+        node_name=answer["node_name"],
+        user=User.from_json(answer["user"]),
+        warnings=warnings,
+    )
 
 
 def _say(verbose: bool, text: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from veil._exceptions import NotFound, ValidationError
+from veil._exceptions import NotFound, OutOfRange, ValidationError
 from veil.client._http import Http
 from veil.client._table import Table
 
@@ -62,6 +62,18 @@ class AssetPointer:
         return self.public_shape[0]
 
     def __getitem__(self, key: slice) -> AssetPointer:
+        if _is_int(key) and not isinstance(key, bool):
+            index = operator.index(key)  # type: ignore[arg-type]
+            if not -len(self) <= index < len(self):
+                raise OutOfRange(
+                    f"Row {index} is out of range: {self.name} has {len(self)} rows.",
+                    rows=len(self),
+                    index=index,
+                )
+            raise ValidationError(
+                "A pointer is sliced, never indexed, so that it stays a pointer: use "
+                f"ptr[{index}:{index + 1 if index != -1 else ''}] for that row. Received: {index}"
+            )
         if not isinstance(key, slice):
             raise ValidationError(
                 "A pointer slices its first axis only, with ptr[start:stop] or "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, overload
 
 import numpy as np
@@ -28,27 +28,84 @@ def _short(value: str | None) -> str:
 
 @dataclass(frozen=True)
 class PrivacyBudget:
-    """Your epsilon budget on this node, what releases spent of it, and what is left."""
+    """Your epsilon budget on this node, what releases spent of it, and what is left.
+
+    In a notebook it shows as a table; `plot()` draws the spending over time.
+    """
 
     total: float
     spent: float
     remaining: float
     delta: float
+    _http: Http | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PrivacyBudget:
+    def from_json(cls, data: dict[str, Any], http: Http | None = None) -> PrivacyBudget:
         return cls(
             total=data["total"],
             spent=data["spent"],
             remaining=data["remaining"],
             delta=data["delta"],
+            _http=http,
         )
+
+    def table(self) -> Table:
+        columns = ["Budget (epsilon)", "Spent", "Remaining", "Delta"]
+        return Table(columns, [[self.total, self.spent, self.remaining, f"{self.delta:g}"]])
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
+
+    def plot(self, ax: Any = None) -> Any:
+        """Draw the epsilon spent over time (one step per release) against the budget.
+
+        Needs matplotlib (`pip install matplotlib`); draws on `ax` if given and returns
+        the matplotlib Axes.
+        """
+        if self._http is None:
+            raise RuntimeError("This PrivacyBudget is not attached to a node session.")
+        plt = _pyplot("PrivacyBudget.plot()")
+        releases = [Published.from_json(self._http, r) for r in self._http.get("/releases")]
+        if ax is None:
+            _, ax = plt.subplots()
+        now = _local(datetime.now(UTC))
+        times = [_local(r.created_at) for r in releases]
+        spent = [r.epsilon_after for r in releases]
+        ax.step(
+            [times[0] if times else now, *times, now],
+            [0.0, *spent, spent[-1] if spent else 0.0],
+            where="post",
+            label="spent",
+        )
+        ax.axhline(self.total, linestyle="--", color="grey", label=f"budget {self.total:g}")
+        ax.set_xlabel("time")
+        ax.set_ylabel(f"epsilon spent (delta={self.delta:g})")
+        ax.set_ylim(bottom=0)
+        ax.legend()
+        return ax
 
     def __repr__(self) -> str:
         return (
             f"<PrivacyBudget remaining epsilon={self.remaining:.4g} of {self.total:.4g} "
             f"(spent {self.spent:.4g}) at delta={self.delta:g}>"
         )
+
+
+def _local(moment: datetime) -> datetime:
+    """Naive local time for matplotlib; the node's times are UTC (SQLite drops the zone)."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.astimezone().replace(tzinfo=None)
+
+
+def _pyplot(what: str) -> Any:
+    """matplotlib.pyplot, or an ImportError that says which package to install."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            f"{what} draws with matplotlib, which is not installed: pip install matplotlib"
+        ) from None
+    return plt
 
 
 @dataclass(frozen=True)

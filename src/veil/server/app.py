@@ -15,6 +15,7 @@ from veil.server.context import NodeContext
 from veil.server.services.fits import fail_interrupted_jobs
 from veil.server.services.node import bootstrap
 from veil.server.settings import Settings
+from veil.server.web import install_dashboard
 
 __all__ = ["create_app"]
 
@@ -41,8 +42,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             ctx.stop()
 
-    app = FastAPI(title="Veil domain node", version=__version__, lifespan=lifespan)
+    # /docs is the dashboard's (Swagger UI served by the node); ReDoc would need a CDN.
+    app = FastAPI(
+        title="Veil domain node",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.node = ctx
     install_error_handlers(app)
     app.include_router(api_router)
+    install_dashboard(app)
     return app

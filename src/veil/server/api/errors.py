@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from veil._exceptions import NotFound, ServerError, ValidationError, VeilError
 
-__all__ = ["install_error_handlers"]
+__all__ = ["install_error_handlers", "validation_error"]
 
 log = logging.getLogger("veil.api")
 
@@ -30,6 +30,14 @@ def _describe(err: dict) -> str:
     return f"{where or 'body'}: {err.get('msg', 'invalid')}. Received: {text}"
 
 
+def validation_error(exc: RequestValidationError) -> ValidationError:
+    """The typed error for a request FastAPI could not parse: which fields, and why."""
+    errors = exc.errors()
+    message = "; ".join(_describe(e) for e in errors[:5])
+    fields = [".".join(str(p) for p in e.get("loc", ())) for e in errors]
+    return ValidationError(f"Invalid request: {message}", fields=fields)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VeilError)
     async def _veil(_: Request, exc: VeilError) -> JSONResponse:
@@ -37,10 +45,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        message = "; ".join(_describe(e) for e in errors[:5])
-        fields = [".".join(str(p) for p in e.get("loc", ())) for e in errors]
-        return _respond(ValidationError(f"Invalid request: {message}", fields=fields))
+        return _respond(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -20,7 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from veil._exceptions import Conflict, NotFound, PermissionDenied, ValidationError
+from veil._exceptions import Conflict, NotFound, OutOfRange, PermissionDenied, ValidationError
 from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
 from veil.server.db.tables.datasets import AssetRow, AssetViewRow, DatasetRow
 from veil.server.storage.arrays import ArrayStore
@@ -150,14 +150,28 @@ def slice_pointer(
     stop: int | None,
     step: int | None,
 ) -> PointerInfo:
-    """A new pointer to `pointer[start:stop:step]` (Python's rules), as a view of the asset."""
+    """A new pointer to `pointer[start:stop:step]` (Python's rules), as a view of the asset.
+
+    A slice that selects no rows raises `OutOfRange`, naming the pointer's row count.
+    """
     if step is not None and step <= 0:
         raise ValidationError(
             f"A pointer slice needs a positive step. Received: step={step}", step=step
         )
-    asset, rows, _ = _lookup(session, user=user, pointer_id=pointer_id)
+    asset, rows, view_id = _lookup(session, user=user, pointer_id=pointer_id)
     picked = rows[slice(start, stop, step)]
-    if len(picked) <= 1:  # one row or none: any step says the same; keep it small
+    if not picked:  # an empty pointer is always a mistake; say so with the public length
+        given = [start, stop] if step is None else [start, stop, step]
+        written = ":".join("" if v is None else str(v) for v in given)
+        what = f"a view of {asset.name!r}" if view_id else repr(asset.name)
+        raise OutOfRange(
+            f"Slice [{written}] selects no rows of {what}, which has {len(rows)} rows.",
+            rows=len(rows),
+            start=start,
+            stop=stop,
+            step=step,
+        )
+    if len(picked) == 1:  # one row: any step says the same; keep it small
         picked = range(picked.start, picked.start + len(picked))
     existing = session.scalars(
         select(AssetViewRow).where(

@@ -17,6 +17,7 @@ __all__ = [
     "bootstrap",
     "default_password_in_use",
     "get_node",
+    "login_warnings",
     "random_node_name",
 ]
 
@@ -164,3 +165,10 @@ def bootstrap(session: Session, settings: Settings) -> NodeRow:
 def default_password_in_use(session: Session) -> bool:
     query = select(UserRow.id).where(UserRow.role == ROLE_ADMIN, UserRow.default_password)
     return session.scalars(query.limit(1)).first() is not None
+
+
+def login_warnings(session: Session, *, user: UserRow) -> list[str]:
+    """What a login should tell `user`: the default password concerns the admin only."""
+    if user.role == ROLE_ADMIN and default_password_in_use(session):
+        return [DEFAULT_PASSWORD_WARNING]
+    return []

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from veil._exceptions import AuthenticationError, Conflict, NotFound, ValidationError
-from veil.server.db.tables.accounts import ROLE_DS, UserRow
+from veil.server.db.tables.accounts import ROLE_ADMIN, ROLE_DS, UserRow
 from veil.server.services.auth import revoke_all
 from veil.server.services.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
 
@@ -84,6 +84,10 @@ def set_budget(session: Session, *, user_id_or_email: str, budget: float) -> Use
 
 def disable_user(session: Session, *, user_id_or_email: str) -> UserRow:
     user = get_user(session, user_id_or_email=user_id_or_email)
+    if user.role == ROLE_ADMIN:  # the node would be left without anyone to manage it
+        raise Conflict(
+            "The node's admin cannot be disabled; change its password instead.", user=user.email
+        )
     user.disabled = True
     revoke_all(session, user_id=user.id)
     session.commit()

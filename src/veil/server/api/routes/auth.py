@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from veil.server.api.deps import ContextDep, CurrentUser, SessionDep, TokenDep
 from veil.server.api.schemas import Strict, UserOut
 from veil.server.services import auth, users
-from veil.server.services.node import DEFAULT_PASSWORD_WARNING, default_password_in_use, get_node
+from veil.server.services.node import get_node, login_warnings
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -43,13 +43,12 @@ def login(body: LoginIn, request: Request, ctx: ContextDep, session: SessionDep)
         ttl_seconds=ctx.settings.token_ttl_seconds,
         throttle=ctx.throttle,
     )
-    warnings = [DEFAULT_PASSWORD_WARNING] if default_password_in_use(session) else []
     return LoginOut(
         token=result.token,
         expires_at=result.expires_at,
         node_name=get_node(session).name,
         user=UserOut.model_validate(result.user),
-        warnings=warnings,
+        warnings=login_warnings(session, user=result.user),
     )
 
 
