@@ -1,8 +1,9 @@
 """The three user flows of the reference, against the quickstart node.
 
 Start the node first (`bash scripts/quickstart`), then run `python examples/user_flows.py`.
-It creates a data scientist account (as the admin, from the node's own machine) if
-there is none, and then, as that data scientist:
+It uses an account of its own, `flows@lab.org` (created as the admin, from the node's
+own machine, if there is none; the README's account is left alone), and then, as that
+data scientist:
 
 I.   builds a model layer by layer on the node and trains it with `fit`;
 II.  builds a model locally, trains it remotely with `fit` and `progress`, publishes
@@ -13,14 +14,16 @@ III. drives training batch by batch with `step`, then publishes a loss and the w
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
 import veil
 from veil import demo, nn
 
-DS_EMAIL = "ds@lab.org"
-DS_PASSWORD = "ds-password-1"
+DS_EMAIL = "flows@lab.org"
+DS_PASSWORD = "flows-password-1"
+BUDGET = 30.0
 
 
 def data_scientist(url: str, admin_password: str) -> veil.Client:
@@ -28,7 +31,9 @@ def data_scientist(url: str, admin_password: str) -> veil.Client:
         return veil.login(DS_EMAIL, DS_PASSWORD, url=url)
     except veil.AuthenticationError:
         admin = veil.login("admin@veil.dev", admin_password, url=url)
-        admin.users.create(email=DS_EMAIL, password=DS_PASSWORD, name="Data Scientist", budget=30)
+        admin.users.create(
+            email=DS_EMAIL, password=DS_PASSWORD, name="User flows example", budget=BUDGET
+        )
         return veil.login(DS_EMAIL, DS_PASSWORD, url=url)
 
 
@@ -53,13 +58,7 @@ def flow_two(client: veil.Client) -> float:
     data = client.datasets["BreastCancerWisconsin"]
     test_x, test_y = demo.public_test_split("BreastCancerWisconsin")
     model = nn.Model()
-    model.add(
-        nn.Normalization(
-            mean=test_x.mean(axis=0).tolist(),
-            std=(test_x.std(axis=0) + 1e-6).tolist(),
-            input_shape=(None, 30),
-        )
-    )
+    model.add(nn.Normalization.adapt(data["features"], epsilon=0.1))  # noised, charged
     model.add(nn.Dense(1))
     model.add(nn.Sigmoid())
     model.summary()
@@ -115,9 +114,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--admin-password", default="changethis")
     args = parser.parse_args(argv)
     client = data_scientist(args.url, args.admin_password)
-    flow_one(client)
-    flow_two(client)
-    flow_three(client)
+    try:
+        flow_one(client)
+        flow_two(client)
+        flow_three(client)
+    except veil.BudgetExceeded as exc:
+        sys.exit(
+            f"{exc}\nThe example has spent its budget on earlier runs. As the admin, give "
+            f"it more: veil users set-budget {DS_EMAIL} {2 * BUDGET:g}"
+        )
     print("Budget:", client.privacy_budget)
     print(client.releases)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class DemoDataset:
     x_asset: str
     y_asset: str
     make: Callable[[], tuple[np.ndarray, np.ndarray]]
-    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    bounds: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def _idc_patches(n: int = 1250, side: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +97,16 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return images, data.target.astype(np.int64)
 
 
+# Each feature's published maximum (scikit-learn's DESCR for this data set, "Summary
+# Statistics"). The figures are rounded, so the bounds go from 0 (every feature is a
+# non-negative measurement) to 10% above them.
+_WISCONSIN_MAXIMA = (
+    28.11, 39.28, 188.5, 2501.0, 0.163, 0.345, 0.427, 0.201, 0.304, 0.097,
+    2.873, 4.885, 21.98, 542.2, 0.031, 0.135, 0.396, 0.053, 0.079, 0.03,
+    36.04, 49.54, 251.2, 4254.0, 0.223, 1.058, 1.252, 0.291, 0.664, 0.208,
+)  # fmt: skip
+_WISCONSIN_RANGES = ([0.0] * len(_WISCONSIN_MAXIMA), [round(1.1 * m, 6) for m in _WISCONSIN_MAXIMA])
+
 DEMO_DATASETS: dict[str, DemoDataset] = {
     d.name: d
     for d in (
@@ -117,8 +128,7 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
             x_asset="features",
             y_asset="labels",
             make=_wisconsin,
-            # Public knowledge of the feature ranges (the largest, worst area, is < 4300).
-            bounds={"features": (0, 4300), "labels": (0, 1)},
+            bounds={"features": _WISCONSIN_RANGES, "labels": (0, 1)},
         ),
         DemoDataset(
             name="Digits",

@@ -33,7 +33,7 @@ def _audit_on_the_node(node) -> tuple[AuditResult, float]:
     model_ptr.fit(data["x"], data["y"], max_iter=10, batch_size=n // 10, target_epsilon=2.0)
     release = model_ptr.weights().publish()
     charged = ds.privacy_budget.spent
-    assert charged == pytest.approx(release.epsilon_after) and charged <= 2.0
+    assert charged == pytest.approx(release.spent_after) and charged <= 2.0
     scores = canary_scores(canaries, before, release.get())
     return audit_guesses(scores, canaries.included, delta=DELTA), charged
 

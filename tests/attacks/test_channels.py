@@ -165,8 +165,8 @@ def test_progress_shows_public_counts_only(node_and_admin) -> None:
     progress = model_ptr.progress()
     assert set(progress) == {
         "model_id",
-        "epsilon",
-        "model_epsilon",
+        "spent",
+        "cart",
         "total_steps",
         "job_id",
         "status",

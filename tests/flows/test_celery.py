@@ -59,8 +59,8 @@ def test_a_celery_worker_runs_fit_jobs(tmp_path) -> None:
                     time.sleep(0.5)
                 final = model_ptr.progress()
                 assert final["status"] == "done" and final["job_id"] == job["job_id"]
-                assert final["epoch"] == 2 and final["model_epsilon"] > 0
-                assert model_ptr.weights().publish().epsilon_added > 0
+                assert final["epoch"] == 2 and final["cart"] > 0
+                assert model_ptr.weights().publish().cost > 0
             finally:
                 worker.terminate()
                 worker.wait(timeout=30)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import veil
+from tests.conftest import make_ds
 from tests.flows.data import image_data, upload_images
 from veil import nn
 from veil.privacy import gaussian
@@ -57,8 +58,8 @@ def test_flow_one_builds_the_whole_model_remotely(admin, ds) -> None:
     published = model_ptr.weights().publish()
     weights = published.get()
     # the per-epoch validation metrics revealed the model, so they paid for it already
-    assert published.epsilon_after == pytest.approx(ds.privacy_budget.spent)
-    assert published.epsilon_after > 0
+    assert published.spent_after == pytest.approx(ds.privacy_budget.spent)
+    assert published.spent_after > 0
     assert {w.shape for w in weights.values()} >= {(1, 1, 3, 3), (2, 1, 4, 4)}
 
 
@@ -84,14 +85,14 @@ def test_flow_two_trains_remotely_and_predicts_locally(admin, ds, node) -> None:
     assert progress["step"] == progress["steps"] and "samples_seen" not in progress
     # step x the expected batch size (q x n_train = 40): public, whatever was sampled
     assert progress["expected_samples"] == progress["steps"] * 40
-    assert progress["epsilon"] == pytest.approx(0.0, abs=1e-9)  # metrics released: cart paid
+    assert progress["cart"] == pytest.approx(0.0, abs=1e-9)  # metrics released: cart paid
     metrics = progress["metrics"]
     assert [m["epoch"] for m in metrics] == [1, 2, 3] and all(m["released"] for m in metrics)
-    assert final["model_epsilon"] > 0
-    spent = ds.privacy_budget.spent
-    assert spent == pytest.approx(final["model_epsilon"], rel=1e-6)
+    assert all(0 <= m["val_accuracy_clipped"] <= 1 for m in metrics)
+    assert final["cart"] == pytest.approx(0.0, abs=1e-9) and final["spent"] > 0
+    assert ds.privacy_budget.spent == pytest.approx(final["spent"], rel=1e-6)
     published = model_ptr.weights().publish()
-    assert published.epsilon_added == pytest.approx(0.0, abs=1e-9)  # already paid by metrics
+    assert published.cost == pytest.approx(0.0, abs=1e-9)  # already paid by metrics
     model.set_weights(published.get())
     x, _ = image_data(n=16, seed=3)
     with node.ctx.db.session() as session:
@@ -126,7 +127,7 @@ def test_flow_three_steps_batch_by_batch(admin, ds) -> None:
     info = model_ptr.refresh()
     # no amplification: each row took part in `epochs` Gaussian steps at sigma=1
     expected = gaussian(1.0, count=epochs).epsilon(delta)
-    assert model_ptr.progress()["model_epsilon"] == pytest.approx(expected, rel=1e-6)
+    assert model_ptr.progress()["cart"] == pytest.approx(expected, rel=1e-6)
     assert info.spec["noise_multiplier"] == 1.0
     released = losses[-1].publish(sigma=5.0)
     value = released.get()
@@ -139,9 +140,12 @@ def test_evaluate_releases_noised_metrics_and_charges(admin, ds) -> None:
     model_ptr = _local_model().compile(to=ds)
     before = ds.privacy_budget.spent
     out = model_ptr.evaluate(data["train_images"][0:100], data["train_labels"][0:100], epsilon=0.5)
-    assert set(out) >= {"loss", "accuracy", "epsilon_added"}
-    assert ds.privacy_budget.spent > before
-    assert 0.45 < out["epsilon_added"] <= 0.5  # an untrained model: only the metrics cost
+    assert set(out) >= {"loss", "loss_std", "loss_clipped", "accuracy", "cost", "spent_after"}
+    assert 0 <= out["loss_clipped"] <= model_ptr.spec["loss_bound"]
+    assert 0 <= out["accuracy_clipped"] <= 1
+    assert ds.privacy_budget.spent == pytest.approx(out["spent_after"])
+    assert out["spent_after"] > before
+    assert 0.45 < out["cost"] <= 0.5  # an untrained model: only the metrics cost
 
 
 def test_quote_matches_what_the_fit_adds(admin, ds) -> None:
@@ -149,17 +153,26 @@ def test_quote_matches_what_the_fit_adds(admin, ds) -> None:
     data = ds.datasets["Patches"]
     model_ptr = _local_model().compile(to=ds, noise_multiplier=1.5)
     quote = model_ptr.quote(data["train_images"], data["train_labels"], max_iter=2, batch_size=40)
+    assert quote["cart"] == 0.0 and quote["spent"] == 0.0
+    assert quote["cart_after"] == pytest.approx(quote["cost"])
     model_ptr.fit(data["train_images"], data["train_labels"], max_iter=2, batch_size=40)
-    assert model_ptr.progress()["model_epsilon"] == pytest.approx(quote["epsilon"], rel=1e-6)
+    assert model_ptr.progress()["cart"] == pytest.approx(quote["cost"], rel=1e-6)
+    model_ptr.weights().publish()
+    # Quotes speak of what a fit adds to what is spent: with something spent, RDP composes
+    # and the second fit adds less than the first did alone.
+    again = model_ptr.quote(data["train_images"], data["train_labels"], max_iter=2, batch_size=40)
+    assert again["spent"] == pytest.approx(quote["cost"]) and again["cart"] == 0.0
+    assert 0 < again["cost"] < quote["cost"]
+    model_ptr.fit(data["train_images"], data["train_labels"], max_iter=2, batch_size=40)
+    assert model_ptr.progress()["cart"] == pytest.approx(again["cost"], rel=1e-6)
+    assert model_ptr.weights().publish().cost == pytest.approx(again["cost"], rel=1e-6)
     target = model_ptr.quote(
         data["train_images"], data["train_labels"], max_iter=1, batch_size=40, target_epsilon=0.7
     )
-    assert target["epsilon"] <= 0.7 and target["sigma"] > 0
+    assert target["cost"] <= 0.7 and target["sigma"] > 0
 
 
 def test_a_data_scientist_cannot_touch_another_users_model(admin, ds, node) -> None:
-    from tests.conftest import make_ds
-
     upload_images(admin)
     model_ptr = _local_model().compile(to=ds)
     other = make_ds(admin, node)
@@ -188,3 +201,30 @@ def test_bad_training_input_fails_before_training(admin, ds) -> None:
     with pytest.raises(veil.ValidationError):
         wrong.compile(to=ds).fit(data["train_images"], data["train_labels"])
     assert ds.privacy_budget.spent == 0.0
+
+
+def test_released_values_show_their_noise_and_a_clipped_value(admin, node) -> None:
+    upload_images(admin)
+    ds = make_ds(admin, node, budget=1000.0)
+    data = ds.datasets["Patches"]
+    model_ptr = _local_model().compile(to=ds)
+    loss, preds = model_ptr.step(data["train_images"][0:20], data["train_labels"][0:20])
+    released = loss.publish(sigma=0.5)
+    noise = released.noise()["loss"]
+    assert noise == pytest.approx(0.5 * model_ptr.spec["loss_bound"] / 20)
+    assert "loss" in repr(released) and "±" in repr(released) and "cost epsilon" in repr(released)
+    assert 0 <= released.get(clipped=True) <= model_ptr.spec["loss_bound"]
+    again = ds.releases[-1]  # from the node's list: the same values, fetched
+    assert again.get() == released.get() and again.noise() == released.noise()
+    probabilities = preds.publish(sigma=1.0).get(clipped=True)
+    assert probabilities.shape == (20, 1) and ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def test_a_fit_whose_metrics_are_withheld_says_so(admin, node) -> None:
+    upload_images(admin)
+    poor = make_ds(admin, node, budget=0.01)
+    data = poor.datasets["Patches"]
+    model_ptr = _local_model().compile(to=poor)
+    with pytest.warns(veil.MetricsWithheld, match="epoch.*1, 2.*withheld"):
+        model_ptr.fit(data["train_images"], data["train_labels"], max_iter=2, validation_split=0.2)
+    assert poor.privacy_budget.spent == 0.0

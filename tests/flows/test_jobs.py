@@ -31,9 +31,9 @@ def test_cancel_stops_a_job_and_keeps_what_it_trained(sqlite_node) -> None:
     final = model_ptr.wait(show=False)
     assert final["status"] == "cancelled" and 0 < final["step"] < final["steps"]
     assert final["total_steps"] == model_ptr.refresh()._info["steps"] > 0
-    assert final["model_epsilon"] > 0  # what was trained is in the cart
+    assert final["cart"] > 0  # what was trained is in the cart
     published = model_ptr.weights().publish()
-    assert published.epsilon_added == pytest.approx(final["model_epsilon"], rel=1e-6)
+    assert published.cost == pytest.approx(final["cart"], rel=1e-6)
 
 
 def test_a_model_over_the_size_limit_is_refused(sqlite_node) -> None:
@@ -117,15 +117,15 @@ def test_steps_survive_a_restart(tmp_path) -> None:
         data = ds.datasets["Patches"]
         model_ptr = image_mlp().compile(to=ds)
         model_ptr.step(data["train_images"][0:32], data["train_labels"][0:32])
-        before = model_ptr.progress()["model_epsilon"]
+        before = model_ptr.progress()["cart"]
         email = ds.user.email
     with running_node(tmp_path / "n") as node:
         ds = login(node, email, "ds-password-123")
         model_ptr = ds.models.get(model_ptr.id)
         data = ds.datasets["Patches"]
-        assert model_ptr.progress()["model_epsilon"] == pytest.approx(before)
+        assert model_ptr.progress()["cart"] == pytest.approx(before)
         model_ptr.step(data["train_images"][32:64], data["train_labels"][32:64])
-        assert model_ptr.progress()["model_epsilon"] == pytest.approx(before)  # disjoint rows
+        assert model_ptr.progress()["cart"] == pytest.approx(before)  # disjoint rows
         assert model_ptr.refresh()._info["steps"] == 2
 
 
@@ -188,7 +188,7 @@ def test_a_failing_job_reports_why_and_charges_nothing(sqlite_node, monkeypatch)
     progress = model_ptr.progress()
     assert progress["status"] == "failed" and "RuntimeError" in progress["error"]
     assert "disk" not in progress["error"]  # an unexpected error's text may quote a value
-    assert ds.privacy_budget.spent == 0.0 and progress["model_epsilon"] == 0.0
+    assert ds.privacy_budget.spent == 0.0 and progress["cart"] == 0.0
     monkeypatch.undo()
     model_ptr.fit(data["train_images"], data["train_labels"], max_iter=1, batch_size=10)
     assert model_ptr.progress()["status"] == "done"
@@ -226,6 +226,6 @@ def test_a_failed_step_keeps_no_uncounted_training(sqlite_node, monkeypatch) -> 
         model_ptr.step(x, y)
     monkeypatch.undo()
     after = model_ptr.weights().publish()
-    assert after.epsilon_added == 0.0  # nothing new was trained as far as the node knows
+    assert after.cost == 0.0  # nothing new was trained as far as the node knows
     for name, value in after.get().items():
         assert (value == before[name]).all(), name  # and the weights agree

@@ -9,6 +9,7 @@ from veil.privacy import (
     SIGMA_MAX,
     SIGMA_MIN,
     Cart,
+    RdpCurve,
     calibrate_fit,
     calibrate_sigma,
     poisson_gaussian,
@@ -151,3 +152,20 @@ def test_dominated_gaussian_sigma_stays_under_the_curve_at_every_order() -> None
     assert np.all(gaussian(sigma, count=20).values <= train.values)
     slightly_less = gaussian(sigma * 0.99, count=20).values
     assert np.any(slightly_less > train.values)  # the smallest such sigma
+
+
+def test_a_base_curve_makes_quotes_say_what_a_fit_adds_to_a_ledger() -> None:
+    cart = Cart()
+    cart.ensure_source("d", 1000)
+    base = poisson_gaussian(0.05, 1.0, 2000)  # what else the user has spent
+    plan = _plan(val_rows=None)
+    alone = quote_fit(cart, "d", sigma=1.5, **plan)
+    on_ledger = quote_fit(cart, "d", sigma=1.5, base=base, **plan)
+    fit = poisson_gaussian(alone.q, 1.5, alone.steps)
+    assert alone.epsilon_added == pytest.approx(fit.epsilon(DELTA))
+    expected_after = (RdpCurve.zero() + base + fit).epsilon(DELTA)
+    assert on_ledger.epsilon_after == pytest.approx(expected_after)
+    assert on_ledger.epsilon_added == pytest.approx(expected_after - base.epsilon(DELTA))
+    assert on_ledger.epsilon_added < alone.epsilon_added  # RDP composes sub-additively here
+    calibrated = calibrate_fit(cart, "d", target_epsilon=1.0, base=base, **plan)
+    assert calibrated.epsilon_added <= 1.0 and calibrated.sigma < alone.sigma * 10

@@ -10,6 +10,7 @@ from safetensors.numpy import load_file, save_file
 from sqlalchemy import func, select
 
 from tests.nodes import RunningNode
+from veil.nn import Dense, ModelSpec
 from veil.privacy import Bound, Cart, RdpCurve
 from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import UserRow
@@ -36,6 +37,8 @@ __all__ = [
     "weights_on_disk",
 ]
 
+# A real spec (the node reads its output range); its weights are never loaded here.
+SPEC = ModelSpec.build((None, 3), [Dense(4, activation="softmax", input_shape=(None, 3))]).to_dict()
 SOURCE = "dataset-1"
 SOURCE_ROWS = 1_000
 Q = 0.01
@@ -89,7 +92,7 @@ def add_model(
     with store.db.session() as session:
         model = ModelRow(
             owner_id=owner_id,
-            spec={"layers": []},
+            spec=SPEC,
             version=0,
             cart_state=dict(cart.state_dict()),
             cart_curve=cart.curve().to_list(),

@@ -88,7 +88,7 @@ def test_concurrent_publishes_pay_for_exactly_what_the_budget_allows(node, admin
     published = [o for o in outcomes if isinstance(o, veil.Published)]
     refused = [o for o in outcomes if isinstance(o, veil.BudgetExceeded)]
     assert (len(published), len(refused)) == (K_PAID, N_PUBLISHES - K_PAID), outcomes
-    assert sorted(p.epsilon_after for p in published)[-1] == pytest.approx(paid)
+    assert sorted(p.spent_after for p in published)[-1] == pytest.approx(paid)
     spent = owner.privacy_budget
     assert spent.spent == pytest.approx(paid) and spent.spent <= spent.total
     state = ledger_of(store, owner.user.id)
@@ -186,7 +186,7 @@ def test_a_crash_inside_publish_leaves_release_and_charge_together(tmp_path, bac
             [release] = ds.releases
             assert set(release.get()) == set(random_weights(0))
             again = veil.WeightsPointer(ds._http, model_id).publish()
-            assert again.epsilon_added == 0.0
+            assert again.cost == 0.0
         store.db.dispose()
 
 

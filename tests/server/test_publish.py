@@ -41,20 +41,20 @@ def test_publish_charges_the_cart_once_then_only_the_increment(node, admin) -> N
     first = weights.publish()
     cost = first_cart.epsilon(DELTA)
     assert first.kind == "weights" and first.model_id == model_id
-    assert first.epsilon_added == pytest.approx(cost) and first.epsilon_after == pytest.approx(cost)
+    assert first.cost == pytest.approx(cost) and first.spent_after == pytest.approx(cost)
     budget = ds.privacy_budget
     assert (budget.total, budget.delta) == (10.0, DELTA)
     assert budget.spent == pytest.approx(cost) and budget.remaining == pytest.approx(10.0 - cost)
     assert _equal(first.get(), random_weights(0))
 
     again = weights.publish()
-    assert again.epsilon_added == 0.0 and again.epsilon_after == pytest.approx(cost)
+    assert again.cost == 0.0 and again.spent_after == pytest.approx(cost)
 
     more_cart = sampled_cart(500)
     version = train_more(store, model_id=model_id, cart=more_cart, weights=random_weights(1))
     later = weights.publish()
-    assert later.epsilon_after == pytest.approx(more_cart.epsilon(DELTA))
-    assert later.epsilon_added == pytest.approx(more_cart.epsilon(DELTA) - cost)
+    assert later.spent_after == pytest.approx(more_cart.epsilon(DELTA))
+    assert later.cost == pytest.approx(more_cart.epsilon(DELTA) - cost)
     assert _equal(later.get(), weights_on_disk(store, model_id, version))
     assert ledger_of(store, ds.user.id).curve == ledger_of(store, ds.user.id).release_curves
 
@@ -66,7 +66,7 @@ def test_publish_charges_the_cart_once_then_only_the_increment(node, admin) -> N
     assert [r.id for r in releases] == [first.id, again.id, later.id]
     assert _equal(releases[0].get(), random_weights(0))
     assert _equal(releases[-1].get(), random_weights(1))
-    assert "Epsilon added" in repr(releases) and "<table>" in releases._repr_html_()
+    assert "Cost (epsilon)" in repr(releases) and "<table>" in releases._repr_html_()
     assert releases[1:][0].id == again.id
     with pytest.raises(veil.PermissionDenied, match=r"only through publish\(\)"):
         veil.WeightsPointer(again_ds._http, model_id).get()
@@ -129,7 +129,7 @@ def test_other_users_things_do_not_exist_for_a_data_scientist(node, admin) -> No
 
     ledger = admin.ledger
     entry = ledger.entry(owner.user.email)
-    assert entry.releases == 1 and entry.spent == pytest.approx(release.epsilon_after)
+    assert entry.releases == 1 and entry.spent == pytest.approx(release.spent_after)
     assert entry.remaining == pytest.approx(entry.budget - entry.spent)
     assert ledger.entry(other.user.id).spent == 0.0
     assert owner.user.email in repr(ledger) and "Remaining" in repr(ledger)
@@ -155,7 +155,7 @@ def test_private_object_publish_with_sigma_or_epsilon(node, admin) -> None:
     assert noised.params["sigma"] == 2.0 and noised.params["n_rows"] == 4
     # The rows' Gaussian in the cart; the value also reveals the model, paid with it.
     expected = cart.curve() + gaussian(2.0)
-    assert noised.epsilon_after == pytest.approx(expected.epsilon(DELTA))
+    assert noised.spent_after == pytest.approx(expected.epsilon(DELTA))
     assert isinstance(noised.get(), float)
     entry = ds._http.get(f"/releases/{noised.id}/result")["values"]["loss"]
     assert entry["std"] == pytest.approx(2.0 * 1.0 / 4)  # sigma x loss_bound / rows
@@ -164,8 +164,8 @@ def test_private_object_publish_with_sigma_or_epsilon(node, admin) -> None:
     sigma = targeted.params["sigma"]
     assert 0.5 * 0.99 < gaussian(sigma).epsilon(DELTA) <= 0.5
     expected = expected + gaussian(sigma)
-    assert targeted.epsilon_after == pytest.approx(expected.epsilon(DELTA))
-    assert ds.privacy_budget.spent == pytest.approx(targeted.epsilon_after)
+    assert targeted.spent_after == pytest.approx(expected.epsilon(DELTA))
+    assert ds.privacy_budget.spent == pytest.approx(targeted.spent_after)
 
     other_rows = add_object(
         store,
@@ -176,7 +176,7 @@ def test_private_object_publish_with_sigma_or_epsilon(node, admin) -> None:
         bound=LOSS,
     )
     parallel = veil.PrivatePointer(ds._http, other_rows, "loss", ()).publish(sigma=2.0)
-    assert parallel.epsilon_added == pytest.approx(0.0, abs=1e-9)  # disjoint rows: parallel
+    assert parallel.cost == pytest.approx(0.0, abs=1e-9)  # disjoint rows: parallel
 
     preds_id = add_object(
         store,

@@ -87,7 +87,7 @@ def test_the_admin_runs_the_node_from_the_dashboard(sqlite_node, browser_page) -
     expect(release).to_be_visible(timeout=20_000)  # without a reload
     expect(release).to_contain_text("ds@lab.org")
     expect(release).to_contain_text("weights")
-    expect(release.locator("td.num").first).to_have_text(f"{published.epsilon_added:.4g}")
+    expect(release.locator("td.num").first).to_have_text(f"{published.cost:.4g}")
     lines = page.evaluate("Chart.getChart('epsilon-chart').data.datasets.map(d => d.label)")
     assert lines == ["ds@lab.org"]
 

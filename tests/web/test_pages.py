@@ -173,7 +173,7 @@ def test_budget_bars_show_the_cart_of_unpublished_models(sqlite_node, admin) -> 
     upload_table(admin)
     ds = make_ds(admin, sqlite_node, budget=50.0)
     publish_small_fit(ds)
-    unpublished = table_fit(ds, max_iter=2).progress()["epsilon"]
+    unpublished = table_fit(ds, max_iter=2).progress()["cart"]
     with sqlite_node.ctx.db.session() as session:
         (bar,) = budget_bars(session, delta=get_node(session).delta, user_id=ds.user.id)
     budget = ds.privacy_budget

@@ -2,6 +2,7 @@
 
 from veil.client._client import Client, login
 from veil.client._datasets import AssetPointer, Dataset, DatasetsView
+from veil.client._models import MetricsWithheld, ModelPointer
 from veil.client._objects import PrivatePointer, WeightsPointer
 from veil.client._releases import Ledger, LedgerEntry, PrivacyBudget, Published, Releases
 from veil.client._users import User, UsersAPI
@@ -13,6 +14,8 @@ __all__ = [
     "DatasetsView",
     "Ledger",
     "LedgerEntry",
+    "MetricsWithheld",
+    "ModelPointer",
     "PrivacyBudget",
     "PrivatePointer",
     "Published",

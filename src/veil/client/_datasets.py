@@ -24,6 +24,7 @@ import numpy as np
 
 from veil._exceptions import NotFound, OutOfRange, ValidationError
 from veil.client._http import Http
+from veil.client._releases import Published
 from veil.client._table import Table
 
 __all__ = ["AssetPointer", "Dataset", "DatasetsView"]
@@ -52,7 +53,8 @@ class AssetPointer:
         self.dtype: np.dtype = np.dtype(data["dtype"])
         self.rows = range(data["start"], data["stop"], data["step"])
         self.is_view: bool = data["is_view"]
-        self.bounds: tuple[float, float] | None = (
+        # (low, high) as the owner declared them: numbers, or lists of one per channel.
+        self.bounds: tuple[Any, Any] | None = (
             tuple(data["bounds"]) if data.get("bounds") is not None else None  # type: ignore[assignment]
         )
         self.mock_source: str = data["mock_source"]
@@ -99,6 +101,20 @@ class AssetPointer:
             content = self._http.request("GET", f"/assets/{self.id}/mock").content
             self._mock = np.load(io.BytesIO(content), allow_pickle=False)
         return self._mock
+
+    def quote_statistics(
+        self, *, epsilon: float | None = None, sigma: float | None = None
+    ) -> dict[str, Any]:
+        """What `statistics(...)` would cost, before anything is spent: `cost` (added to
+        your epsilon `spent`), the noise `sigma`, the rows and channels it covers."""
+        return self._http.post(f"/assets/{self.id}/statistics/quote", json=_noise(epsilon, sigma))
+
+    def statistics(self, *, epsilon: float | None = None, sigma: float | None = None) -> Published:
+        """Per-channel (axis 1) mean and std of these rows, released with noise and
+        charged (a `Published`; `.get()` gives `{"mean": ..., "std": ...}`). Give the
+        `epsilon` to spend or the noise multiplier `sigma`."""
+        data = self._http.post(f"/assets/{self.id}/statistics", json=_noise(epsilon, sigma))
+        return Published.from_json(self._http, data)
 
     def get(self) -> np.ndarray:
         """The private values, for the node's admin only; anyone else gets PermissionDenied."""
@@ -221,14 +237,16 @@ class DatasetsView:
         description: str = "",
         assets: Mapping[str, ArraySource],
         mock: Mapping[str, ArraySource] | None = None,
-        bounds: Mapping[str, tuple[float, float]] | None = None,
+        bounds: Mapping[str, tuple[Any, Any]] | None = None,
     ) -> Dataset:
         """Upload a dataset (admin only); on any failure the node keeps nothing.
 
         `assets` maps names to arrays or paths of .npy files, streamed in chunks. Each
         asset's mock is `mock[name]` if given, else generated on the node from the
         declared `bounds[name] = (low, high)` only (uint8 and bool default to their
-        full range; other dtypes need bounds or a mock).
+        full range; other dtypes need bounds or a mock). `low` and `high` are numbers, or
+        lists of one per channel (axis 1) for features of different scales. Values
+        outside them, NaN or infinity are refused with the row named.
         """
         mock = dict(mock or {})
         bounds = dict(bounds or {})
@@ -428,6 +446,10 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     if first:
         yield first
     yield from rest
+
+
+def _noise(epsilon: float | None, sigma: float | None) -> dict[str, float]:
+    return {k: v for k, v in (("epsilon", epsilon), ("sigma", sigma)) if v is not None}
 
 
 def _is_int(value: object) -> bool:

@@ -7,6 +7,7 @@ returns private pointers whose values leave only through their own `publish()`.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -15,9 +16,13 @@ from veil._exceptions import JobFailed, ValidationError
 from veil.client._http import Http
 from veil.client._objects import PrivatePointer, WeightsPointer
 
-__all__ = ["DraftHandle", "ModelPointer", "ModelsAPI"]
+__all__ = ["DraftHandle", "MetricsWithheld", "ModelPointer", "ModelsAPI"]
 
 _DONE = ("done", "failed", "cancelled")
+
+
+class MetricsWithheld(UserWarning):
+    """A fit's validation metrics were not released: the budget could not pay for them."""
 
 
 def _pointer_id(ptr: Any, name: str) -> str:
@@ -63,7 +68,9 @@ class ModelPointer:
         validation_split: float = 0.0,
         target_epsilon: float | None = None,
     ) -> dict[str, Any]:
-        """The epsilon a planned `fit` would add to this model's cart, before it runs."""
+        """What a planned `fit` would cost, before it runs: `cost` is what it adds to the
+        model's `cart` (what publishing the model would add to your epsilon `spent`);
+        `cart_after` is the cart right after it. `target_epsilon` caps `cost`."""
         body = self._fit_body(
             x_ptr,
             y_ptr,
@@ -88,9 +95,9 @@ class ModelPointer:
     ) -> dict[str, Any]:
         """Train with DP-SGD on the node (`max_iter` epochs of Poisson-sampled steps).
 
-        With `target_epsilon` the node picks the smallest noise whose quote stays within
-        it. `wait=True` shows a progress bar and returns the final `progress()`;
-        `wait=False` returns the queued job at once.
+        With `target_epsilon` the node picks the smallest noise whose `cost` (see `quote`)
+        stays within it. `wait=True` shows a progress bar and returns the final
+        `progress()`; `wait=False` returns the queued job at once.
         """
         body = self._fit_body(
             x_ptr,
@@ -114,7 +121,11 @@ class ModelPointer:
                 bar.total = state.get("steps") or bar.total
                 bar.n = state.get("step", 0)
                 bar.set_description(f"epoch {state.get('epoch', 0)}/{state.get('max_iter', '?')}")
-                bar.set_postfix(epsilon=f"{state['epsilon']:.3f}", status=state["status"])
+                bar.set_postfix(
+                    spent=f"{state['spent']:.3f}",
+                    cart=f"{state['cart']:.3f}",
+                    status=state["status"],
+                )
                 bar.refresh()
                 if state["status"] in _DONE or state["status"] == "idle":
                     break
@@ -124,11 +135,21 @@ class ModelPointer:
             bar.close()
         if state["status"] == "failed":
             raise JobFailed(f"Training failed: {state.get('error')}", job_id=state.get("job_id"))
+        withheld = [m for m in state.get("metrics", []) if m.get("released") is False]
+        if withheld:
+            epochs = ", ".join(str(m["epoch"]) for m in withheld)
+            why = withheld[-1]["withheld"]
+            warnings.warn(
+                f"Validation metrics of epoch(s) {epochs} were withheld: {why}",
+                MetricsWithheld,
+                stacklevel=2,
+            )
         self.refresh()
         return state
 
     def progress(self) -> dict[str, Any]:
-        """Status, epoch, step, expected samples, elapsed, epsilon, and released metrics."""
+        """Status, epoch, step, expected samples, elapsed, and released metrics; `spent`
+        (your epsilon spent) and `cart` (what publishing this model now would add)."""
         return self._http.get(f"/models/{self.id}/progress")
 
     def cancel(self) -> dict[str, Any]:
@@ -169,7 +190,9 @@ class ModelPointer:
         )
 
     def evaluate(self, x_ptr: Any, y_ptr: Any, *, epsilon: float = 0.1) -> dict[str, Any]:
-        """Release the model's noised loss and accuracy on these rows (charged)."""
+        """Release the model's noised loss and accuracy on these rows, charged: `epsilon`
+        prices the two queries; the answer has each value with its noise std (`loss_std`)
+        and clipped to where the true one lies (`loss_clipped`), and the `cost`."""
         body = {
             "x": _pointer_id(x_ptr, "x_ptr"),
             "y": _pointer_id(y_ptr, "y_ptr"),

@@ -70,7 +70,7 @@ class PrivacyBudget:
             _, ax = plt.subplots()
         now = _local(datetime.now(UTC))
         times = [_local(r.created_at) for r in releases]
-        spent = [r.epsilon_after for r in releases]
+        spent = [r.spent_after for r in releases]
         ax.step(
             [times[0] if times else now, *times, now],
             [0.0, *spent, spent[-1] if spent else 0.0],
@@ -112,19 +112,25 @@ def _pyplot(what: str) -> Any:
 class Published:
     """A release: a result that left the node through a DP mechanism and was charged.
 
-    `get()` downloads it again each time: weights as `{name: numpy array}`, a private
-    object as its noised float or array.
+    `cost` is what it added to your epsilon spent, `spent_after` your spent after it.
+    `get()` gives the result (weights as `{name: numpy array}`, a step's loss or
+    predictions as a float or an array, metrics and statistics as a dict), downloaded
+    again when needed, so `client.releases[-1].get()` works from any later login.
+    Noised values come with their noise std (`noise()`), and `get(clipped=True)` clips
+    them to where the true value lies (a loss to [0, loss_bound], probabilities to
+    [0, 1]): post-processing, which costs nothing.
     """
 
     id: str
     kind: str
-    epsilon_added: float
-    epsilon_after: float
+    cost: float
+    spent_after: float
     created_at: datetime
     model_id: str | None
     object_id: str | None
     mechanism: str = ""
     params: dict[str, Any] = field(default_factory=dict, compare=False)
+    result: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     _http: Http | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -132,44 +138,76 @@ class Published:
         return cls(
             id=data["id"],
             kind=data["kind"],
-            epsilon_added=data["epsilon_added"],
-            epsilon_after=data["epsilon_after"],
+            cost=data["cost"],
+            spent_after=data["spent_after"],
             created_at=datetime.fromisoformat(data["created_at"]),
             model_id=data["model_id"],
             object_id=data["object_id"],
             mechanism=data["mechanism"],
             params=data["params"],
+            result=data.get("result"),
             _http=http,
         )
 
-    def get(self) -> Any:
-        """The released result: `{name: np.ndarray}` for weights, a float or an array
-        for a private object, `{name: float}` for metrics."""
+    def _fetch(self) -> Any:
         if self._http is None:
             raise RuntimeError("This Published handle is not attached to a node session.")
         response = self._http.request("GET", f"/releases/{self.id}/result")
+        return response.content if self.kind == "weights" else response.json()
+
+    def _result(self) -> dict[str, Any]:
+        return self.result if self.result is not None else self._fetch()
+
+    def get(self, *, clipped: bool = False) -> Any:
+        """The released result; with `clipped`, noised values clipped to their range."""
         if self.kind == "weights":
-            return safetensors.numpy.load(response.content)
+            return safetensors.numpy.load(self._fetch())
+        result = self._result()
+        if self.kind == "statistics":
+            return {k: np.asarray(result[k], dtype=np.float64) for k in ("mean", "std")}
+        key = "clipped" if clipped else "value"
         values = {
-            name: _value(entry["value"], entry["shape"])
-            for name, entry in response.json()["values"].items()
+            name: _value(entry.get(key, entry["value"]), entry["shape"])
+            for name, entry in result["values"].items()
         }
         if self.kind == "object":
             (value,) = values.values()
             return value
         return values
 
+    def noise(self) -> dict[str, float]:
+        """The standard deviation of the noise on each released value (none for weights,
+        which DP-SGD noised while training)."""
+        if self.kind == "weights":
+            return {}
+        return {name: entry["std"] for name, entry in self._result()["values"].items()}
+
     def __repr__(self) -> str:
         if self.object_id:
-            what = f"object {_short(self.object_id)} (of model {_short(self.model_id)})"
+            what = f"{self.params.get('object_kind', 'object')} of model {_short(self.model_id)}"
         elif self.model_id:
             what = f"{self.kind} of model {_short(self.model_id)}"
         else:
-            what = self.kind
+            what = f"{self.kind} of {self.params.get('asset', '?')}"
+        shown = "" if self.result is None else _shown(self.result)
         return (
-            f"<Published {what}: epsilon +{self.epsilon_added:.4g} "
-            f"(total {self.epsilon_after:.4g}), id={self.id}>"
+            f"<Published {what}{shown}; cost epsilon {self.cost:.4g}, "
+            f"spent {self.spent_after:.4g}; id={self.id}>"
         )
+
+
+def _shown(result: dict[str, Any]) -> str:
+    """`: loss 0.52 ± 0.05 (clipped 0.52)` for scalars, `± std` only for arrays."""
+    parts = []
+    for name, entry in result["values"].items():
+        if entry["shape"]:
+            parts.append(f"{name} {tuple(entry['shape'])} ± {entry['std']:.3g}")
+            continue
+        text = f"{name} {entry['value']:.4g} ± {entry['std']:.3g}"
+        if "clipped" in entry and entry["clipped"] != entry["value"]:
+            text += f" (clipped to {entry['clipped']:.4g})"
+        parts.append(text)
+    return ": " + ", ".join(parts) if parts else ""
 
 
 def _value(value: Any, shape: list[int]) -> float | np.ndarray:
@@ -204,8 +242,8 @@ class Releases(Sequence[Published]):
             [
                 f"[{i}]",
                 r.kind,
-                r.epsilon_added,
-                r.epsilon_after,
+                r.cost,
+                r.spent_after,
                 r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                 _short(r.model_id),
                 _short(r.object_id),
@@ -213,7 +251,7 @@ class Releases(Sequence[Published]):
             ]
             for i, r in enumerate(self._items)
         ]
-        columns = ["Idx", "Kind", "Epsilon added", "Epsilon after", "Created", "Model", "Object"]
+        columns = ["Idx", "Kind", "Cost (epsilon)", "Spent after", "Created", "Model", "Object"]
         return Table([*columns, "Id"], rows)
 
     def __repr__(self) -> str:

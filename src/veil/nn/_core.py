@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
+import numpy as np
+
 from veil._exceptions import SpecError
 from veil.nn._config import (
+    CONSTANT_LIMIT,
     Shape,
     check_activation,
     check_constant,
@@ -28,6 +31,8 @@ __all__ = [
     "Normalization",
     "Rescaling",
 ]
+
+_MIN_STD = 1 / CONSTANT_LIMIT  # the least std the layer takes
 
 BATCHNORM_REFUSAL = (
     "BatchNorm is not allowed: its batch statistics mix examples, so one row's value "
@@ -162,8 +167,9 @@ def _constants(owner: str, name: str, value: object, *, positive: bool) -> float
 class Normalization(Layer):
     """`(x - mean) / std` with public constants: scalars, or one value per channel (axis 1).
 
-    The constants are part of the spec, never learned and never computed on the node:
-    take them from public statistics (or from the mock data).
+    The constants are part of the spec, never learned. `Normalization.adapt(x_ptr)`
+    takes them from the private data as a noised, charged release (as Keras' `adapt`,
+    but differentially private); or give public statistics.
     """
 
     def __init__(
@@ -179,6 +185,39 @@ class Normalization(Layer):
 
     def _config(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std}
+
+    @classmethod
+    def adapt(cls, data: Any, *, epsilon: float = 0.1, verbose: bool = True) -> Normalization:
+        """A Normalization with the per-channel (axis 1) mean and std of `data`.
+
+        A pointer to data on a node: the node releases them with noise, charging
+        `epsilon` to your budget; with `verbose` the cost is printed before it is spent.
+        A numpy array (your own data, or a mock): computed here, exactly.
+        """
+        if hasattr(data, "statistics"):
+            quote = data.quote_statistics(epsilon=epsilon)
+            if verbose:
+                print(
+                    f"Normalization.adapt: releasing the noised mean and std of {data.name} "
+                    f"({quote['rows']} rows, {quote['channels']} channels) costs epsilon "
+                    f"{quote['cost']:.4g} of the {quote['remaining']:.4g} left in your budget."
+                )
+            stats = data.statistics(epsilon=epsilon).get()
+            mean, std, shape = stats["mean"], stats["std"], tuple(data.public_shape)
+        else:
+            array = np.asarray(data, dtype=np.float64)
+            if array.ndim < 2:
+                raise SpecError(
+                    "Normalization.adapt expects rows of shape (N, channels, ...). "
+                    f"Received: an array of shape {array.shape}"
+                )
+            axes = (0, *range(2, array.ndim))
+            mean, std, shape = array.mean(axis=axes), array.std(axis=axes), array.shape
+        return cls(
+            mean=[float(m) for m in mean],
+            std=[max(float(s), _MIN_STD) for s in std],
+            input_shape=(None, *shape[1:]),
+        )
 
     def _output_shape(self, shape: Shape) -> Shape:
         self._expect_rank(shape, (2, 3, 4), "(None, channels, ...)")

@@ -30,7 +30,7 @@ from typing import Any
 
 from veil._exceptions import SpecError
 from veil.nn._config import Shape, check_input_shape, format_shape
-from veil.nn.layers import Layer, layer_from_dict, layer_to_dict
+from veil.nn.layers import Layer, final_activation, layer_from_dict, layer_to_dict
 from veil.nn.losses import CrossEntropy, Loss, infer_loss, loss_from_dict, loss_to_dict
 from veil.nn.optimizers import Adamax, Optimizer, optimizer_from_dict, optimizer_to_dict
 from veil.privacy.calibration import SIGMA_MAX, SIGMA_MIN
@@ -202,6 +202,13 @@ class ModelSpec:
     @property
     def output_shape(self) -> Shape:
         return self.shapes[-1]
+
+    @property
+    def output_range(self) -> tuple[float, float] | None:
+        """Where every output value lies, when the last activation bounds it."""
+        return {"sigmoid": (0.0, 1.0), "softmax": (0.0, 1.0), "tanh": (-1.0, 1.0)}.get(
+            final_activation(self.layers) or ""
+        )
 
     @classmethod
     def from_dict(

@@ -8,6 +8,8 @@ row that contributes zero. Hence
   public row count n; its sensitivity is high / n.
 - `EachRow(norm)`: every row's values, each row clipped to L2 norm `norm`; released row
   by row, one row changes one row, so the sensitivity is `norm`.
+- `MeanOfRows(norm)`: a vector per row, clipped to L2 norm `norm`, averaged over the
+  public row count n; its sensitivity is norm / n.
 
 A value that is NaN or infinite (a model can make one on purpose) becomes a fixed
 value taken from the bound alone (`fill`, or a zero row), and every row goes through
@@ -28,7 +30,15 @@ import numpy as np
 from veil._exceptions import ValidationError
 from veil.privacy.noise import SecureNoise, snap
 
-__all__ = ["Bound", "EachRow", "MeanOf", "Released", "bound_from_dict", "release_value"]
+__all__ = [
+    "Bound",
+    "EachRow",
+    "MeanOf",
+    "MeanOfRows",
+    "Released",
+    "bound_from_dict",
+    "release_value",
+]
 
 
 def _positive(owner: str, name: str, value: object) -> float:
@@ -116,15 +126,42 @@ class EachRow:
         return {"kind": "rows", "norm": self.norm}
 
 
-Bound = MeanOf | EachRow
+@dataclass(frozen=True)
+class MeanOfRows:
+    """The mean of one vector per row, each row clipped to L2 norm `norm` (a non-finite
+    row counts as zeros)."""
+
+    norm: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", _positive("MeanOfRows", "norm", self.norm))
+
+    def bounded(self, values: np.ndarray) -> np.ndarray:
+        return EachRow(self.norm).bounded(values)
+
+    def aggregate(self, bounded: np.ndarray) -> np.ndarray:
+        return bounded.sum(axis=0) / bounded.shape[0]
+
+    def sensitivity(self, n_rows: int) -> float:
+        return self.norm / n_rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "mean_rows", "norm": self.norm}
+
+
+Bound = MeanOf | EachRow | MeanOfRows
 
 
 def bound_from_dict(data: Mapping[str, Any]) -> Bound:
     """The inverse of `to_dict()`, with its keys checked."""
-    kinds = {"mean": (MeanOf, {"kind", "high", "fill"}), "rows": (EachRow, {"kind", "norm"})}
+    kinds = {
+        "mean": (MeanOf, {"kind", "high", "fill"}),
+        "rows": (EachRow, {"kind", "norm"}),
+        "mean_rows": (MeanOfRows, {"kind", "norm"}),
+    }
     kind = data.get("kind") if isinstance(data, Mapping) else None
     if kind not in kinds:
-        raise ValidationError(f"A bound has kind 'mean' or 'rows'. Received: {data!r}")
+        raise ValidationError(f"A bound has a kind among {sorted(kinds)}. Received: {data!r}")
     cls, keys = kinds[kind]
     if set(data) != keys:
         raise ValidationError(f"A {kind!r} bound has keys {sorted(keys)}. Received: {sorted(data)}")

@@ -38,7 +38,8 @@ _SIGMA_RTOL = 1e-3
 
 @dataclass(frozen=True)
 class Quote:
-    """What a planned fit would cost: the epsilon it adds to the cart and the total after."""
+    """What a planned fit would cost: the epsilon it adds and the epsilon after it, both of
+    `base` plus the cart (with no base: of the cart alone)."""
 
     epsilon_added: float
     epsilon_after: float
@@ -64,6 +65,7 @@ def _unique_rows(rows: npt.ArrayLike, *, n_rows: int | None, name: str) -> np.nd
 @dataclass(frozen=True)
 class _FitPlan:
     preview: _FitPreview
+    base: RdpCurve
     epsilon_now: float
     steps: int
     q: float
@@ -73,7 +75,7 @@ class _FitPlan:
     def quote(self, sigma: float, val_sigma: float | None = None) -> Quote:
         added = poisson_gaussian(self.q, sigma, self.steps)
         val_rho = self.val_releases * gaussian_rho(sigma if val_sigma is None else val_sigma)
-        epsilon_after = self.preview.curve(added, val_rho).epsilon(self.delta)
+        epsilon_after = (self.base + self.preview.curve(added, val_rho)).epsilon(self.delta)
         return Quote(
             epsilon_added=epsilon_after - self.epsilon_now,
             epsilon_after=epsilon_after,
@@ -94,8 +96,10 @@ def _plan_fit(
     epochs: int,
     val_releases_per_epoch: int,
     delta: float,
+    base: RdpCurve | None,
 ) -> _FitPlan:
     key = _check_key(key)
+    base = RdpCurve.zero() if base is None else base
     n_rows = cart.n_rows(key) if key in cart.sources else None
     n_train = _positive_int(n_rows_train, "n_rows_train")
     train = _unique_rows(train_rows, n_rows=n_rows, name="train_rows")
@@ -119,7 +123,8 @@ def _plan_fit(
         raise ValidationError(f"Expected 0 < delta < 1. Received: delta={delta!r}")
     return _FitPlan(
         preview=cart._preview_fit(key, train_rows=train, val_rows=val),
-        epsilon_now=cart.epsilon(delta),
+        base=base,
+        epsilon_now=(base + cart.curve()).epsilon(delta),
         steps=epochs * math.ceil(n_train / batch_size),
         q=batch_size / n_train,
         val_releases=releases * epochs if val.size else 0,
@@ -140,11 +145,14 @@ def quote_fit(
     val_sigma: float | None = None,
     val_releases_per_epoch: int = 2,
     delta: float,
+    base: RdpCurve | None = None,
 ) -> Quote:
     """The epsilon `cart` would gain from a fit on source `key`; the cart is not changed.
 
     `train_rows` (n_rows_train distinct indices) form the Poisson pool; `val_rows`
-    (distinct, may be None) are charged per row at `val_sigma`, default `sigma`.
+    (distinct, may be None) are charged per row at `val_sigma`, default `sigma`. With
+    `base` (what else is on the user's ledger), the epsilons are of `base` plus the cart,
+    so they say what the fit adds to what is spent.
     """
     plan = _plan_fit(
         cart,
@@ -156,6 +164,7 @@ def quote_fit(
         epochs=epochs,
         val_releases_per_epoch=val_releases_per_epoch,
         delta=delta,
+        base=base,
     )
     return plan.quote(sigma, val_sigma)
 
@@ -203,6 +212,7 @@ def calibrate_fit(
     epochs: int,
     val_releases_per_epoch: int = 2,
     delta: float,
+    base: RdpCurve | None = None,
 ) -> Quote:
     """The quote of the least-noise fit adding at most `target_epsilon` to `cart`.
 
@@ -219,6 +229,7 @@ def calibrate_fit(
         epochs=epochs,
         val_releases_per_epoch=val_releases_per_epoch,
         delta=delta,
+        base=base,
     )
     sigma = calibrate_sigma(target_epsilon, lambda s: plan.quote(s).epsilon_added)
     return plan.quote(sigma)

@@ -13,7 +13,7 @@ from veil.server.context import NodeContext
 from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
 from veil.server.services.auth import user_for_token
 
-__all__ = ["AdminUser", "ContextDep", "CurrentUser", "SessionDep", "TokenDep"]
+__all__ = ["AdminUser", "ContextDep", "CurrentUser", "Publisher", "SessionDep", "TokenDep"]
 
 
 def get_context(request: Request) -> NodeContext:
@@ -68,3 +68,14 @@ def get_admin(user: CurrentUser) -> UserRow:
 
 
 AdminUser = Annotated[UserRow, Depends(get_admin)]
+
+
+def get_publisher(session: SessionDep, user: CurrentUser) -> UserRow:
+    """The caller, with the request's read session closed: a release opens its own write
+    transaction, and requests holding two connections each could drain the pool when
+    many publish at once."""
+    session.close()
+    return user
+
+
+Publisher = Annotated[UserRow, Depends(get_publisher)]

@@ -103,7 +103,7 @@ def check_public(spec: ModelSpec, pair: Pair) -> None:
     expected = _label_range(spec)
     if expected is None or pair.y.bounds is None:
         return
-    low, high = pair.y.bounds
+    low, high = pair.y.bounds.overall
     if low < expected[0] or high > expected[1]:
         raise ValidationError(
             f"{spec.loss.name} on output {list(spec.output_shape)} expects labels in "

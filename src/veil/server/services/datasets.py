@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from veil._exceptions import Conflict, NotFound, OutOfRange, PermissionDenied, ValidationError
 from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
 from veil.server.db.tables.datasets import AssetRow, AssetViewRow, DatasetRow
+from veil.server.services.bounds import Bounds
 from veil.server.storage.arrays import ArrayStore
 from veil.server.storage.npy import header_bytes, iter_npy
 
@@ -62,7 +63,7 @@ class ResolvedPointer:
     n_asset_rows: int
     shape: tuple[int, ...]  # public shape of the view
     dtype: str
-    bounds: tuple[float, float] | None  # as the owner declared them: public
+    bounds: Bounds | None  # as the owner declared them: public
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class PointerInfo:
     stop: int
     step: int
     is_view: bool
-    bounds: tuple[float, float] | None
+    bounds: Bounds | None
     mock_source: str
     mock_rows: int
 
@@ -260,10 +261,8 @@ def _mock_range(rows: range, mock_rows: int) -> range:
     return range(rows.start, max(rows.start, min(rows.stop, mock_rows)), rows.step)
 
 
-def _bounds(asset: AssetRow) -> tuple[float, float] | None:
-    if asset.bounds_low is None or asset.bounds_high is None:
-        return None
-    return (asset.bounds_low, asset.bounds_high)
+def _bounds(asset: AssetRow) -> Bounds | None:
+    return Bounds.from_json(asset.bounds)
 
 
 def _info(asset: AssetRow, rows: range, view_id: str | None) -> PointerInfo:

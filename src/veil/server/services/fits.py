@@ -33,11 +33,11 @@ from veil.privacy import (
 )
 from veil.server.db.base import as_utc
 from veil.server.db.tables.accounts import UserRow
-from veil.server.db.tables.ledger import LedgerRow
 from veil.server.db.tables.models import JobEpochRow, JobRow, ModelRow
+from veil.server.services import ledger
 from veil.server.services.checkpoints import load_cart
 from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
-from veil.server.services.models import get_model
+from veil.server.services.models import cart_epsilon, get_model
 from veil.server.services.node import get_node
 from veil.server.services.releases import metric_queries, release_metrics, released_values
 from veil.server.storage.arrays import ArrayStore
@@ -60,11 +60,19 @@ VAL_RELEASES_PER_EPOCH = 2  # validation loss and accuracy
 
 @dataclass(frozen=True)
 class FitPlan:
+    """A checked fit and its price, in the words the user sees: `spent` (the budget spent
+    now), `cart` (what publishing the model now would add to it), `cost` (what this fit
+    adds to that) and `cart_after` (what publishing right after the fit would add)."""
+
     pair: Pair
     train_rows: np.ndarray
     val_rows: np.ndarray
     quote: Quote
     params: dict[str, Any]
+    spent: float
+    cart: float
+    cost: float
+    cart_after: float
 
 
 def plan_fit(
@@ -102,6 +110,7 @@ def plan_fit(
     cart = load_cart(files, model)
     cart.ensure_source(pair.key, pair.n_asset_rows)
     delta = get_node(session).delta
+    spent = ledger.spent_curve(session, user_id=user.id)
     common = dict(
         n_rows_train=len(train_rows),
         train_rows=train_rows,
@@ -109,6 +118,9 @@ def plan_fit(
         epochs=max_iter,
         val_releases_per_epoch=VAL_RELEASES_PER_EPOCH,
         delta=delta,
+        # Priced on top of the ledger (less what this model already paid), so the
+        # figures say what the fit adds to the epsilon spent.
+        base=spent - RdpCurve.from_list(model.charged_curve),
     )
     if target_epsilon is None:
         sigma = spec.noise_multiplier
@@ -142,10 +154,21 @@ def plan_fit(
         "q": quote.q,
         "steps": quote.steps,
         "target_epsilon": target_epsilon,
-        "quoted_epsilon": quote.epsilon_added,
+        "quoted_cost": quote.epsilon_added,
         "n_train": len(train_rows),
     }
-    return FitPlan(pair=pair, train_rows=train_rows, val_rows=val_rows, quote=quote, params=params)
+    spent_now = spent.epsilon(delta)
+    return FitPlan(
+        pair=pair,
+        train_rows=train_rows,
+        val_rows=val_rows,
+        quote=quote,
+        params=params,
+        spent=spent_now,
+        cart=quote.epsilon_after - quote.epsilon_added - spent_now,
+        cost=quote.epsilon_added,
+        cart_after=quote.epsilon_after - spent_now,
+    )
 
 
 def submit_fit(
@@ -202,23 +225,16 @@ def cancel_fit(session: Session, *, user: UserRow, model_id: str) -> JobRow:
     return job
 
 
-def _spent_if_published(session: Session, *, user: UserRow, model: ModelRow, delta: float) -> float:
-    """How much `spent` would grow if the weights were published now."""
-    ledger = session.get(LedgerRow, user.id)
-    spent = RdpCurve.from_list(ledger.curve) if ledger is not None else RdpCurve.zero()
-    increment = RdpCurve.from_list(model.cart_curve) - RdpCurve.from_list(model.charged_curve)
-    return (spent + increment).epsilon(delta) - spent.epsilon(delta)
-
-
 def progress(session: Session, *, user: UserRow, model_id: str) -> dict[str, Any]:
     """Status of the model's latest job; only released (noised, charged) metrics."""
     model = get_model(session, user=user, model_id=model_id)
     delta = get_node(session).delta
     job = latest_job(session, model_id=model.id)
+    spent = ledger.spent_curve(session, user_id=user.id)
     out: dict[str, Any] = {
         "model_id": model.id,
-        "epsilon": _spent_if_published(session, user=user, model=model, delta=delta),
-        "model_epsilon": RdpCurve.from_list(model.cart_curve).epsilon(delta),
+        "spent": spent.epsilon(delta),
+        "cart": cart_epsilon(spent, model, delta=delta),
         "total_steps": model.steps,
     }
     if job is None:

@@ -2,7 +2,8 @@
 
 The admin sees and may cancel every job; a data scientist only its own (another user's
 job answers as if it did not exist). Only public facts are shown: counts, status, the
-DP parameters and the model's cart epsilon, never a value computed from private data.
+DP parameters and the model's cart (what publishing it now would add to its owner's
+epsilon spent), never a value computed from private data.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from sqlalchemy import Select, case, select
 from sqlalchemy.orm import Session
 
 from veil._exceptions import NotFound
-from veil.privacy import RdpCurve
 from veil.server.db.base import as_utc
 from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
 from veil.server.db.tables.models import JobRow, ModelRow
+from veil.server.services import ledger
 from veil.server.services.fits import ACTIVE
+from veil.server.services.models import cart_epsilon
 
 __all__ = ["JobView", "cancel_job", "list_jobs"]
 
@@ -35,7 +37,7 @@ class JobView:
     steps: int
     batch_size: int | None
     sigma: float | None
-    cart_epsilon: float
+    cart: float
     cancel_requested: bool
     error: str | None
     created_at: datetime
@@ -55,7 +57,7 @@ def list_jobs(
 ) -> list[JobView]:
     """Running and queued jobs (oldest first), then the latest `finished` others."""
     base = (
-        select(JobRow, ModelRow.cart_curve, UserRow.email)
+        select(JobRow, ModelRow, UserRow.email)
         .join(ModelRow, ModelRow.id == JobRow.model_id)
         .join(UserRow, UserRow.id == JobRow.owner_id)
     )
@@ -66,6 +68,10 @@ def list_jobs(
         *session.execute(active.order_by(running_first, JobRow.created_at)),
         *session.execute(ended.order_by(JobRow.created_at.desc()).limit(finished)),
     ]
+    spent = {
+        owner: ledger.spent_curve(session, user_id=owner)
+        for owner in {j.owner_id for j, _, _ in rows}
+    }
     return [
         JobView(
             id=job.id,
@@ -78,13 +84,13 @@ def list_jobs(
             steps=job.steps,
             batch_size=job.params.get("batch_size"),
             sigma=job.params.get("sigma"),
-            cart_epsilon=RdpCurve.from_list(cart).epsilon(delta),
+            cart=cart_epsilon(spent[job.owner_id], model, delta=delta),
             cancel_requested=job.cancel_requested,
             error=job.error,
             created_at=as_utc(job.created_at),
             finished_at=as_utc(job.finished_at) if job.finished_at else None,
         )
-        for job, cart, email in rows
+        for job, model, email in rows
     ]
 
 

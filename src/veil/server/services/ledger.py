@@ -24,7 +24,15 @@ from veil.server.db.base import new_id, utcnow
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
 
-__all__ = ["Budget", "LedgerEntry", "budget", "charge", "ledger_overview"]
+__all__ = [
+    "Budget",
+    "LedgerEntry",
+    "added_epsilon",
+    "budget",
+    "charge",
+    "ledger_overview",
+    "spent_curve",
+]
 
 # Float noise allowed when comparing the epsilon after a release with the budget: the
 # same curves summed in another order may differ in the last bits.
@@ -61,11 +69,21 @@ def _spent(curve: list[float] | None, delta: float) -> float:
 
 def budget(session: Session, *, user: UserRow, delta: float) -> Budget:
     """The budget of `user`, its epsilon spent so far at `delta`, and what is left."""
-    curve = session.scalar(select(LedgerRow.curve).where(LedgerRow.user_id == user.id))
-    spent = _spent(curve, delta)
+    spent = spent_curve(session, user_id=user.id).epsilon(delta)
     return Budget(
         total=user.budget, spent=spent, remaining=max(0.0, user.budget - spent), delta=delta
     )
+
+
+def spent_curve(session: Session, *, user_id: str) -> RdpCurve:
+    """The RDP curve of everything released to the user so far."""
+    stored = session.scalar(select(LedgerRow.curve).where(LedgerRow.user_id == user_id))
+    return RdpCurve.zero() if stored is None else RdpCurve.from_list(stored)
+
+
+def added_epsilon(spent: RdpCurve, curve: RdpCurve, *, delta: float) -> float:
+    """How much the epsilon spent would grow if `curve` were charged on top of `spent`."""
+    return (spent + curve).epsilon(delta) - spent.epsilon(delta)
 
 
 def ledger_overview(session: Session, *, delta: float) -> list[LedgerEntry]:

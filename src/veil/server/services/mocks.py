@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 
 import numpy as np
 
+from veil.server.services.bounds import Bounds
 from veil.server.services.upload_declarations import FULL_RANGE, AssetDecl
 
 __all__ = ["GENERATED_MOCK_ROWS", "generated_mock", "generated_shape"]
@@ -23,23 +23,28 @@ def generated_mock(decl: AssetDecl) -> np.ndarray:
     """
     dtype = np.dtype(decl.dtype)
     low, high = _mock_bounds(decl)
-    facts = json.dumps([decl.name, decl.dtype, list(decl.shape), [low, high]])
+    facts = json.dumps([decl.name, decl.dtype, list(decl.shape), low.tolist(), high.tolist()])
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(facts.encode()).digest()[:8]))
     shape = generated_shape(decl)
+    # One (low, high) per channel (axis 1), broadcast over the axes after it.
+    along = (1, -1, *([1] * (len(shape) - 2))) if len(shape) > 1 else (1,)
+    low, high = low.reshape(along), high.reshape(along)
     if dtype.kind == "f":
         return rng.uniform(low, high, size=shape).astype(dtype)
-    return rng.integers(int(low), int(high), size=shape, endpoint=True).astype(dtype)
+    return rng.integers(
+        low.astype(np.int64), high.astype(np.int64), size=shape, endpoint=True
+    ).astype(dtype)
 
 
 def generated_shape(decl: AssetDecl) -> tuple[int, ...]:
     return (min(decl.shape[0], GENERATED_MOCK_ROWS), *decl.shape[1:])
 
 
-def _mock_bounds(decl: AssetDecl) -> tuple[float, float]:
-    if decl.bounds is not None:
-        low, high = decl.bounds
-    else:
-        low, high = FULL_RANGE[decl.dtype]
+def _mock_bounds(decl: AssetDecl) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) per channel: the declared bounds, else the dtype's full range."""
+    bounds = decl.bounds or Bounds((FULL_RANGE[decl.dtype][0],), (FULL_RANGE[decl.dtype][1],))
+    channels = decl.shape[1] if len(decl.shape) > 1 else 1
+    low, high = bounds.arrays(channels)
     if np.dtype(decl.dtype).kind != "f":
-        low, high = math.ceil(low), math.floor(high)
+        low, high = np.ceil(low), np.floor(high)
     return low, high

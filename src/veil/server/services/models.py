@@ -18,12 +18,14 @@ from veil.nn.spec import SPEC_FORMAT, ModelSpec, layer_output_shape
 from veil.privacy import Cart, RdpCurve
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import DraftRow, ModelRow
+from veil.server.services import ledger
 from veil.server.services.checkpoints import save_checkpoint
 from veil.server.services.node import get_node
 from veil.server.storage.files import NodeFiles
 
 __all__ = [
     "add_draft_layer",
+    "cart_epsilon",
     "compile_draft",
     "create_draft",
     "create_model",
@@ -31,6 +33,7 @@ __all__ = [
     "get_model",
     "list_models",
     "parse_spec",
+    "unpaid",
 ]
 
 
@@ -148,3 +151,13 @@ def list_models(session: Session, *, user: UserRow) -> list[ModelRow]:
 
     query = select(ModelRow).where(ModelRow.owner_id == user.id).order_by(ModelRow.created_at)
     return list(session.scalars(query))
+
+
+def unpaid(model: ModelRow) -> RdpCurve:
+    """What the model's cart holds beyond what its releases have charged."""
+    return RdpCurve.from_list(model.cart_curve) - RdpCurve.from_list(model.charged_curve)
+
+
+def cart_epsilon(spent: RdpCurve, model: ModelRow, *, delta: float) -> float:
+    """The model's cart: how much publishing it now would add to the epsilon spent."""
+    return ledger.added_epsilon(spent, unpaid(model), delta=delta)

@@ -42,8 +42,8 @@ class ReleaseEntry:
     mechanism: str
     model_id: str | None
     object_id: str | None
-    epsilon_added: float
-    epsilon_after: float
+    cost: float  # what the release added to the epsilon spent
+    spent_after: float
     params: dict[str, Any]
     created_at: datetime
 
@@ -84,8 +84,8 @@ def find_releases(
             mechanism=release.mechanism,
             model_id=release.model_id,
             object_id=release.object_id,
-            epsilon_added=release.epsilon_added,
-            epsilon_after=release.epsilon_after,
+            cost=release.epsilon_added,
+            spent_after=release.epsilon_after,
             params=dict(release.params),
             created_at=as_utc(release.created_at),
         )

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from veil._exceptions import Conflict, NotFound, ValidationError
 from veil.engine import RowMetrics
+from veil.nn.spec import ModelSpec
 from veil.privacy import (
     SIGMA_MAX,
     SIGMA_MIN,
@@ -92,7 +93,9 @@ _MAX_CLIP = 1e6
 @dataclass(frozen=True)
 class Query:
     """Private per-row values over `rows` of data source `source` (of `n_source_rows`
-    rows), waiting to be released as `name` under `bound`."""
+    rows), waiting to be released as `name` under `bound`. `value_range` is where the
+    true value lies, when that is known (a loss in [0, loss_bound]): the release offers
+    the noised value clipped to it, post-processing that costs nothing."""
 
     name: str
     source: str
@@ -100,6 +103,7 @@ class Query:
     rows: np.ndarray
     values: np.ndarray
     bound: Bound
+    value_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def release(
     files: NodeFiles,
     *,
     user: UserRow,
-    model: ModelRow,
+    model: ModelRow | None,
     kind: str,
     mechanism: str,
     params: Mapping[str, Any],
@@ -137,62 +141,86 @@ def release(
     object_id: str | None = None,
     result_path: str | None = None,
     release_id: str | None = None,
+    derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Outcome:
     """Bound, noise, charge and record; the caller holds the model row locked and commits.
 
-    With `queries`, `cart` must be the model's cart at its current version and `sigma`
-    the noise multiplier of every query. Raises `BudgetExceeded` (recording nothing)
-    when the user's budget cannot pay.
+    With a model and `queries`, `cart` must be the model's cart at its current version
+    and `sigma` the noise multiplier of every query. Without a model (statistics of an
+    asset), each query is charged as a Gaussian on its own, with no cart. `derive` adds
+    post-processed figures to the result (from the noised values only). Raises
+    `BudgetExceeded` (recording nothing) when the user's budget cannot pay.
     """
+    if queries and sigma is None:
+        raise ValueError("release() with queries needs a sigma")
     after: Cart | None = None
     result: dict[str, Any] | None = None
     if queries:
-        if cart is None or sigma is None:
-            raise ValueError("release() with queries needs the model's cart and a sigma")
-        after = cart.copy()
         noise = SecureNoise()
-        values: dict[str, Any] = {}
+        values = {q.name: _released(q, sigma=sigma, noise=noise) for q in queries}
+        result = {"sigma": sigma, "values": values}
+        if derive is not None:
+            result.update(derive(values))
+    if model is None:
+        curve = gaussian(sigma, count=len(queries)) if queries else RdpCurve.zero()
+        curve_added = curve
+    elif queries:
+        if cart is None:
+            raise ValueError("release() of a model's results needs the model's cart")
+        after = cart.copy()
         for query in queries:
             after.ensure_source(query.source, query.n_source_rows)
             after.add_gaussian_rows(query.source, query.rows, sigma=sigma)
-            out = release_value(query.values, bound=query.bound, sigma=sigma, noise=noise)
-            values[query.name] = {
-                "value": out.value.tolist(),
-                "std": out.std,
-                "shape": list(out.value.shape),
-                "bound": query.bound.to_dict(),
-            }
-        result = {"sigma": sigma, "values": values}
         curve = after.curve()
+        curve_added = curve - RdpCurve.from_list(model.charged_curve)
     else:
         curve = RdpCurve.from_list(model.cart_curve)
+        curve_added = curve - RdpCurve.from_list(model.charged_curve)
     row = ledger.charge(
         session,
         user=user,
-        curve_added=curve - RdpCurve.from_list(model.charged_curve),
+        curve_added=curve_added,
         delta=delta,
         kind=kind,
         mechanism=mechanism,
         params=params,
-        model_id=model.id,
+        model_id=None if model is None else model.id,
         object_id=object_id,
         result_path=result_path,
         result=result,
         release_id=release_id,
     )
-    if after is not None:
-        save_cart_version(files, model, cart=after)
-    model.charged_curve = curve.to_list()
+    if model is not None:
+        if after is not None:
+            save_cart_version(files, model, cart=after)
+        model.charged_curve = curve.to_list()
     session.flush()
     return Outcome(release=row, cart=after)
 
 
+def _released(query: Query, *, sigma: float, noise: SecureNoise) -> dict[str, Any]:
+    out = release_value(query.values, bound=query.bound, sigma=sigma, noise=noise)
+    entry = {
+        "value": out.value.tolist(),
+        "std": out.std,
+        "shape": list(out.value.shape),
+        "bound": query.bound.to_dict(),
+        "range": None if query.value_range is None else list(query.value_range),
+    }
+    if query.value_range is not None:
+        entry["clipped"] = np.clip(out.value, *query.value_range).tolist()
+    return entry
+
+
 def released_values(result: Mapping[str, Any]) -> dict[str, Any]:
-    """`{name: value, name_std: std}` from a release's result, for progress and replies."""
+    """`{name: value, name_std: noise std, name_clipped: value clipped to its range}` from
+    a release's result, for progress and replies."""
     out: dict[str, Any] = {}
     for name, entry in result["values"].items():
         out[name] = entry["value"]
         out[f"{name}_std"] = entry["std"]
+        if "clipped" in entry:
+            out[f"{name}_clipped"] = entry["clipped"]
     return out
 
 
@@ -326,6 +354,12 @@ def _object_bound(bound: Bound | None, clip: float | None, kind: str) -> Bound:
     return EachRow(norm=clip)
 
 
+def _object_range(kind: str, bound: Bound, model: ModelRow) -> tuple[float, float] | None:
+    if isinstance(bound, MeanOf):
+        return (0.0, bound.high)
+    return ModelSpec.from_dict(model.spec).output_range if kind == "predictions" else None
+
+
 def publish_object(
     db: Database,
     files: NodeFiles,
@@ -373,6 +407,7 @@ def publish_object(
                     rows=stored.rows,
                     values=stored.values,
                     bound=bound,
+                    value_range=_object_range(stored.row.kind, bound, model),
                 )
             ],
             sigma=sigma,
@@ -393,12 +428,22 @@ def metric_queries(
     common = {"source": source, "n_source_rows": n_source_rows, "rows": rows}
     bound = metrics.loss_bound
     queries = [
-        Query(name=f"{prefix}loss", values=metrics.losses, bound=MeanOf(bound, bound), **common)
+        Query(
+            name=f"{prefix}loss",
+            values=metrics.losses,
+            bound=MeanOf(bound, bound),
+            value_range=(0.0, bound),
+            **common,
+        )
     ]
     if metrics.correct is not None:
         queries.append(
             Query(
-                name=f"{prefix}accuracy", values=metrics.correct, bound=MeanOf(1.0, 0.0), **common
+                name=f"{prefix}accuracy",
+                values=metrics.correct,
+                bound=MeanOf(1.0, 0.0),
+                value_range=(0.0, 1.0),
+                **common,
             )
         )
     return queries

@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session
 
 from veil._exceptions import Conflict, ValidationError
 from veil.server.db.tables.datasets import DatasetRow
+from veil.server.services.bounds import Bounds
 from veil.server.storage.npy import check_dtype
 
 __all__ = [
     "ASSET_NAME",
+    "declare",
     "DATASET_NAME",
     "FULL_RANGE",
     "MAX_ASSETS",
@@ -45,7 +47,7 @@ class AssetDecl:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    bounds: tuple[float, float] | None = None
+    bounds: Bounds | None = None
     mock_shape: tuple[int, ...] | None = None
 
     @property
@@ -58,15 +60,24 @@ class AssetDecl:
             return self.mock_shape
         return self.shape
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "bounds": None if self.bounds is None else self.bounds.to_json(),
+            "mock_shape": None if self.mock_shape is None else list(self.mock_shape),
+        }
+
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> AssetDecl:
-        bounds = data.get("bounds")
+        """A declaration as `to_json` stored it (already checked)."""
         mock_shape = data.get("mock_shape")
         return cls(
             name=str(data["name"]),
             dtype=str(data["dtype"]),
             shape=tuple(data["shape"]),  # type: ignore[arg-type]
-            bounds=tuple(bounds) if bounds is not None else None,  # type: ignore[arg-type]
+            bounds=Bounds.from_json(data.get("bounds")),  # type: ignore[arg-type]
             mock_shape=tuple(mock_shape) if mock_shape is not None else None,  # type: ignore[arg-type]
         )
 
@@ -80,6 +91,34 @@ def check_dataset_name(session: Session, name: str) -> None:
         )
     if session.scalars(select(DatasetRow.id).where(DatasetRow.name == name)).first():
         raise Conflict(f"A dataset named {name!r} exists already.", dataset=name)
+
+
+def declare(
+    *,
+    name: str,
+    dtype: str,
+    shape: Sequence[int],
+    bounds: object = None,
+    mock_shape: Sequence[int] | None = None,
+) -> AssetDecl:
+    """An owner's declaration as given (bounds as `(low, high)`, numbers or per-channel
+    lists); `check_assets` checks it."""
+    parsed = None
+    if bounds is not None:
+        what = f"Asset {name!r}"
+        parsed = Bounds.parse(
+            bounds,
+            dtype=check_dtype(dtype, what=f"{what}: dtype"),
+            shape=_check_shape(shape, what=f"{what}: shape"),
+            what=what,
+        )
+    return AssetDecl(
+        name=name,
+        dtype=dtype,
+        shape=tuple(shape),
+        bounds=parsed,
+        mock_shape=None if mock_shape is None else tuple(mock_shape),
+    )
 
 
 def check_assets(assets: Sequence[AssetDecl], *, max_bytes: int) -> tuple[AssetDecl, ...]:
@@ -119,8 +158,6 @@ def _check_decl(decl: AssetDecl) -> AssetDecl:
     dtype = check_dtype(decl.dtype, what=f"{what}: dtype")
     shape = _check_shape(decl.shape, what=f"{what}: shape")
     bounds = decl.bounds
-    if bounds is not None:
-        bounds = _check_bounds(bounds, dtype, what=what)
     mock_shape = decl.mock_shape
     if mock_shape is not None:
         mock_shape = _check_shape(mock_shape, what=f"{what}: mock shape")
@@ -148,20 +185,3 @@ def _check_shape(shape: Sequence[object], *, what: str) -> tuple[int, ...]:
             f"{what} must be 1 to {MAX_NDIM} positive ints (rows first). Received: {list(shape)}"
         )
     return tuple(int(d) for d in shape)  # type: ignore[call-overload]
-
-
-def _check_bounds(bounds: Sequence[object], dtype: np.dtype, *, what: str) -> tuple[float, float]:
-    try:
-        low, high = (float(b) for b in bounds)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValidationError(f"{what}: bounds must be (low, high). Received: {bounds!r}") from None
-    info = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype if dtype.kind != "b" else "u1")
-    top = 1 if dtype.kind == "b" else float(info.max)
-    if not (math.isfinite(low) and math.isfinite(high) and float(info.min) <= low <= high <= top):
-        raise ValidationError(
-            f"{what}: bounds must be finite, low <= high, within the range of {dtype.name}. "
-            f"Received: {bounds!r}"
-        )
-    if dtype.kind != "f" and math.ceil(low) > math.floor(high):
-        raise ValidationError(f"{what}: bounds hold no integer. Received: {bounds!r}")
-    return low, high

@@ -7,7 +7,7 @@ another owner's, is no upload at all to the caller.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,7 +47,7 @@ def write_manifest(arrays: ArrayStore, folder: Path, manifest: Manifest) -> None
             "name": manifest.name,
             "description": manifest.description,
             "created_at": datetime.now(UTC).isoformat(),
-            "assets": [asdict(decl) for decl in manifest.assets],
+            "assets": [decl.to_json() for decl in manifest.assets],
         },
     )
 

@@ -61,7 +61,7 @@ def open_part(
         sha256=sha256,
         what=f"Asset {asset!r} ({part})",
         check_values=part == "data",
-        bounds=decl.bounds,
+        bounds=None if decl.bounds is None else decl.bounds.limits(),
     )
 
 

@@ -40,6 +40,7 @@ from veil.server.services.upload_declarations import (
     AssetDecl,
     check_assets,
     check_dataset_name,
+    declare,
 )
 from veil.server.services.upload_manifests import (
     Manifest,
@@ -60,6 +61,7 @@ __all__ = [
     "abort_upload",
     "commit_upload",
     "create_upload",
+    "declare",
     "ingest_arrays",
     "receive_part",
 ]
@@ -126,8 +128,7 @@ def commit_upload(
                 n_rows=decl.shape[0],
                 nbytes=data.stat().st_size,
                 sha256=checksum_path(data).read_text(),
-                bounds_low=decl.bounds[0] if decl.bounds else None,
-                bounds_high=decl.bounds[1] if decl.bounds else None,
+                bounds=None if decl.bounds is None else decl.bounds.to_json(),
                 mock_source=MOCK_FROM_OWNER if decl.mock_shape else MOCK_FROM_BOUNDS,
                 mock_rows=(decl.mock_shape or generated_shape(decl))[0],
             )
@@ -170,19 +171,19 @@ def ingest_arrays(
     description: str,
     assets: Mapping[str, np.ndarray],
     mocks: Mapping[str, np.ndarray] | None = None,
-    bounds: Mapping[str, tuple[float, float]] | None = None,
+    bounds: Mapping[str, object] | None = None,
     max_bytes: int,
 ) -> DatasetRow:
     """Create a dataset from arrays in this process, through the same checks as an upload."""
     mocks = dict(mocks or {})
     bounds = dict(bounds or {})
     decls = [
-        AssetDecl(
+        declare(
             name=asset,
             dtype=np.asarray(array).dtype.str,
-            shape=tuple(np.shape(array)),
-            bounds=tuple(bounds[asset]) if asset in bounds else None,  # type: ignore[arg-type]
-            mock_shape=tuple(np.shape(mocks[asset])) if asset in mocks else None,
+            shape=np.shape(array),
+            bounds=bounds.get(asset),
+            mock_shape=np.shape(mocks[asset]) if asset in mocks else None,
         )
         for asset, array in assets.items()
     ]

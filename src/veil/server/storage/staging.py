@@ -14,6 +14,7 @@ data scientist could see the answer).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from veil._exceptions import ValidationError
 from veil.server.storage.arrays import AtomicFile
 from veil.server.storage.npy import NpyHeader, parse_header
 
-__all__ = ["CheckedNpyFile", "checksum_path"]
+__all__ = ["CheckedNpyFile", "Limits", "checksum_path"]
 
 
 def checksum_path(npy_path: Path) -> Path:
@@ -40,7 +41,7 @@ class CheckedNpyFile:
         sha256: str,
         what: str,
         check_values: bool = False,
-        bounds: tuple[float, float] | None = None,
+        bounds: Limits | None = None,
     ) -> None:
         self._out = out
         self._final = final
@@ -113,14 +114,27 @@ class CheckedNpyFile:
             )
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Declared bounds as the checker uses them: one low and high per channel (axis 1),
+    or one of each for every value, and how to name them in an error."""
+
+    low: np.ndarray
+    high: np.ndarray
+    text: str
+
+
 class _ValueCheck:
     """Checks an array's values as its bytes stream past, whatever the chunking."""
 
     def __init__(
-        self, dtype: str, shape: tuple[int, ...], bounds: tuple[float, float] | None, what: str
+        self, dtype: str, shape: tuple[int, ...], bounds: Limits | None, what: str
     ) -> None:
         self._dtype = np.dtype(dtype)
         self._row_items = max(1, int(np.prod(shape[1:], dtype=np.int64)))
+        # A flat element i lies in channel (i // inner) % channels.
+        self._inner = max(1, int(np.prod(shape[2:], dtype=np.int64)))
+        self._channels = shape[1] if len(shape) > 1 else 1
         self._bounds = bounds
         self._what = what
         self._pending = bytearray()
@@ -145,7 +159,14 @@ class _ValueCheck:
     def _check(self, values: np.ndarray) -> None:
         bad = ~np.isfinite(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
         if self._bounds is not None:
-            low, high = self._bounds
+            low, high = self._bounds.low, self._bounds.high
+            if low.size > 1 or high.size > 1:
+                index = self._seen + np.arange(values.size, dtype=np.int64)
+                channel = (index // self._inner) % self._channels
+                low, high = (
+                    np.broadcast_to(low, (self._channels,))[channel],
+                    np.broadcast_to(high, (self._channels,))[channel],
+                )
             with np.errstate(invalid="ignore"):
                 bad |= (values < low) | (values > high)
         if not bad.any():
@@ -155,7 +176,7 @@ class _ValueCheck:
         item = self._seen + index
         rule = "finite values"
         if self._bounds is not None:
-            rule += f" within the declared bounds [{self._bounds[0]:g}, {self._bounds[1]:g}]"
+            rule += f" within the declared bounds {self._bounds.text}"
         raise ValidationError(
             f"{self._what}: expected {rule}. Received: {values[index]!r} at row "
             f"{item // self._row_items} (element {item}). Nothing was stored; fix the data "

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, StrictInt
 
-from veil.server.api.deps import ContextDep, CurrentUser, SessionDep
+from veil.server.api.deps import ContextDep, CurrentUser, Publisher, SessionDep
+from veil.server.api.routes.releases import NoiseIn, ReleaseOut
 from veil.server.api.schemas import Strict
-from veil.server.services import datasets
+from veil.server.services import datasets, statistics
 from veil.server.services.datasets import PointerInfo
 
 router = APIRouter(prefix="/assets", tags=["assets"])
@@ -30,7 +31,7 @@ class PointerOut(BaseModel):
     stop: int
     step: int
     is_view: bool
-    bounds: tuple[float, float] | None
+    bounds: list[float | list[float]] | None  # [low, high]: numbers, or one per channel
     mock_source: str
     mock_rows: int
 
@@ -47,7 +48,7 @@ class PointerOut(BaseModel):
             stop=info.stop,
             step=info.step,
             is_view=info.is_view,
-            bounds=info.bounds,
+            bounds=None if info.bounds is None else info.bounds.to_json(),
             mock_source=info.mock_source,
             mock_rows=info.mock_rows,
         )
@@ -89,3 +90,41 @@ def read_data(
 ) -> StreamingResponse:
     size, chunks = datasets.private_npy(session, ctx.arrays, user=user, pointer_id=pointer_id)
     return StreamingResponse(chunks, media_type=NPY, headers={"Content-Length": str(size)})
+
+
+class StatisticsQuoteOut(BaseModel):
+    rows: int
+    channels: int
+    sigma: float
+    epsilon: float
+    cost: float
+    spent: float
+    remaining: float
+    delta: float
+
+
+@router.post("/{pointer_id}/statistics/quote")
+def quote_statistics(
+    pointer_id: str, body: NoiseIn, ctx: ContextDep, user: Publisher
+) -> StatisticsQuoteOut:
+    quote = statistics.quote_statistics(
+        ctx.db, ctx.arrays, user=user, pointer_id=pointer_id, sigma=body.sigma, epsilon=body.epsilon
+    )
+    return StatisticsQuoteOut(**vars(quote))
+
+
+@router.post("/{pointer_id}/statistics", status_code=201)
+def release_statistics(
+    pointer_id: str, body: NoiseIn, ctx: ContextDep, user: Publisher
+) -> ReleaseOut:
+    """Per-channel mean and std of the pointer's rows, noised and charged."""
+    release = statistics.release_statistics(
+        ctx.db,
+        ctx.arrays,
+        ctx.files,
+        user=user,
+        pointer_id=pointer_id,
+        sigma=body.sigma,
+        epsilon=body.epsilon,
+    )
+    return ReleaseOut.of(release, with_result=True)

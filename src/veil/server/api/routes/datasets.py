@@ -29,7 +29,9 @@ class AssetDeclIn(Strict):
     name: str = Field(max_length=64)
     dtype: str = Field(max_length=32)
     shape: list[int] = Field(max_length=uploads.MAX_NDIM)
-    bounds: tuple[float, float] | None = None
+    bounds: tuple[float | list[float], float | list[float]] | None = Field(
+        default=None, description="(low, high): numbers, or lists of one per channel (axis 1)"
+    )
     mock_shape: list[int] | None = Field(default=None, max_length=uploads.MAX_NDIM)
 
 
@@ -79,12 +81,8 @@ def create_upload(
     body: UploadIn, ctx: ContextDep, session: SessionDep, user: AdminUser
 ) -> UploadOut:
     decls = [
-        uploads.AssetDecl(
-            name=a.name,
-            dtype=a.dtype,
-            shape=tuple(a.shape),
-            bounds=a.bounds,
-            mock_shape=tuple(a.mock_shape) if a.mock_shape is not None else None,
+        uploads.declare(
+            name=a.name, dtype=a.dtype, shape=a.shape, bounds=a.bounds, mock_shape=a.mock_shape
         )
         for a in body.assets
     ]

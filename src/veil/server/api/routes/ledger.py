@@ -56,4 +56,4 @@ def read_ledger(session: SessionDep, _: AdminUser) -> list[LedgerEntryOut]:
 @router.get("/ledger/{user}/releases")
 def user_releases(user: str, session: SessionDep, _: AdminUser) -> list[ReleaseOut]:
     target = users.get_user(session, user_id_or_email=user)
-    return [ReleaseOut.model_validate(r) for r in releases.list_releases(session, user=target)]
+    return [ReleaseOut.of(r) for r in releases.list_releases(session, user=target)]

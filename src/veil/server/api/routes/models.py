@@ -7,13 +7,13 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from veil.nn.spec import ModelSpec
-from veil.privacy import RdpCurve
 from veil.server.api.deps import ContextDep, CurrentUser, SessionDep
 from veil.server.api.schemas import Strict
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
-from veil.server.services import fits, models, releases, steps
+from veil.server.services import fits, ledger, models, releases, steps
 from veil.server.services.node import get_node
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -77,7 +77,36 @@ class ModelOut(BaseModel):
     output_shape: list[int | None]
     param_count: int
     busy_job_id: str | None
-    cart_epsilon: float
+    cart: float  # what publishing the model now would add to your epsilon spent
+
+
+class QuoteOut(BaseModel):
+    """A planned fit's price: `cost` is what it adds to `cart`, what publishing the
+    model would add to your epsilon `spent`; `cart_after` is the cart after the fit."""
+
+    cost: float
+    cart: float
+    cart_after: float
+    spent: float
+    sigma: float
+    steps: int
+    q: float
+    delta: float
+
+
+class EvaluateOut(BaseModel):
+    """Noised metrics, each with its noise std and its value clipped to where the true
+    one lies (post-processing, free)."""
+
+    release_id: str
+    cost: float
+    spent_after: float
+    loss: float
+    loss_std: float
+    loss_clipped: float
+    accuracy: float | None = None
+    accuracy_std: float | None = None
+    accuracy_clipped: float | None = None
 
 
 class ObjectOut(BaseModel):
@@ -92,8 +121,10 @@ class StepOut(BaseModel):
     predictions: ObjectOut
 
 
-def _model_out(model: ModelRow, delta: float) -> ModelOut:
+def _model_out(model: ModelRow, session: Session) -> ModelOut:
     spec = ModelSpec.from_dict(model.spec)
+    delta = get_node(session).delta
+    spent = ledger.spent_curve(session, user_id=model.owner_id)
     return ModelOut(
         id=model.id,
         spec=model.spec,
@@ -102,7 +133,7 @@ def _model_out(model: ModelRow, delta: float) -> ModelOut:
         output_shape=list(spec.output_shape),
         param_count=spec.param_count,
         busy_job_id=model.busy_job_id,
-        cart_epsilon=RdpCurve.from_list(model.cart_curve).epsilon(delta),
+        cart=models.cart_epsilon(spent, model, delta=delta),
     )
 
 
@@ -130,31 +161,30 @@ def compile_draft(
     model = models.compile_draft(
         session, ctx.files, user=user, draft_id=draft_id, options=body.model_dump()
     )
-    return _model_out(model, get_node(session).delta)
+    return _model_out(model, session)
 
 
 @router.post("", status_code=201)
 def create_model(body: SpecIn, ctx: ContextDep, session: SessionDep, user: CurrentUser) -> ModelOut:
     model = models.create_model(session, ctx.files, user=user, spec=body.spec)
-    return _model_out(model, get_node(session).delta)
+    return _model_out(model, session)
 
 
 @router.get("")
 def list_models(session: SessionDep, user: CurrentUser) -> list[ModelOut]:
-    delta = get_node(session).delta
-    return [_model_out(m, delta) for m in models.list_models(session, user=user)]
+    return [_model_out(m, session) for m in models.list_models(session, user=user)]
 
 
 @router.get("/{model_id}")
 def read_model(model_id: str, session: SessionDep, user: CurrentUser) -> ModelOut:
     model = models.get_model(session, user=user, model_id=model_id)
-    return _model_out(model, get_node(session).delta)
+    return _model_out(model, session)
 
 
 @router.post("/{model_id}/quote")
 def quote(
     model_id: str, body: FitIn, ctx: ContextDep, session: SessionDep, user: CurrentUser
-) -> dict[str, Any]:
+) -> QuoteOut:
     model = models.get_model(session, user=user, model_id=model_id)
     plan = fits.plan_fit(
         session,
@@ -164,15 +194,16 @@ def quote(
         model=model,
         **body.plan_args(),
     )
-    q = plan.quote
-    return {
-        "epsilon": q.epsilon_added,
-        "epsilon_after": q.epsilon_after,
-        "sigma": q.sigma,
-        "steps": q.steps,
-        "q": q.q,
-        "delta": get_node(session).delta,
-    }
+    return QuoteOut(
+        cost=plan.cost,
+        cart=plan.cart,
+        cart_after=plan.cart_after,
+        spent=plan.spent,
+        sigma=plan.quote.sigma,
+        steps=plan.quote.steps,
+        q=plan.quote.q,
+        delta=get_node(session).delta,
+    )
 
 
 @router.post("/{model_id}/fit", status_code=202)
@@ -220,13 +251,13 @@ def step(model_id: str, body: StepIn, ctx: ContextDep, user: CurrentUser) -> Ste
 
 
 @router.post("/{model_id}/evaluate")
-def evaluate(model_id: str, body: EvaluateIn, ctx: ContextDep, user: CurrentUser) -> dict[str, Any]:
+def evaluate(model_id: str, body: EvaluateIn, ctx: ContextDep, user: CurrentUser) -> EvaluateOut:
     release = steps.evaluate(
         ctx, user=user, model_id=model_id, x_id=body.x, y_id=body.y, epsilon=body.epsilon
     )
-    return {
-        "release_id": release.id,
-        "epsilon_added": release.epsilon_added,
-        "epsilon_after": release.epsilon_after,
+    return EvaluateOut(
+        release_id=release.id,
+        cost=release.epsilon_added,
+        spent_after=release.epsilon_after,
         **releases.released_values(release.result or {"values": {}}),
-    }
+    )

@@ -3,60 +3,71 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from veil.server.api.deps import ContextDep, CurrentUser, SessionDep
+from veil.server.api.deps import ContextDep, CurrentUser, Publisher, SessionDep
 from veil.server.api.schemas import Strict
-from veil.server.db.tables.accounts import UserRow
+from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.services import releases
 
-__all__ = ["ReleaseOut", "router"]
+__all__ = ["NoiseIn", "ReleaseOut", "router"]
 
 router = APIRouter(tags=["releases"])
 
 
 class ReleaseOut(BaseModel):
+    """A release: `cost` is what it added to the epsilon spent, `spent_after` the spent
+    after it. `result` (the noised values, their noise std and their clipped value) comes
+    with the answer to the publish itself, and from `GET /releases/{id}/result` after."""
+
     id: str
     user_id: str
     kind: str
     mechanism: str
     params: dict[str, Any]
-    epsilon_added: float
-    epsilon_after: float
+    cost: float
+    spent_after: float
     model_id: str | None
     object_id: str | None
     created_at: datetime
+    result: dict[str, Any] | None = None
 
-    model_config = ConfigDict(from_attributes=True)
+    @classmethod
+    def of(cls, row: ReleaseRow, *, with_result: bool = False) -> ReleaseOut:
+        return cls(
+            id=row.id,
+            user_id=row.user_id,
+            kind=row.kind,
+            mechanism=row.mechanism,
+            params=row.params,
+            cost=row.epsilon_added,
+            spent_after=row.epsilon_after,
+            model_id=row.model_id,
+            object_id=row.object_id,
+            created_at=row.created_at,
+            result=row.result if with_result else None,
+        )
 
 
-class PublishObjectIn(Strict):
+class NoiseIn(Strict):
     sigma: float | None = Field(default=None, description="noise multiplier: std / sensitivity")
     epsilon: float | None = Field(default=None, description="target epsilon of the Gaussian")
+
+
+class PublishObjectIn(NoiseIn):
     clip: float | None = Field(
         default=None, description="L2 bound each row is clipped to (needed for unbounded outputs)"
     )
 
 
-def get_publisher(session: SessionDep, user: CurrentUser) -> UserRow:
-    """The caller, with the request's read session closed: a publish opens its own write
-    transaction, and requests holding two connections each could drain the pool when
-    many publish at once."""
-    session.close()
-    return user
-
-
-Publisher = Annotated[UserRow, Depends(get_publisher)]
-
-
 @router.post("/models/{model_id}/weights/publish", status_code=201)
 def publish_weights(model_id: str, ctx: ContextDep, user: Publisher) -> ReleaseOut:
     release = releases.publish_weights(ctx.db, ctx.files, user=user, model_id=model_id)
-    return ReleaseOut.model_validate(release)
+    return ReleaseOut.of(release)
 
 
 @router.post("/objects/{object_id}/publish", status_code=201)
@@ -72,19 +83,17 @@ def publish_object(
         epsilon=body.epsilon,
         clip=body.clip,
     )
-    return ReleaseOut.model_validate(release)
+    return ReleaseOut.of(release, with_result=True)
 
 
 @router.get("/releases")
 def list_releases(session: SessionDep, user: CurrentUser) -> list[ReleaseOut]:
-    return [ReleaseOut.model_validate(r) for r in releases.list_releases(session, user=user)]
+    return [ReleaseOut.of(r) for r in releases.list_releases(session, user=user)]
 
 
 @router.get("/releases/{release_id}")
 def read_release(release_id: str, session: SessionDep, user: CurrentUser) -> ReleaseOut:
-    return ReleaseOut.model_validate(
-        releases.get_release(session, user=user, release_id=release_id)
-    )
+    return ReleaseOut.of(releases.get_release(session, user=user, release_id=release_id))
 
 
 @router.get("/releases/{release_id}/result", response_model=None)

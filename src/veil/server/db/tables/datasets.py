@@ -7,11 +7,11 @@ appears only after its files are in place (see services.uploads.commit_upload).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Float,
     ForeignKey,
     Integer,
     String,
@@ -57,8 +57,8 @@ class AssetRow(Base):
     n_rows: Mapped[int] = mapped_column(BigInteger, nullable=False)
     nbytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
-    bounds_low: Mapped[float | None] = mapped_column(Float, nullable=True)
-    bounds_high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # [low, high], each a number or one per channel (services.bounds.Bounds.to_json)
+    bounds: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     mock_source: Mapped[str] = mapped_column(String(16), nullable=False)
     mock_rows: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[datetime] = TimestampColumn()

@@ -50,5 +50,5 @@ def mock_images(asset_id: str, ctx: ContextDep, session: SessionDep, viewer: Pag
     if layout is None:
         raise NotFound(f"Asset {info.name!r} of shape {info.shape} holds no images.")
     mock = datasets.read_mock(session, ctx.arrays, user=viewer, pointer_id=asset_id)
-    pixels = image_strip(mock, layout=layout, bounds=info.bounds)
+    pixels = image_strip(mock, layout=layout, bounds=info.bounds and info.bounds.overall)
     return Response(encode_png(pixels), media_type="image/png")

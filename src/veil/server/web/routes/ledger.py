@@ -37,7 +37,7 @@ def _series(entries: list[ReleaseEntry], now: datetime) -> list[dict[str, Any]]:
     for entry in sorted(entries, key=lambda e: e.created_at):
         at = entry.created_at.timestamp() * 1000  # what JavaScript's Date takes
         line = points.setdefault(entry.email, [{"x": at, "y": 0.0}])
-        line.append({"x": at, "y": entry.epsilon_after})
+        line.append({"x": at, "y": entry.spent_after})
     for line in points.values():
         line.append({"x": now.timestamp() * 1000, "y": line[-1]["y"]})
     return [{"label": email, "points": line} for email, line in points.items()]
