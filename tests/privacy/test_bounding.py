@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from veil import ValidationError
-from veil.privacy import EachRow, MeanOf, SecureNoise, bound_from_dict, release_value
+from veil.privacy import EachRow, MeanOf, MeanOfRows, SecureNoise, bound_from_dict, release_value
 
 ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
@@ -27,12 +27,13 @@ def test_a_mean_moves_by_at_most_its_sensitivity_when_one_row_changes(values, hi
     other[index] = data.draw(ANY_FLOAT)
     zeroed = values.copy()
     zeroed[index] = 0.0  # zero-out adjacency: the null row contributes zero
-    mean = bound.aggregate(bound.bounded(values))
+    n = len(values)
+    mean = bound.aggregate(bound.bounded(values), n)
     sensitivity = bound.sensitivity(len(values))
     assert math.isclose(sensitivity, high / len(values))
     assert np.isfinite(mean) and 0 <= mean <= high * (1 + 1e-12)
-    assert abs(mean - bound.aggregate(bound.bounded(zeroed))) <= sensitivity * (1 + 1e-12)
-    assert abs(mean - bound.aggregate(bound.bounded(other))) <= sensitivity * (1 + 1e-12)
+    assert abs(mean - bound.aggregate(bound.bounded(zeroed), n)) <= sensitivity * (1 + 1e-12)
+    assert abs(mean - bound.aggregate(bound.bounded(other), n)) <= sensitivity * (1 + 1e-12)
 
 
 @given(rows_of(width=3), st.floats(1e-3, 1e3), st.data())
@@ -99,3 +100,47 @@ def test_bounds_round_trip_with_checked_keys() -> None:
     for bad in ({"kind": "mean", "high": 1.0}, {"kind": "rows", "norm": 1, "x": 2}, {"kind": "?"}):
         with pytest.raises(ValidationError):
             bound_from_dict(bad)
+
+
+SUBJECT_BOUNDS = (MeanOf(high=2.0, fill=2.0), EachRow(1.5), MeanOfRows(1.5))
+
+
+@settings(max_examples=60)
+@given(st.integers(2, 12), st.data())
+def test_a_subjects_rows_together_move_a_release_by_at_most_its_sensitivity(n, data) -> None:
+    """Zero out every row of one subject: the aggregate moves by at most the sensitivity."""
+    groups = np.asarray(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    for bound in SUBJECT_BOUNDS:
+        shape = (n,) if isinstance(bound, MeanOf) else (n, 2)
+        values = data.draw(hnp.arrays(np.float64, shape, elements=ANY_FLOAT))
+        subject = data.draw(st.sampled_from(sorted(set(groups.tolist()))))
+        without = values.copy()
+        without[groups == subject] = 0.0
+        out, out_without = (
+            bound.aggregate(bound.group(bound.bounded(v), groups), n) for v in (values, without)
+        )
+        assert np.isfinite(out).all()
+        moved = np.linalg.norm(np.asarray(out - out_without).ravel())
+        assert moved <= bound.sensitivity(n) * (1 + 1e-9)
+
+
+def test_without_subjects_grouping_by_row_changes_nothing() -> None:
+    values = np.array([[0.3, 0.4], [3.0, 4.0], [0.0, 0.1]])
+    each_row = np.arange(3)
+    for bound in SUBJECT_BOUNDS:
+        rows = values[:, 0] if isinstance(bound, MeanOf) else values
+        bounded = bound.bounded(rows)
+        np.testing.assert_allclose(
+            bound.aggregate(bound.group(bounded, each_row), 3), bound.aggregate(bounded, 3)
+        )
+
+
+def test_a_subject_with_many_rows_is_clipped_as_one() -> None:
+    losses = np.full(10, 1.0)
+    one_person = np.zeros(10, dtype=np.int64)
+    bound = MeanOf(high=2.0, fill=2.0)
+    assert bound.aggregate(bound.group(bound.bounded(losses), one_person), 10) == 0.2
+    out = release_value(
+        np.ones((10, 1)), bound=EachRow(1.0), sigma=1.0, noise=SecureNoise(), groups=one_person
+    )
+    assert out.std == 1.0  # one subject: sensitivity 1, not sqrt(10)

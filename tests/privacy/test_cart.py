@@ -324,3 +324,17 @@ def test_load_state_dict_checks_everything_and_changes_nothing_on_failure(what: 
     with pytest.raises(ValidationError, match=needle):
         cart.load_state_dict(state, arrays)
     assert cart.state_dict() == before
+
+
+def test_a_release_on_any_subject_charges_every_row_alike() -> None:
+    cart = Cart()
+    cart.ensure_source("people", 50)
+    cart.mark_pool("people", np.arange(40))
+    cart.add_sampled("people", q=0.1, sigma=1.0, steps=100)
+    before = cart.curve()
+    cart.add_gaussian_all("people", sigma=2.0, count=3)
+    expected = before + gaussian(2.0, count=3)  # pool rows and the rest alike
+    np.testing.assert_allclose(cart.curve().values, expected.values, rtol=1e-12)
+    restored = Cart()
+    restored.load_state_dict(cart.state_dict(), cart.arrays())
+    assert restored.curve() == cart.curve()

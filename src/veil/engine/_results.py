@@ -48,14 +48,14 @@ class RowMetrics:
     def loss(self) -> float:
         """Mean loss, each clipped to [0, loss_bound] (a non-finite one counts as the bound)."""
         bound = MeanOf(high=self.loss_bound, fill=self.loss_bound)
-        return float(bound.aggregate(bound.bounded(self.losses)))
+        return float(bound.aggregate(bound.bounded(self.losses), self.n))
 
     @property
     def accuracy(self) -> float | None:
         if self.correct is None:
             return None
         bound = MeanOf(high=1.0, fill=0.0)
-        return float(bound.aggregate(bound.bounded(self.correct)))
+        return float(bound.aggregate(bound.bounded(self.correct), self.n))
 
 
 @dataclass(frozen=True)

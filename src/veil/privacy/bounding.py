@@ -15,6 +15,11 @@ A value that is NaN or infinite (a model can make one on purpose) becomes a fixe
 value taken from the bound alone (`fill`, or a zero row), and every row goes through
 the same array operations, so neither the released value nor the time it takes
 branches on which rows were not finite. `release_value` then adds the noise and snaps.
+
+Where one person (a data subject) may own several rows, `groups` names each row's
+subject and every bound applies to a subject's rows together: the total of its scalars
+is clipped to [0, high], its rows' joint L2 norm to `norm`, so one subject still moves
+the release by at most the sensitivity (over the public row count n, for means).
 """
 
 from __future__ import annotations
@@ -82,8 +87,13 @@ class MeanOf:
             )
         return np.where(np.isfinite(array), np.clip(array, 0.0, self.high), self.fill)
 
-    def aggregate(self, bounded: np.ndarray) -> np.ndarray:
-        return np.asarray(bounded.sum() / bounded.shape[0])
+    def group(self, bounded: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """Each subject's total, clipped to [0, high]."""
+        index, count = _group_index(groups, bounded.shape[0])
+        return np.clip(np.bincount(index, weights=bounded, minlength=count), 0.0, self.high)
+
+    def aggregate(self, bounded: np.ndarray, n_rows: int) -> np.ndarray:
+        return np.asarray(bounded.sum() / n_rows)
 
     def sensitivity(self, n_rows: int) -> float:
         return self.high / n_rows
@@ -116,7 +126,15 @@ class EachRow:
         clipped = unit * (self.norm / np.where(unit_norm > 0, unit_norm, 1.0))
         return np.where(too_long, clipped, flat).reshape(array.shape)
 
-    def aggregate(self, bounded: np.ndarray) -> np.ndarray:
+    def group(self, bounded: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """Each subject's rows scaled together to a joint L2 norm of at most `norm`."""
+        flat = bounded.reshape(bounded.shape[0], -1)
+        index, count = _group_index(groups, flat.shape[0])
+        joint = np.sqrt(np.bincount(index, weights=np.square(flat).sum(axis=1), minlength=count))
+        scale = self.norm / np.maximum(joint, self.norm)
+        return (flat * scale[index, None]).reshape(bounded.shape)
+
+    def aggregate(self, bounded: np.ndarray, n_rows: int) -> np.ndarray:
         return bounded
 
     def sensitivity(self, n_rows: int) -> float:
@@ -139,8 +157,15 @@ class MeanOfRows:
     def bounded(self, values: np.ndarray) -> np.ndarray:
         return EachRow(self.norm).bounded(values)
 
-    def aggregate(self, bounded: np.ndarray) -> np.ndarray:
-        return bounded.sum(axis=0) / bounded.shape[0]
+    def group(self, bounded: np.ndarray, groups: np.ndarray) -> np.ndarray:
+        """Each subject's summed vector, clipped to L2 norm `norm`."""
+        index, count = _group_index(groups, bounded.shape[0])
+        totals = np.zeros((count, bounded.shape[1]))
+        np.add.at(totals, index, bounded)
+        return EachRow(self.norm).bounded(totals)
+
+    def aggregate(self, bounded: np.ndarray, n_rows: int) -> np.ndarray:
+        return bounded.sum(axis=0) / n_rows
 
     def sensitivity(self, n_rows: int) -> float:
         return self.norm / n_rows
@@ -150,6 +175,18 @@ class MeanOfRows:
 
 
 Bound = MeanOf | EachRow | MeanOfRows
+
+
+def _group_index(groups: np.ndarray, n_rows: int) -> tuple[np.ndarray, int]:
+    """Each row's subject as 0..count-1, and the count of subjects."""
+    groups = np.asarray(groups)
+    if groups.shape != (n_rows,) or groups.dtype.kind not in "iu":
+        raise ValidationError(
+            f"Expected one integer subject per row, shape ({n_rows},). "
+            f"Received: {groups.dtype} of shape {groups.shape}"
+        )
+    subjects, index = np.unique(groups, return_inverse=True)
+    return index, int(subjects.size)
 
 
 def bound_from_dict(data: Mapping[str, Any]) -> Bound:
@@ -178,17 +215,26 @@ class Released:
 
 
 def release_value(
-    values: np.ndarray, *, bound: Bound, sigma: float, noise: SecureNoise
+    values: np.ndarray,
+    *,
+    bound: Bound,
+    sigma: float,
+    noise: SecureNoise,
+    groups: np.ndarray | None = None,
 ) -> Released:
-    """Bound per-row `values`, aggregate, add N(0, (sigma x sensitivity)^2), snap.
+    """Bound per-row `values` (by subject, with `groups`), aggregate, add
+    N(0, (sigma x sensitivity)^2), snap.
 
     The result is finite whatever `values` hold: the bounded aggregate is finite and
     the noise std is a finite product of public numbers.
     """
     sigma = _positive("release_value", "sigma", sigma)
     bounded = bound.bounded(values)
-    aggregate = bound.aggregate(bounded)
-    sensitivity = bound.sensitivity(bounded.shape[0])
+    n_rows = bounded.shape[0]
+    if groups is not None:
+        bounded = bound.group(bounded, groups)
+    aggregate = bound.aggregate(bounded, n_rows)
+    sensitivity = bound.sensitivity(n_rows)
     std = sigma * sensitivity
     if not math.isfinite(std):
         raise ValidationError(

@@ -292,6 +292,16 @@ class Cart:
         if not in_pool.all():
             source.max_rho_out = max(source.max_rho_out, float(touched[~in_pool].max()))
 
+    def add_gaussian_all(self, key: str, *, sigma: float, count: int = 1) -> None:
+        """Charge `count` Gaussian releases that may involve any row of `key`: where rows
+        are a dataset's data subjects and a batch's subjects are private, a batch could
+        hold any of them. O(n_rows), and the same whatever the batch was."""
+        source = self._source(key)
+        if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 0:
+            raise ValidationError(f"Expected an integer count >= 0. Received: count={count!r}")
+        source.rho += int(count) * gaussian_rho(sigma)
+        source.recompute_maxima()
+
     def curve(self) -> RdpCurve:
         """The curve publishing now would charge (before subtracting what was paid)."""
         total = np.zeros_like(_ORDERS)
