@@ -75,10 +75,25 @@ def test_ensure_demo_datasets_is_idempotent(sqlite_node) -> None:
     assert client.datasets.names() == list(SHAPES)
     idc = client.datasets["BreastCancerDataset"]
     assert idc.description == veil.demo.IDC_DESCRIPTION
-    assert idc.keys() == ["train_images", "train_labels"]
+    assert idc.keys() == ["train_images", "train_labels", "patient_id"]
     train = veil.demo.private_train_split("BreastCancerDataset")
+    patients = len(np.unique(train["patient_id"]))
+    assert (idc.unit, idc.subjects, idc.subject_asset) == ("subject", patients, "patient_id")
+    assert f"subject ({patients} in patient_id)" in repr(client.datasets)
+    assert client.datasets["Digits"].unit == "row"
+    assert client.datasets["Digits"].subjects == len(
+        veil.demo.private_train_split("Digits")["labels"]
+    )
     assert idc["train_images"].public_shape == train["train_images"].shape
     np.testing.assert_array_equal(idc["train_labels"].get(), train["train_labels"])
     labels_mock = client.datasets["Digits"]["labels"].mock
     assert labels_mock.min() >= 0 and labels_mock.max() <= 9
     assert client.datasets["BreastCancerWisconsin"].keys() == ["features", "labels"]
+
+
+def test_idc_patients_own_many_patches_and_the_split_keeps_them_whole() -> None:
+    assets, train, test = veil.demo._split("BreastCancerDataset")
+    ids = assets["patient_id"]
+    assert not set(ids[train]) & set(ids[test])  # no patient on both sides
+    _, patches = np.unique(ids, return_counts=True)
+    assert len(patches) == 200 and patches.min() >= 6 and patches.max() <= 18

@@ -140,6 +140,7 @@ def _datasets(args: argparse.Namespace) -> None:
             assets=assets,
             mock=mocks or None,
             bounds=bounds or None,
+            subject=args.subject,
         )
         print(f"Uploaded dataset {args.name}.")
 
@@ -259,6 +260,12 @@ def _add_datasets(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=LOW,HIGH",
         help="declared value range of an asset (public); uint8 and bool default to their "
         "full range, other dtypes need bounds or a mock",
+    )
+    upload.add_argument(
+        "--subject",
+        metavar="NAME",
+        help="the asset holding each row's data subject (an integer id per row, e.g. a "
+        "patient): privacy then protects each subject, all its rows together",
     )
     datasets.add_parser("list", help="every dataset with its assets")
     delete = datasets.add_parser("delete", help="delete a dataset and its files")

@@ -6,16 +6,19 @@ test_x, test_y = veil.demo.public_test_split("BreastCancerWisconsin")
 ```
 
 - `BreastCancerDataset`: IDC-style histology patches (uint8, N x 3 x 50 x 50; labels 0 =
-  non-IDC, 1 = IDC), generated with a fixed seed: IDC patches are crowded with dark,
-  purple-stained nuclei, non-IDC patches are mostly pink stroma, with overlap, so a
-  model has something real but not trivial to learn.
+  non-IDC, 1 = IDC) from 200 patients, generated with a fixed seed: IDC patches are
+  crowded with dark, purple-stained nuclei, non-IDC patches are mostly pink stroma, with
+  overlap, so a model has something real but not trivial to learn. Each patient has
+  6 to 18 patches, its own stain shade and its own share of IDC, and `patient_id` says
+  whose each patch is: its privacy unit is the patient, not the patch.
 - `BreastCancerWisconsin`: the Wisconsin Diagnostic data scikit-learn ships (30 float
   features; labels 0 = malignant, 1 = benign, as in scikit-learn).
 - `Digits`: the 8 x 8 handwritten digits scikit-learn ships (uint8 N x 1 x 8 x 8 with
   values 0..16; labels 0..9).
 
 Each is split once, with a fixed seed, into a private train part (the node's, via
-`private_train_split`) and a disjoint public test part. Nothing is downloaded.
+`private_train_split`) and a disjoint public test part (by patient, where there are
+patients). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -54,13 +57,19 @@ class DemoDataset:
     description: str
     x_asset: str
     y_asset: str
-    make: Callable[[], tuple[np.ndarray, np.ndarray]]
+    make: Callable[[], dict[str, np.ndarray]]  # every asset, the x and y ones included
     bounds: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    subject: str | None = None  # the asset naming each row's data subject
 
 
-def _idc_patches(n: int = 1250, side: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def _idc_patches(patients: int = 200, side: int = 50) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(_SEED)
-    labels = (rng.random(n) < 0.4).astype(np.int64)
+    counts = rng.integers(6, 19, size=patients)
+    patient = np.repeat(np.arange(patients), counts)
+    n = len(patient)
+    # A patient with IDC has it in many of its patches; one without, in few.
+    share = np.where(rng.random(patients) < 0.45, rng.uniform(0.5, 0.9, patients), 0.08)
+    labels = (rng.random(n) < share[patient]).astype(np.int64)
     # Nuclei: a smooth random field, bilinearly upsampled from a coarse grid, thresholded
     # at a per-patch density that is higher, but overlapping, for IDC.
     coarse = rng.random((n, 11, 11))
@@ -75,18 +84,22 @@ def _idc_patches(n: int = 1250, side: int = 50) -> tuple[np.ndarray, np.ndarray]
     ranked = np.sort(smooth.reshape(n, -1), axis=1)
     cut = ranked[np.arange(n), (density * (ranked.shape[1] - 1)).astype(int)]
     nuclei = (1 / (1 + np.exp((smooth - cut[:, None, None]) * 40))).astype(np.float32)
-    stroma = np.array([235, 180, 210], dtype=np.float32)[None, :, None, None]
-    stain = np.array([110, 55, 145], dtype=np.float32)[None, :, None, None]
-    images = stroma + (stain - stroma) * nuclei[:, None]
+    shade = rng.normal(0, 12, size=(patients, 3)).astype(np.float32)[patient]  # per patient
+    stroma = np.array([235, 180, 210], dtype=np.float32)[None, :] + shade
+    stain = np.array([110, 55, 145], dtype=np.float32)[None, :] + shade
+    images = stroma[:, :, None, None] + (stain - stroma)[:, :, None, None] * nuclei[:, None]
     images += rng.standard_normal(images.shape, dtype=np.float32) * 14
-    return np.clip(images, 0, 255).astype(np.uint8), labels
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    # Patient ids as a hospital would store them: arbitrary numbers, not 0..P-1.
+    ids = rng.choice(np.arange(100_000, 1_000_000), size=patients, replace=False)
+    return {"train_images": images, "train_labels": labels, "patient_id": ids[patient]}
 
 
 def _wisconsin() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
-    return data.data.astype(np.float32), data.target.astype(np.int64)
+    return {"features": data.data.astype(np.float32), "labels": data.target.astype(np.int64)}
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +107,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
     data = load_digits()
     images = data.images.astype(np.uint8)[:, None, :, :]
-    return images, data.target.astype(np.int64)
+    return {"images": images, "labels": data.target.astype(np.int64)}
 
 
 # Each feature's published maximum (scikit-learn's DESCR for this data set, "Summary
@@ -116,7 +129,8 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
             x_asset="train_images",
             y_asset="train_labels",
             make=_idc_patches,
-            bounds={"train_labels": (0, 1)},
+            bounds={"train_labels": (0, 1), "patient_id": (100_000, 999_999)},
+            subject="patient_id",
         ),
         DemoDataset(
             name="BreastCancerWisconsin",
@@ -153,24 +167,29 @@ def demo_dataset(name: str) -> DemoDataset:
 
 
 @cache
-def _split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    x, y = demo_dataset(name).make()
-    order = np.random.default_rng(_SEED).permutation(len(y))
-    n_test = int(round(len(y) * _TEST_FRACTION))
-    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
-    for array in (x, y):
+def _split(name: str) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(assets, train rows, test rows): a fixed split by subject where there are subjects."""
+    spec = demo_dataset(name)
+    assets = spec.make()
+    n = len(assets[spec.y_asset])
+    units = assets[spec.subject] if spec.subject else np.arange(n)
+    distinct = np.unique(units)
+    order = np.random.default_rng(_SEED).permutation(len(distinct))
+    tested = distinct[order[: int(round(len(distinct) * _TEST_FRACTION))]]
+    in_test = np.isin(units, tested)
+    for array in assets.values():
         array.flags.writeable = False  # cached: callers get copies by fancy indexing
-    return x, y, train, test
+    return assets, np.flatnonzero(~in_test), np.flatnonzero(in_test)
 
 
 def public_test_split(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) of the demo dataset's public test split; never on the node."""
-    x, y, _, test = _split(name)
-    return x[test], y[test]
+    spec = demo_dataset(name)
+    assets, _, test = _split(name)
+    return assets[spec.x_asset][test], assets[spec.y_asset][test]
 
 
 def private_train_split(name: str) -> dict[str, np.ndarray]:
     """The node's private train split, as {asset name: array}."""
-    spec = demo_dataset(name)
-    x, y, train, _ = _split(name)
-    return {spec.x_asset: x[train], spec.y_asset: y[train]}
+    assets, train, _ = _split(name)
+    return {asset: array[train] for asset, array in assets.items()}

@@ -60,7 +60,15 @@ def test_upload_list_and_index(node, admin, ds) -> None:
         "BreastCancerDataset2",
     ]
     text = repr(view)
-    assert text.splitlines()[0].split() == ["Idx", "Name", "Description", "Assets", "Id"]
+    assert text.splitlines()[0].split() == [
+        "Idx",
+        "Name",
+        "Description",
+        "Assets",
+        "Privacy",
+        "unit",
+        "Id",
+    ]
     assert '["train_images"] -> ["train_labels"] ->' in text
     assert "[0]" in text and "[1]" in text and first.id in text and second.id in text
     html = view._repr_html_()

@@ -233,3 +233,31 @@ def _wait_for(condition, timeout: float = 15.0) -> None:  # noqa: ANN001
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.02)
+
+
+def test_a_dataset_may_name_its_data_subjects(node, admin, ds) -> None:
+    x = np.zeros((10, 3), np.float32)
+    person = np.array([7, 7, 7, 3, 3, 900, 900, 900, 900, 12])
+    admin.datasets.upload(
+        name="Visits",
+        assets={"x": x, "person": person},
+        bounds={"x": (0, 1), "person": (0, 1000)},
+        subject="person",
+    )
+    visits = ds.datasets["Visits"]
+    assert (visits.unit, visits.subjects, visits.subject_asset) == ("subject", 4, "person")
+    assert "privacy unit: subject (4 in person)" in repr(visits)
+    ranks = np.load(node.ctx.arrays.subjects_path(visits.id))
+    np.testing.assert_array_equal(ranks, [1, 1, 1, 0, 0, 3, 3, 3, 3, 2])  # id order
+    plain = admin.datasets.upload(name="Plain", assets={"x": x}, bounds={"x": (0, 1)})
+    assert (plain.unit, plain.subjects, plain.subject_asset) == ("row", 10, None)
+    for subject, assets, message in (
+        ("nobody", {"x": x}, "Expected one of \\['x'\\]"),
+        ("x", {"x": x}, "one integer id per row"),
+        ("p", {"x": x, "p": person.reshape(5, 2)}, "same number of rows|one integer id"),
+    ):
+        with pytest.raises(veil.ValidationError, match=message):
+            admin.datasets.upload(
+                name="Bad", assets=assets, bounds={k: (0, 1000) for k in assets}, subject=subject
+            )
+    assert "Bad" not in admin.datasets.names()

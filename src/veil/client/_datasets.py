@@ -142,6 +142,11 @@ class Dataset:
         self.assets: dict[str, AssetPointer] = {
             a["name"]: AssetPointer(http, a) for a in data["assets"]
         }
+        # The unit of privacy: "row", or "subject" (a person owning several rows), and
+        # how many there are. Quotes, budgets and charges speak of this unit.
+        self.unit: str = data["unit"]
+        self.subjects: int = data["subjects"]
+        self.subject_asset: str | None = data["subject_asset"]
 
     def __getitem__(self, name: str) -> AssetPointer:
         try:
@@ -158,6 +163,13 @@ class Dataset:
     def keys(self) -> list[str]:
         return list(self.assets)
 
+    @property
+    def unit_text(self) -> str:
+        """'row', or 'subject (162 in patient_id)'."""
+        if self.unit == "row":
+            return "row"
+        return f"subject ({self.subjects} in {self.subject_asset})"
+
     def table(self) -> Table:
         rows = [
             [p.name, str(p.public_shape), p.dtype.name, p.mock_source, p.id]
@@ -166,7 +178,10 @@ class Dataset:
         return Table(["Asset", "Shape", "Dtype", "Mock", "Id"], rows)
 
     def __repr__(self) -> str:
-        return f"Dataset {self.name} ({self.id})\n{self.description}\n\n{self.table()!r}"
+        return (
+            f"Dataset {self.name} ({self.id}), privacy unit: {self.unit_text}\n"
+            f"{self.description}\n\n{self.table()!r}"
+        )
 
     def _repr_html_(self) -> str:
         title = f"<p><b>{html.escape(self.name)}</b>: {html.escape(self.description)}</p>"
@@ -221,8 +236,8 @@ class DatasetsView:
             if not full and len(text) > _DESCRIPTION_WIDTH:
                 text = text[: _DESCRIPTION_WIDTH - 3] + "..."
             assets = " ".join(f'["{name}"] ->' for name in d.assets)
-            rows.append([f"[{index}]", d.name, text, assets, d.id])
-        return Table(["Idx", "Name", "Description", "Assets", "Id"], rows)
+            rows.append([f"[{index}]", d.name, text, assets, d.unit_text, d.id])
+        return Table(["Idx", "Name", "Description", "Assets", "Privacy unit", "Id"], rows)
 
     def __repr__(self) -> str:
         return repr(self.table())
@@ -238,6 +253,7 @@ class DatasetsView:
         assets: Mapping[str, ArraySource],
         mock: Mapping[str, ArraySource] | None = None,
         bounds: Mapping[str, tuple[Any, Any]] | None = None,
+        subject: str | None = None,
     ) -> Dataset:
         """Upload a dataset (admin only); on any failure the node keeps nothing.
 
@@ -247,6 +263,10 @@ class DatasetsView:
         full range; other dtypes need bounds or a mock). `low` and `high` are numbers, or
         lists of one per channel (axis 1) for features of different scales. Values
         outside them, NaN or infinity are refused with the row named.
+
+        `subject` names the asset holding each row's data subject (an integer id per
+        row, e.g. a patient): privacy then protects each subject, all its rows together,
+        instead of each row.
         """
         mock = dict(mock or {})
         bounds = dict(bounds or {})
@@ -268,7 +288,7 @@ class DatasetsView:
             }
             for n, s in sources.items()
         ]
-        body = {"name": name, "description": description, "assets": declared}
+        body = {"name": name, "description": description, "assets": declared, "subject": subject}
         upload_id = self._http.post("/datasets/uploads", json=body)["id"]
         try:
             for asset, source in sources.items():

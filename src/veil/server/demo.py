@@ -41,6 +41,7 @@ def ensure_demo_datasets(ctx: NodeContext) -> list[str]:
                     assets=private_train_split(name),
                     bounds=spec.bounds,
                     max_bytes=ctx.settings.max_upload_bytes,
+                    subject=spec.subject,
                 )
             except Conflict:  # another process loaded it meanwhile: fine, it is there
                 continue

@@ -22,6 +22,7 @@ from veil.server.storage.npy import check_dtype
 
 __all__ = [
     "ASSET_NAME",
+    "check_subject",
     "declare",
     "DATASET_NAME",
     "FULL_RANGE",
@@ -145,6 +146,26 @@ def check_assets(assets: Sequence[AssetDecl], *, max_bytes: int) -> tuple[AssetD
             declared=total,
         )
     return checked
+
+
+def check_subject(assets: Sequence[AssetDecl], subject: str | None) -> None:
+    """The subject asset, if named, is one of the assets: one integer id per row."""
+    if subject is None:
+        return
+    found = [decl for decl in assets if decl.name == subject]
+    if not found:
+        raise ValidationError(
+            f"subject names the asset that holds each row's data subject. Expected one of "
+            f"{[decl.name for decl in assets]}. Received: subject={subject!r}",
+            field="subject",
+        )
+    decl = found[0]
+    if np.dtype(decl.dtype).kind not in "iu" or decl.shape[1:] not in ((), (1,)):
+        raise ValidationError(
+            f"The subject asset {subject!r} holds one integer id per row: an integer array of "
+            f"shape (N,) or (N, 1). Received: {np.dtype(decl.dtype).name} of shape {decl.shape}",
+            field="subject",
+        )
 
 
 def _check_decl(decl: AssetDecl) -> AssetDecl:

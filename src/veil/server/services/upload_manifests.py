@@ -26,6 +26,7 @@ class Manifest:
     name: str
     description: str
     assets: tuple[AssetDecl, ...]
+    subject: str | None = None  # the asset naming each row's data subject
 
     def asset(self, name: str) -> tuple[int, AssetDecl]:
         for index, decl in enumerate(self.assets):
@@ -48,6 +49,7 @@ def write_manifest(arrays: ArrayStore, folder: Path, manifest: Manifest) -> None
             "description": manifest.description,
             "created_at": datetime.now(UTC).isoformat(),
             "assets": [decl.to_json() for decl in manifest.assets],
+            "subject": manifest.subject,
         },
     )
 
@@ -68,6 +70,7 @@ def read_manifest(folder: Path, *, user: UserRow, upload_id: str) -> Manifest:
         name=data["name"],
         description=data["description"],
         assets=tuple(AssetDecl.from_json(a) for a in data["assets"]),
+        subject=data.get("subject"),
     )
 
 

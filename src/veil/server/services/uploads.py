@@ -40,6 +40,7 @@ from veil.server.services.upload_declarations import (
     AssetDecl,
     check_assets,
     check_dataset_name,
+    check_subject,
     declare,
 )
 from veil.server.services.upload_manifests import (
@@ -76,16 +77,23 @@ def create_upload(
     description: str,
     assets: Sequence[AssetDecl],
     max_bytes: int,
+    subject: str | None = None,
 ) -> str:
-    """Check a declaration and open its staging folder; returns the upload id."""
+    """Check a declaration and open its staging folder; returns the upload id.
+
+    `subject` names the asset holding each row's data subject (a person): the privacy
+    unit of the dataset becomes the subject instead of the row.
+    """
     check_dataset_name(session, name)
     checked = check_assets(assets, max_bytes=max_bytes)
+    check_subject(checked, subject)
     arrays.sweep_staging()
     _sweep_orphans(session, arrays)
     upload_id = new_id()
     folder = arrays.upload_dir(upload_id)
     folder.mkdir()
-    write_manifest(arrays, folder, Manifest(upload_id, user.id, name, description, checked))
+    manifest = Manifest(upload_id, user.id, name, description, checked, subject=subject)
+    write_manifest(arrays, folder, manifest)
     return upload_id
 
 
@@ -113,6 +121,7 @@ def commit_upload(
             name=manifest.name,
             description=manifest.description,
             owner_id=user.id,
+            subject_asset=manifest.subject,
         )
         rows: list[AssetRow] = []
         moves: list[tuple[Path, Path]] = []
@@ -142,6 +151,14 @@ def commit_upload(
                 (mock, arrays.mock_path(dataset_id, row.id)),
             ]
             rows.append(row)
+        dataset.n_subjects = rows[0].n_rows
+        if manifest.subject is not None:
+            index, _ = manifest.asset(manifest.subject)
+            ranks = subject_ranks(arrays.open(part_path(claimed, index, "data")))
+            dataset.n_subjects = int(ranks.max()) + 1
+            staged = claimed / "subjects.npy"
+            arrays.save(staged, ranks)
+            moves.append((staged, arrays.subjects_path(dataset_id)))
         arrays.install(dataset_id, moves)
         session.add(dataset)
         session.flush()  # the dataset row first: PostgreSQL checks foreign keys per statement
@@ -162,6 +179,12 @@ def commit_upload(
     return dataset
 
 
+def subject_ranks(ids: np.ndarray) -> np.ndarray:
+    """Each row's subject as its rank among the distinct ids (0..S-1, in id order)."""
+    _, ranks = np.unique(np.asarray(ids).reshape(-1), return_inverse=True)
+    return ranks.astype(np.int64)
+
+
 def ingest_arrays(
     session: Session,
     arrays: ArrayStore,
@@ -173,6 +196,7 @@ def ingest_arrays(
     mocks: Mapping[str, np.ndarray] | None = None,
     bounds: Mapping[str, object] | None = None,
     max_bytes: int,
+    subject: str | None = None,
 ) -> DatasetRow:
     """Create a dataset from arrays in this process, through the same checks as an upload."""
     mocks = dict(mocks or {})
@@ -195,6 +219,7 @@ def ingest_arrays(
         description=description,
         assets=decls,
         max_bytes=max_bytes,
+        subject=subject,
     )
     try:
         for asset, array in assets.items():

@@ -4,6 +4,7 @@
 arrays_dir/
   datasets/<dataset_id>/<asset_id>.npy        the private array
   datasets/<dataset_id>/<asset_id>.mock.npy   its public mock
+  datasets/<dataset_id>/subjects.npy          each row's data subject (0..S-1), if declared
   staging/<upload_id>/manifest.json, <i>.data.npy, <i>.mock.npy, *.part
   staging/<uuid>.part                         a single file being written atomically
 ```
@@ -85,6 +86,10 @@ class ArrayStore:
 
     def mock_path(self, dataset_id: str, asset_id: str) -> Path:
         return self.datasets_dir / _checked(dataset_id) / f"{_checked(asset_id)}.mock.npy"
+
+    def subjects_path(self, dataset_id: str) -> Path:
+        """Each row's data subject, as its rank among the dataset's subject ids: private."""
+        return self.datasets_dir / _checked(dataset_id) / "subjects.npy"
 
     def open(self, path: Path) -> np.ndarray:
         """The array memory-mapped read-only; never unpickles."""

@@ -39,6 +39,9 @@ class UploadIn(Strict):
     name: str = Field(max_length=100)
     description: str = Field(default="", max_length=10_000)
     assets: list[AssetDeclIn] = Field(max_length=uploads.MAX_ASSETS)
+    subject: str | None = Field(
+        default=None, description="the asset holding each row's data subject (a person's id)"
+    )
 
 
 class UploadOut(BaseModel):
@@ -58,6 +61,9 @@ class DatasetOut(BaseModel):
     description: str
     created_at: datetime
     assets: list[PointerOut]
+    unit: str  # the unit of privacy: "row", or "subject" when rows belong to persons
+    subjects: int  # how many (public, like the number of rows)
+    subject_asset: str | None
 
     @classmethod
     def of(cls, listing: DatasetListing) -> DatasetOut:
@@ -68,6 +74,9 @@ class DatasetOut(BaseModel):
             description=d.description,
             created_at=d.created_at,
             assets=[PointerOut.of(datasets.asset_info(asset)) for asset in listing.assets],
+            unit=d.unit,
+            subjects=d.n_subjects,
+            subject_asset=d.subject_asset,
         )
 
 
@@ -94,6 +103,7 @@ def create_upload(
         description=body.description,
         assets=decls,
         max_bytes=ctx.settings.max_upload_bytes,
+        subject=body.subject,
     )
     return UploadOut(id=upload_id)
 

@@ -37,7 +37,16 @@ class DatasetRow(Base):
     owner_id: Mapped[str | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), nullable=True
     )
+    # The unit of privacy: a data subject when the owner named the asset holding each
+    # row's subject id (that it exists is public, its values are not), else the row.
+    # The number of subjects is public, like the number of rows.
+    subject_asset: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    n_subjects: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[datetime] = TimestampColumn()
+
+    @property
+    def unit(self) -> str:
+        return "row" if self.subject_asset is None else "subject"
 
 
 class AssetRow(Base):
