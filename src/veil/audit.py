@@ -37,32 +37,42 @@ _TARGET = 1e3  # far above any prediction, so the gradient keeps its sign throug
 
 @dataclass(frozen=True)
 class Canaries:
-    """Training rows (ordinary rows, then the included canaries) and the truth."""
+    """Training rows (ordinary rows, then the included canaries) and the truth.
+
+    `subject` gives each row's data subject: every ordinary row is its own, and each
+    included canary is one subject owning `rows_per_canary` rows (a patient with many
+    patches), which is what tells subject-level privacy from row-level privacy.
+    """
 
     x: np.ndarray
     y: np.ndarray
     included: np.ndarray  # (m,) bool: which canaries are in x
     features: int  # ordinary features; canary j owns feature `features + j`
+    subject: np.ndarray  # (rows,) int: each row's data subject
 
     @property
     def m(self) -> int:
         return int(self.included.shape[0])
 
 
-def make_canaries(*, canaries: int, rows: int, features: int = 8, seed: int = 0) -> Canaries:
-    """`rows` ordinary rows (a noisy linear target) and about half of `canaries`."""
+def make_canaries(
+    *, canaries: int, rows: int, features: int = 8, seed: int = 0, rows_per_canary: int = 1
+) -> Canaries:
+    """`rows` ordinary rows (a noisy linear target) and about half of `canaries`, each
+    planted as `rows_per_canary` identical rows of one subject."""
     rng = np.random.default_rng(seed)
     width = features + canaries
     ordinary = np.zeros((rows, width), np.float32)
     ordinary[:, :features] = rng.normal(size=(rows, features))
     target = ordinary[:, :features] @ rng.normal(size=features) + rng.normal(size=rows)
     included = rng.random(canaries) < 0.5
-    planted = np.flatnonzero(included)
+    planted = np.repeat(np.flatnonzero(included), rows_per_canary)
     canary_x = np.zeros((planted.size, width), np.float32)
     canary_x[np.arange(planted.size), features + planted] = _INPUT
     x = np.concatenate([ordinary, canary_x])
     y = np.concatenate([target, np.full(planted.size, _TARGET)]).astype(np.float32)[:, None]
-    return Canaries(x=x, y=y, included=included, features=features)
+    subject = np.concatenate([np.arange(rows), rows + planted])
+    return Canaries(x=x, y=y, included=included, features=features, subject=subject)
 
 
 def canary_model(
