@@ -19,6 +19,7 @@ import psycopg
 import uvicorn
 
 from veil.server.app import create_app
+from veil.server.serving import uvicorn_options
 from veil.server.settings import Settings
 
 __all__ = ["PG_ADMIN_URL", "RunningNode", "fresh_postgres_url", "free_port", "running_node"]
@@ -67,13 +68,8 @@ def running_node(
         port = free_port()
         settings = Settings(data_dir=data_dir, database_url=database_url, port=port, **overrides)
         app = create_app(settings)
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            forwarded_allow_ips=settings.forwarded_allow_ips or None,
-        )
+        options = {**uvicorn_options(settings), "host": "127.0.0.1", "log_level": "warning"}
+        config = uvicorn.Config(app, **options)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

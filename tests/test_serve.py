@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import httpx
+
 import veil
 from tests.nodes import free_port
 from veil.server.app import create_app
@@ -46,6 +48,15 @@ def test_veil_serve_with_demo_data(tmp_path) -> None:
         images = client.datasets["BreastCancerDataset"]["train_images"]
         assert images.public_shape[1:] == (3, 50, 50) and images.dtype == "uint8"
         assert (tmp_path / "data" / "veil.db").exists()
+        # No proxy is trusted by default: a forged X-Forwarded-For from this machine
+        # changes nothing about who asks, and a relayed request is not a local one.
+        forged = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/auth/login",
+            json={"email": "admin@veil.dev", "password": "changethis"},
+            headers={"X-Forwarded-For": "203.0.113.9"},
+        )
+        assert forged.status_code == 403, forged.text
+        assert forged.json()["detail"]["client_host"] == "127.0.0.1"
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -81,3 +92,20 @@ def test_the_node_and_the_threads_it_starts_flush_denormal_floats(tmp_path) -> N
     thread.start()
     thread.join()
     assert seen == {"before": False, "node": True, "child": True}
+
+
+def test_trusted_proxies_are_explicit_addresses(tmp_path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from veil.server.serving import uvicorn_options
+
+    default = uvicorn_options(Settings(data_dir=tmp_path))
+    assert default["proxy_headers"] is False and default["forwarded_allow_ips"] == ""
+    behind = uvicorn_options(
+        Settings(data_dir=tmp_path, forwarded_allow_ips="10.0.0.5, 192.168.1.0/24")
+    )
+    assert behind["proxy_headers"] is True
+    assert behind["forwarded_allow_ips"] == "10.0.0.5,192.168.1.0/24"
+    with pytest.raises(ValidationError, match="forwarded_allow_ips"):
+        Settings(data_dir=tmp_path, forwarded_allow_ips="proxy.example")

@@ -9,6 +9,7 @@ VeilError
  +-- ValidationError       400/422: bad input; says what was expected and what arrived
  |    +-- SpecError        a model spec outside the whitelist or with shapes that do not fit
  |    +-- OutOfRange       rows a pointer does not have (also an IndexError)
+ |    +-- RequestTooLarge  413: a request body over the node's limit
  +-- Conflict              409: the object exists already, or is in the wrong state
  +-- BudgetExceeded        402: a release would spend more epsilon than is left
  +-- RateLimited           429: too many failed logins; retry later
@@ -34,6 +35,7 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "RateLimited",
+    "RequestTooLarge",
     "ServerError",
     "SpecError",
     "TransportError",
@@ -91,6 +93,10 @@ class OutOfRange(ValidationError, IndexError):
     """Rows outside a pointer's public length; the message names that length."""
 
 
+class RequestTooLarge(ValidationError):
+    status_code = 413
+
+
 class Conflict(VeilError):
     status_code = 409
 
@@ -124,6 +130,7 @@ _BY_NAME: dict[str, type[VeilError]] = {
         ValidationError,
         SpecError,
         OutOfRange,
+        RequestTooLarge,
         Conflict,
         BudgetExceeded,
         RateLimited,

@@ -63,6 +63,7 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from veil.server.app import create_app
+    from veil.server.serving import uvicorn_options
     from veil.server.settings import Settings
 
     given = {name: getattr(args, name) for name in _SERVE_OPTIONS}
@@ -80,7 +81,7 @@ def _serve(args: argparse.Namespace) -> None:
     print(
         f"Veil node {name} on http://{settings.host}:{settings.port} (data in {settings.data_dir})"
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(app, **uvicorn_options(settings))
 
 
 def _worker(args: argparse.Namespace) -> None:

@@ -178,6 +178,8 @@ def test_progress_shows_public_counts_only(node_and_admin) -> None:
         "elapsed",
         "sigma",
         "error",
+        "queue_position",
+        "restarts",
         "metrics",
     }
     assert progress["expected_samples"] == progress["steps"] * 4  # q x n_train = batch_size

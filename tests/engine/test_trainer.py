@@ -100,6 +100,46 @@ def test_should_stop_ends_after_the_current_step(mlp_spec: nn.ModelSpec, table_d
     assert [s.epoch for s in steps] == [1] * 5 + [2] * 3
 
 
+@pytest.mark.parametrize("cut", [3, 5, 7, 10])
+def test_a_fit_resumed_from_a_checkpoint_is_the_uninterrupted_fit(
+    cut: int, mlp_spec: nn.ModelSpec, table_data, tmp_path
+) -> None:
+    """Stopped after `cut` of 10 steps (mid-epoch, at an epoch's end, at the very end),
+    checkpointed and resumed with start_step=cut: same steps, epochs, weights."""
+    x, y = table_data
+    common = dict(train_rows=np.arange(100), val_rows=np.arange(100, 120), epochs=2, batch_size=20)
+    whole, whole_steps, whole_epochs = DPTrainer(mlp_spec, seed=3), [], []
+    whole.fit(x, y, on_step=whole_steps.append, on_epoch=whole_epochs.append, **common)
+    first, steps, epochs = DPTrainer(mlp_spec, seed=3), [], []
+    first.fit(
+        x,
+        y,
+        on_step=steps.append,
+        on_epoch=epochs.append,
+        should_stop=lambda: len(steps) >= cut,
+        **common,
+    )
+    tensors, meta = save_and_load(first, tmp_path / "ck.safetensors")
+    resumed = DPTrainer(mlp_spec, seed=99)
+    resumed.load_checkpoint(tensors, meta)
+    result = resumed.fit(
+        x, y, on_step=steps.append, on_epoch=epochs.append, start_step=cut, **common
+    )
+    assert [(s.epoch, s.step) for s in steps] == [(s.epoch, s.step) for s in whole_steps]
+    assert [e.epoch for e in epochs] == [e.epoch for e in whole_epochs] == [1, 2]
+    assert result.steps_done == result.steps_total == 10
+    assert_same_weights(whole, resumed)
+
+
+def test_start_step_is_checked(mlp_spec: nn.ModelSpec, table_data) -> None:
+    x, y = table_data
+    for bad in (-1, 11, 2.0, True):
+        with pytest.raises(ValidationError, match="start_step"):
+            DPTrainer(mlp_spec, seed=0).fit(
+                x, y, train_rows=np.arange(100), epochs=2, batch_size=20, start_step=bad
+            )
+
+
 def test_epoch_reports_raw_validation_metrics(mlp_spec: nn.ModelSpec, table_data) -> None:
     x, y = table_data
     trainer = DPTrainer(mlp_spec, seed=0)

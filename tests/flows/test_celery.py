@@ -12,7 +12,7 @@ from tests.flows.data import upload_images
 from tests.nodes import fresh_postgres_url, running_node
 from veil import nn
 
-REDIS_URL = "redis://127.0.0.1:6379/7"
+REDIS_URL = "redis://127.0.0.1:6379/8"
 
 
 def test_a_celery_worker_runs_fit_jobs(tmp_path) -> None:

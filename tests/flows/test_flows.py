@@ -221,10 +221,19 @@ def test_released_values_show_their_noise_and_a_clipped_value(admin, node) -> No
 
 
 def test_a_fit_whose_metrics_are_withheld_says_so(admin, node) -> None:
+    """The budget is checked when a fit is queued; if the owner lowers it before the fit
+    runs, its validation metrics cannot be paid for: they are withheld, and said so."""
     upload_images(admin)
-    poor = make_ds(admin, node, budget=0.01)
-    data = poor.datasets["Patches"]
-    model_ptr = _local_model().compile(to=poor)
+    ds = make_ds(admin, node, budget=1e6)
+    data = ds.datasets["Patches"]
+    x, y = data["train_images"], data["train_labels"]
+    blocker = _local_model().compile(to=ds)
+    blocker.fit(x, y, max_iter=3000, batch_size=8, wait=False)  # holds the user's one slot
+    model_ptr = _local_model().compile(to=ds)
+    model_ptr.fit(x, y, max_iter=2, validation_split=0.2, wait=False)
+    assert model_ptr.progress()["queue_position"] == 1
+    admin.users.set_budget(ds.user.email, 1e-6)
+    blocker.cancel()
     with pytest.warns(veil.MetricsWithheld, match="epoch.*1, 2.*withheld"):
-        model_ptr.fit(data["train_images"], data["train_labels"], max_iter=2, validation_split=0.2)
-    assert poor.privacy_budget.spent == 0.0
+        final = model_ptr.wait(show=False)
+    assert final["status"] == "done" and ds.privacy_budget.spent == 0.0

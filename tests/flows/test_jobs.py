@@ -12,11 +12,15 @@ from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
 from tests.flows.data import image_mlp, upload_images
 from tests.nodes import running_node
 
+# Long fits that a test cancels: the budget must be able to pay for all of them, or the
+# node refuses them up front.
+LONG_FIT_BUDGET = 1e6
+
 
 def test_cancel_stops_a_job_and_keeps_what_it_trained(sqlite_node) -> None:
     admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
     upload_images(admin, n=400)
-    ds = make_ds(admin, sqlite_node)
+    ds = make_ds(admin, sqlite_node, budget=LONG_FIT_BUDGET)
     data = ds.datasets["Patches"]
     model_ptr = image_mlp().compile(to=ds)
     model_ptr.fit(
@@ -26,7 +30,7 @@ def test_cancel_stops_a_job_and_keeps_what_it_trained(sqlite_node) -> None:
     while model_ptr.progress()["step"] < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     # the node answers other requests while it trains
-    assert ds.privacy_budget.remaining == 10.0
+    assert ds.privacy_budget.remaining == LONG_FIT_BUDGET
     model_ptr.cancel()
     final = model_ptr.wait(show=False)
     assert final["status"] == "cancelled" and 0 < final["step"] < final["steps"]
@@ -132,7 +136,7 @@ def test_steps_survive_a_restart(tmp_path) -> None:
 def test_a_training_model_refuses_steps(sqlite_node) -> None:
     admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
     upload_images(admin, n=400)
-    ds = make_ds(admin, sqlite_node)
+    ds = make_ds(admin, sqlite_node, budget=LONG_FIT_BUDGET)
     data = ds.datasets["Patches"]
     model_ptr = image_mlp().compile(to=ds)
     model_ptr.fit(
@@ -149,7 +153,7 @@ def test_a_training_model_refuses_steps(sqlite_node) -> None:
 def test_many_clients_are_served_while_training(sqlite_node) -> None:
     admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
     upload_images(admin, n=400)
-    ds = make_ds(admin, sqlite_node)
+    ds = make_ds(admin, sqlite_node, budget=LONG_FIT_BUDGET)
     data = ds.datasets["Patches"]
     model_ptr = image_mlp().compile(to=ds)
     model_ptr.fit(
@@ -221,7 +225,7 @@ def test_a_failed_step_keeps_no_uncounted_training(sqlite_node, monkeypatch) -> 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(steps, "save_checkpoint", broken)
+    monkeypatch.setattr(steps, "stage_checkpoint", broken)
     with pytest.raises(veil.ServerError):
         model_ptr.step(x, y)
     monkeypatch.undo()

@@ -58,7 +58,7 @@ class Client:
 
     @property
     def node(self) -> dict[str, Any]:
-        """The node's name, version, delta and model size limits."""
+        """The node's name, version, delta and limits."""
         return self._http.get("/node")
 
     def update_node(
@@ -67,9 +67,18 @@ class Client:
         delta: float | None = None,
         max_params: int | None = None,
         max_flops: int | None = None,
+        max_fit_steps: int | None = None,
+        max_running_jobs: int | None = None,
     ) -> dict[str, Any]:
-        """Set the node's delta and model size limits (admin only)."""
-        body = {"delta": delta, "max_params": max_params, "max_flops": max_flops}
+        """Set the node's delta, model size limits, the most steps one fit may plan and
+        the most jobs one user may run at once (admin only)."""
+        body = {
+            "delta": delta,
+            "max_params": max_params,
+            "max_flops": max_flops,
+            "max_fit_steps": max_fit_steps,
+            "max_running_jobs": max_running_jobs,
+        }
         return self._http.patch("/node", json={k: v for k, v in body.items() if v is not None})
 
     def change_password(self, *, old_password: str, new_password: str) -> None:

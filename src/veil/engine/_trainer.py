@@ -218,6 +218,7 @@ class DPTrainer:
         on_step: Callable[[StepInfo], None] | None = None,
         on_epoch: Callable[[EpochInfo], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        start_step: int = 0,
     ) -> FitResult:
         """DP-SGD with Poisson sampling over `train_rows` of x, y (memmaps welcome).
 
@@ -226,7 +227,15 @@ class DPTrainer:
         a noise-only step). The clipped gradient sum plus N(0, (sigma C)^2) noise is
         divided by the expected batch size q * len(train_rows). Validation metrics are
         raw per-row values on `val_rows` (disjoint from `train_rows`), after each full
-        epoch. `should_stop()` is asked after every step; True ends the run there.
+        epoch. `should_stop()` is asked after every step; True ends the run there,
+        except after an epoch's last step, where it is asked once the epoch's validation
+        and `on_epoch` are done: a run never stops between an epoch and its validation.
+
+        `start_step` resumes a run whose first `start_step` steps are already in the
+        model (restored from a checkpoint): it runs the remaining steps only, from the
+        same place in the same epoch. Poisson steps are independent of each other, so
+        the resumed run is the uninterrupted one with fresh noise; `epochs_done` counts
+        the epochs this call finished.
         """
         sigma, clip = self._dp(noise_multiplier, max_grad_norm)
         epochs = _positive_int("epochs", epochs)
@@ -245,16 +254,18 @@ class DPTrainer:
         per_epoch = steps_per_epoch(len(train), batch_size)
         total = epochs * per_epoch
         expected = q * len(train)
-        done, seen, stopped, history = 0, 0, False, []
-        for epoch in range(1, epochs + 1):
-            for _ in range(per_epoch):
+        done, seen, stopped, history = _start_step(start_step, total), 0, False, []
+        stop = should_stop or (lambda: False)
+        first_epoch, skip = divmod(done, per_epoch)
+        for epoch in range(first_epoch + 1, epochs + 1):
+            for index in range(skip if epoch == first_epoch + 1 else 0, per_epoch):
                 rows = self._random.poisson(train, q)
                 self._update(x[rows], y[rows], sigma, clip, expected)
                 done += 1
                 seen += len(rows)
                 if on_step is not None:
                     on_step(StepInfo(epoch, done, total, seen, len(rows)))
-                if should_stop is not None and should_stop():
+                if index < per_epoch - 1 and stop():
                     stopped = True
                     break
             if stopped:
@@ -263,6 +274,9 @@ class DPTrainer:
             history.append(info)
             if on_epoch is not None:
                 on_epoch(info)
+            if epoch < epochs and stop():
+                stopped = True
+                break
         return FitResult(done, total, len(history), stopped, q, per_epoch, tuple(history))
 
     def step(
@@ -445,6 +459,17 @@ class DPTrainer:
         self._dropout.set_state(tensors["rng.dropout"])
         self._random.load_state(dict(tensors), dict(meta))
         self.steps_done = int(meta.get("steps_done", 0))
+
+
+def _start_step(value: object, total: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValidationError(f"Expected start_step of an int. Received: start_step={value!r}")
+    if not 0 <= value <= total:
+        raise ValidationError(
+            f"Expected start_step in [0, {total}] (the steps of this fit). "
+            f"Received: start_step={value}"
+        )
+    return int(value)
 
 
 def _unfit(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -39,13 +39,15 @@ _SIGMA_RTOL = 1e-3
 @dataclass(frozen=True)
 class Quote:
     """What a planned fit would cost: the epsilon it adds and the epsilon after it, both of
-    `base` plus the cart (with no base: of the cart alone)."""
+    `base` plus the cart (with no base: of the cart alone), and the cart's curve after it
+    (what publishing the model would then charge, before what was paid is subtracted)."""
 
     epsilon_added: float
     epsilon_after: float
     sigma: float
     steps: int
     q: float
+    curve_after: RdpCurve
 
 
 def _positive_int(value: int, name: str, *, minimum: int = 1) -> int:
@@ -75,13 +77,15 @@ class _FitPlan:
     def quote(self, sigma: float, val_sigma: float | None = None) -> Quote:
         added = poisson_gaussian(self.q, sigma, self.steps)
         val_rho = self.val_releases * gaussian_rho(sigma if val_sigma is None else val_sigma)
-        epsilon_after = (self.base + self.preview.curve(added, val_rho)).epsilon(self.delta)
+        curve_after = self.preview.curve(added, val_rho)
+        epsilon_after = (self.base + curve_after).epsilon(self.delta)
         return Quote(
             epsilon_added=epsilon_after - self.epsilon_now,
             epsilon_after=epsilon_after,
             sigma=float(sigma),
             steps=self.steps,
             q=self.q,
+            curve_after=curve_after,
         )
 
 

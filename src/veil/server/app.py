@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from veil import __version__
-from veil.server.api.errors import install_error_handlers
+from veil.server.api.errors import install_error_handlers, truthful_openapi
+from veil.server.api.limits import BodyLimit
 from veil.server.api.router import api_router
 from veil.server.context import NodeContext
-from veil.server.services.fits import fail_interrupted_jobs
 from veil.server.services.node import bootstrap
 from veil.server.settings import Settings
 from veil.server.web import install_dashboard
@@ -28,10 +28,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ctx.db.migrate()
     with ctx.db.session() as session:
         node = bootstrap(session, settings)
-        if settings.job_backend == "embedded":
-            interrupted = fail_interrupted_jobs(session)
-            if interrupted:
-                log.warning("%d training job(s) were interrupted by a restart", interrupted)
         log.info("node %s ready (database %s)", node.name, ctx.db.engine.url.render_as_string())
 
     @asynccontextmanager
@@ -52,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.node = ctx
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.include_router(api_router)
     install_dashboard(app)
+    app.openapi = truthful_openapi(app)  # type: ignore[method-assign]
     return app

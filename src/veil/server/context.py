@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from veil.server.db.engine import Database
-from veil.server.services.auth import LoginThrottle
 from veil.server.services.releases import sweep_orphans
+from veil.server.services.throttle import LoginThrottle
 from veil.server.settings import Settings
 from veil.server.storage.arrays import ArrayStore
 from veil.server.storage.files import NodeFiles
@@ -55,7 +55,8 @@ class NodeContext:
             db=Database(settings.resolved_database_url),
             throttle=LoginThrottle(
                 allowed=settings.login_failures_allowed,
-                lockout_seconds=settings.login_lockout_seconds,
+                backoff_seconds=settings.login_backoff_seconds,
+                max_backoff_seconds=settings.login_backoff_max_seconds,
             ),
             files=files,
             arrays=ArrayStore(settings.arrays_dir),

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_ADMIN_EMAIL", "DEFAULT_ADMIN_PASSWORD", "Settings"]
+__all__ = ["DEFAULT_ADMIN_EMAIL", "DEFAULT_ADMIN_PASSWORD", "MAX_DB_INT", "Settings"]
 
 DEFAULT_ADMIN_EMAIL = "admin@veil.dev"
 DEFAULT_ADMIN_PASSWORD = "changethis"
+MAX_DB_INT = 2**31 - 1  # an Integer column on PostgreSQL
 
 
 class Settings(BaseSettings):
@@ -40,9 +42,14 @@ class Settings(BaseSettings):
         default=12 * 3600, gt=0, description="how long a login token stays valid"
     )
     login_failures_allowed: int = Field(
-        default=5, ge=1, description="failed logins per e-mail or address before a lockout"
+        default=5, ge=1, description="failed logins of one account from one address before backoff"
     )
-    login_lockout_seconds: float = Field(default=30.0, gt=0, description="how long a lockout lasts")
+    login_backoff_seconds: float = Field(
+        default=1.0, gt=0, description="the first wait after those; it doubles with each failure"
+    )
+    login_backoff_max_seconds: float = Field(
+        default=900.0, gt=0, le=86_400, description="the longest wait a backoff reaches"
+    )
     default_delta: float = Field(
         default=1e-5, gt=0, lt=1, description="the node's delta, set at first start"
     )
@@ -55,6 +62,17 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=8 * 1024**3, gt=0, description="largest dataset upload in bytes"
     )
+    max_request_bytes: int = Field(
+        default=1024**2,
+        gt=0,
+        description="largest JSON request body; array uploads have max_upload_bytes instead",
+    )
+    max_fit_steps: int = Field(
+        default=100_000, ge=1, le=MAX_DB_INT, description="first-start default of the node's limit"
+    )
+    max_running_jobs: int = Field(
+        default=1, ge=1, le=1000, description="first-start default: jobs one user may run at once"
+    )
     job_backend: Literal["embedded", "celery"] = Field(
         default="embedded",
         description="embedded: training threads in the node; celery: workers over Redis",
@@ -62,12 +80,31 @@ class Settings(BaseSettings):
     job_workers: int = Field(
         default=2, ge=1, description="training threads of the embedded backend"
     )
+    job_lease_seconds: float = Field(
+        default=30.0,
+        ge=0.5,
+        le=3600,
+        description="a running job renews its lease every third of this; one not renewed "
+        "for this long is requeued and resumes from its last checkpoint on any worker",
+    )
+    job_max_starts: int = Field(
+        default=5, ge=1, description="a job whose worker was lost this many times fails"
+    )
+    checkpoint_every_seconds: float = Field(
+        default=60.0, gt=0, description="a fit checkpoints at each epoch's end and this often"
+    )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", description="the Redis of the celery backend"
     )
+    celery_visibility_timeout_seconds: int = Field(
+        default=300,
+        ge=10,
+        description="Redis redelivers a task a dead worker took after this long",
+    )
     forwarded_allow_ips: str = Field(
         default="",
-        description="reverse proxies whose X-Forwarded-For is trusted; none by default",
+        description="comma-separated addresses of the reverse proxies whose X-Forwarded-For "
+        "and X-Forwarded-Proto are trusted; none by default",
     )
     device: str = Field(default="cpu", description="torch device for training, e.g. cuda")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
@@ -84,6 +121,21 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        for entry in (e.strip() for e in value.split(",")):
+            if not entry or entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    "forwarded_allow_ips expects comma-separated IP addresses or networks "
+                    f"(or '*', any peer). Received: {entry!r}"
+                ) from None
+        return value
+
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
@@ -92,6 +144,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'veil.db'}"
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        return [e.strip() for e in self.forwarded_allow_ips.split(",") if e.strip()]
 
     @property
     def arrays_dir(self) -> Path:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from veil._exceptions import AuthenticationError, PermissionDenied
@@ -13,7 +14,14 @@ from veil.server.context import NodeContext
 from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
 from veil.server.services.auth import user_for_token
 
-__all__ = ["AdminUser", "ContextDep", "CurrentUser", "Publisher", "SessionDep", "TokenDep"]
+__all__ = [
+    "AdminUser",
+    "ContextDep",
+    "CurrentUser",
+    "ReadSessionDep",
+    "SessionDep",
+    "TokenDep",
+]
 
 
 def get_context(request: Request) -> NodeContext:
@@ -28,7 +36,9 @@ def get_session(request: Request, ctx: ContextDep) -> Iterator[Session]:
 
     On SQLite a transaction that reads and then writes fails at once if another
     connection wrote in between (WAL snapshots cannot be upgraded), so requests that may
-    write take the write lock at their first statement instead.
+    write take the write lock at their first statement instead. Routes that compute
+    (training, pricing, password hashing) take `ReadSessionDep` or open short sessions
+    of their own, so that no write lock is held while they compute.
     """
     if request.method in ("GET", "HEAD"):
         with ctx.db.session() as session:
@@ -41,21 +51,35 @@ def get_session(request: Request, ctx: ContextDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_token(authorization: Annotated[str | None, Header()] = None) -> str:
-    if not authorization or not authorization.lower().startswith("bearer "):
+def get_read_session(ctx: ContextDep) -> Iterator[Session]:
+    """A plain session for a POST that only reads (a quote): it never takes the lock."""
+    with ctx.db.session() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="the token `POST /auth/login` returned")
+
+
+def get_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationError(
             "Expected an 'Authorization: Bearer <token>' header; log in first."
         )
-    return authorization.split(" ", 1)[1].strip()
+    return credentials.credentials.strip()
 
 
 TokenDep = Annotated[str, Depends(get_token)]
 
 
-def get_current_user(session: SessionDep, token: TokenDep) -> UserRow:
-    user = user_for_token(session, token)
-    session.commit()  # end the lookup's transaction: routes may open write sessions of their own
-    return user
+def get_current_user(ctx: ContextDep, token: TokenDep) -> UserRow:
+    # Its own short read session: the route's session has not begun, so even a POST
+    # takes no write lock just to know who is asking.
+    with ctx.db.session() as session:
+        return user_for_token(session, token)
 
 
 CurrentUser = Annotated[UserRow, Depends(get_current_user)]
@@ -68,14 +92,3 @@ def get_admin(user: CurrentUser) -> UserRow:
 
 
 AdminUser = Annotated[UserRow, Depends(get_admin)]
-
-
-def get_publisher(session: SessionDep, user: CurrentUser) -> UserRow:
-    """The caller, with the request's read session closed: a release opens its own write
-    transaction, and requests holding two connections each could drain the pool when
-    many publish at once."""
-    session.close()
-    return user
-
-
-Publisher = Annotated[UserRow, Depends(get_publisher)]

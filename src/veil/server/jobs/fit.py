@@ -1,10 +1,21 @@
-"""Run one `fit` job: DP-SGD over the Poisson pool, cart updated step by step.
+"""Run one `fit` job: DP-SGD over the Poisson pool, cart updated step by step, resumable.
 
-The cart gains one Poisson-subsampled Gaussian step per step (O(1)). At each epoch's
-end the weights and the cart are checkpointed together, and the validation metrics,
-if the fit holds out rows, go through the release path (`fits.release_validation`,
-which owns the rule for withholding them). Progress shows public counts only: steps,
-epochs and the expected number of rows sampled, never the exact Poisson batch sizes.
+The cart gains one Poisson-subsampled Gaussian step per step (O(1)). The weights and
+the cart are checkpointed together at each epoch's end and every
+`checkpoint_every_seconds`; at an epoch's end the validation metrics, if the fit holds
+out rows, go through the release path (`fits.release_validation`, which owns the rule
+for withholding them) in the same transaction. The job row records how many of its
+steps the model's checkpoint holds (`checkpoint_step`).
+
+A job that resumes (its worker died, the node restarted) loads the model's checkpoint
+and runs the remaining steps from there, with fresh secure noise: steps trained after
+the last checkpoint are lost with their worker and trained again, never counted twice,
+so the cart at the end is that of an uninterrupted run.
+
+Every write checks the claim's fencing token first (`job_queue.fenced_job`): a worker
+that lost its lease stops without writing. Checkpoint files are written before each
+short transaction, never inside one. Progress shows public counts only: steps, epochs
+and the expected number of rows sampled, never the exact Poisson batch sizes.
 """
 
 from __future__ import annotations
@@ -15,21 +26,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from veil._exceptions import VeilError
-from veil.engine import EpochInfo, StepInfo
+from sqlalchemy.orm import Session
+
+from veil._exceptions import Conflict, VeilError
+from veil.engine import DPTrainer, EpochInfo, StepInfo
+from veil.privacy import Cart
 from veil.server.context import NodeContext
 from veil.server.db.base import utcnow
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import JobEpochRow, JobRow, ModelRow
-from veil.server.services import fits
+from veil.server.jobs.worker import Lease
+from veil.server.services import fits, job_queue
 from veil.server.services.checkpoints import (
     load_cart,
     load_trainer,
     prune_old_versions,
-    save_checkpoint,
+    stage_checkpoint,
 )
+from veil.server.services.job_queue import Claim, LeaseLost
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
+from veil.server.services.progress import expected_samples
 
 __all__ = ["run_fit_job"]
 
@@ -38,42 +55,41 @@ log = logging.getLogger("veil.jobs")
 PROGRESS_EVERY_S = 0.5
 
 
-def run_fit_job(ctx: NodeContext, job_id: str, stopping: threading.Event | None = None) -> None:
-    """Run the job to its end; every outcome is recorded on the job row."""
-    stopping = stopping or threading.Event()
-    with ctx.db.write_session() as session:
-        job = session.get(JobRow, job_id)
-        if job is None or job.status != "queued":
-            return
-        if job.cancel_requested:
-            _finish(ctx, job_id, "cancelled", None)
-            return
-        job.status = "running"
-        job.started_at = utcnow()
-        session.commit()
+class _Interrupted(Exception):
+    """This process is stopping: the job goes back to the queue, to resume elsewhere."""
+
+
+def run_fit_job(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> None:
+    """Run (or resume) a claimed job; every outcome is recorded on the job row."""
+    claim = lease.claim
     try:
-        outcome = _train(ctx, job_id, stopping)
-        _finish(ctx, job_id, outcome, None)
-    except VeilError as exc:
-        _finish(ctx, job_id, "failed", f"{type(exc).__name__}: {exc}")
-    except Exception as exc:  # the job must end recorded, whatever happened
-        log.exception("fit job %s failed", job_id)
-        # The text of an unexpected error could quote a value; the data scientist gets
-        # its type only, the node's log the whole of it.
-        _finish(ctx, job_id, "failed", f"Internal error on the node ({type(exc).__name__}).")
+        try:
+            outcome = _train(ctx, lease, stopping)
+        except _Interrupted:
+            job_queue.return_to_queue(ctx.db, claim)
+        except VeilError as exc:
+            _finish(ctx, claim, "failed", f"{type(exc).__name__}: {exc}")
+        except LeaseLost:
+            raise
+        except Exception as exc:  # the job must end recorded, whatever happened
+            log.exception("fit job %s failed", claim.job_id)
+            # The text of an unexpected error could quote a value; the data scientist
+            # gets its type only, the node's log the whole of it.
+            _finish(ctx, claim, "failed", f"Internal error on the node ({type(exc).__name__}).")
+        else:
+            _finish(ctx, claim, outcome, None)
+    except LeaseLost:
+        log.warning("job %s: lease lost; it resumes on another worker", claim.job_id)
 
 
-def _finish(ctx: NodeContext, job_id: str, status: str, error: str | None) -> None:
+def _finish(ctx: NodeContext, claim: Claim, status: str, error: str | None) -> None:
     with ctx.db.write_session() as session:
-        job = session.get(JobRow, job_id)
-        if job is None:
-            return
+        job = job_queue.fenced_job(session, claim)
         job.status = status
         job.error = error
         job.finished_at = utcnow()
-        model = session.get(ModelRow, job.model_id)
-        if model is not None and model.busy_job_id == job_id:
-            model.busy_job_id = None
+        job.lease_expires_at = None
+        job_queue.free_model(session, job)
         session.commit()
 
 
@@ -81,27 +97,41 @@ def _finish(ctx: NodeContext, job_id: str, status: str, error: str | None) -> No
 class _Run:
     """What the running job tracks between the trainer's callbacks."""
 
+    ctx: NodeContext
+    claim: Claim
     params: dict[str, Any]
+    plan: fits.FitPlan
+    user_id: str
+    model_id: str
+    delta: float
+    trainer: DPTrainer
+    cart: Cart
+    version: int  # the model version of the last checkpoint
+    saved_step: int  # this job's steps in that checkpoint
+    step: int = 0  # this job's steps in the trainer now
     started: float = field(default_factory=time.monotonic)
-    step: int = 0
-    steps_since_checkpoint: int = 0
     last_write: float = 0.0
+    last_checkpoint: float = field(default_factory=time.monotonic)
     cancel: bool = False
 
     @property
     def expected_samples(self) -> int:
-        return fits.expected_samples(self.params, self.step)
+        return expected_samples(self.params, self.step)
 
 
-def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
-    with ctx.db.write_session() as session:
-        job = session.get(JobRow, job_id)
+def _load(ctx: NodeContext, claim: Claim) -> _Run | None:
+    """The job's plan, and the model at its checkpoint; None if it was cancelled."""
+    with ctx.db.session() as session:
+        job = session.get(JobRow, claim.job_id)
         assert job is not None
+        if job.cancel_requested:
+            return None
         user = session.get(UserRow, job.owner_id)
         assert user is not None
         model = get_model(session, user=user, model_id=job.model_id)
-        run = _Run(params=dict(job.params))
-        p = run.params
+        if model.busy_job_id != job.id:
+            raise Conflict(f"Model {model.id} is not held by this job.", model_id=model.id)
+        p = dict(job.params)
         plan = fits.plan_fit(
             session,
             ctx.files,
@@ -115,69 +145,48 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
             validation_split=p["validation_split"],
             target_epsilon=None,
         )
-        trainer = load_trainer(ctx.files, model, device=ctx.settings.device)
-        cart = load_cart(ctx.files, model)
-        delta = get_node(session).delta
-        user_id, model_id = user.id, model.id
+        return _Run(
+            ctx=ctx,
+            claim=claim,
+            params=p,
+            plan=plan,
+            user_id=user.id,
+            model_id=model.id,
+            delta=get_node(session).delta,
+            trainer=load_trainer(ctx.files, model, device=ctx.settings.device),
+            cart=load_cart(ctx.files, model),
+            version=model.version,
+            saved_step=job.checkpoint_step,
+            step=job.checkpoint_step,
+        )
 
-    sigma, q, key = float(p["sigma"]), float(p["q"]), plan.pair.key
-    cart.ensure_source(key, plan.pair.n_asset_rows)
-    cart.mark_pool(key, plan.train_rows)
+
+def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
+    run = _load(ctx, lease.claim)
+    if run is None:
+        return "cancelled"
+    p, plan, key = run.params, run.plan, run.plan.pair.key
+    sigma, q = float(p["sigma"]), float(p["q"])
+    run.cart.ensure_source(key, plan.pair.n_asset_rows)
+    run.cart.mark_pool(key, plan.train_rows)
+    checkpoint_every = ctx.settings.checkpoint_every_seconds
+    per_epoch = plan.quote.steps // p["max_iter"]
 
     def should_stop() -> bool:
-        return stopping.is_set() or run.cancel
+        return stopping.is_set() or lease.lost.is_set() or run.cancel
 
     def on_step(info: StepInfo) -> None:
-        cart.add_sampled(key, q=q, sigma=sigma, steps=1)
-        run.step += 1
-        run.steps_since_checkpoint += 1
+        run.cart.add_sampled(key, q=q, sigma=sigma, steps=1)
+        run.step = info.step
         now = time.monotonic()
         if now - run.last_write >= PROGRESS_EVERY_S:
             run.last_write = now
-            run.cancel = _write_progress(ctx, job_id, run, epoch=info.epoch - 1)
+            run.cancel = _write_progress(run, epoch=info.epoch - 1)
+        ends_epoch = info.step % per_epoch == 0  # on_epoch checkpoints it
+        if now - run.last_checkpoint >= checkpoint_every and not ends_epoch:
+            _checkpoint(run)
 
-    def on_epoch(info: EpochInfo) -> None:
-        nonlocal cart
-        with ctx.db.write_session() as session:
-            model = session.get(ModelRow, model_id, with_for_update=True)
-            user = session.get(UserRow, user_id)
-            job = session.get(JobRow, job_id)
-            assert model is not None and user is not None and job is not None
-            save_checkpoint(
-                ctx.files, model, trainer=trainer, cart=cart, steps_added=run.steps_since_checkpoint
-            )
-            run.steps_since_checkpoint = 0
-            metrics: dict[str, Any] = {}
-            if info.validation is not None:
-                metrics, cart = fits.release_validation(
-                    session,
-                    ctx.files,
-                    user=user,
-                    model=model,
-                    cart=cart,
-                    metrics=info.validation,
-                    params=p,
-                    pair=plan.pair,
-                    val_rows=plan.val_rows,
-                    delta=delta,
-                    epoch=info.epoch,
-                )
-            job.epoch, job.step, job.expected_samples = info.epoch, run.step, run.expected_samples
-            session.add(
-                JobEpochRow(
-                    job_id=job_id,
-                    epoch=info.epoch,
-                    step=run.step,
-                    expected_samples=run.expected_samples,
-                    elapsed=time.monotonic() - run.started,
-                    metrics=metrics,
-                )
-            )
-            session.commit()
-            run.cancel = job.cancel_requested
-        _prune(ctx, model_id)
-
-    result = trainer.fit(
+    result = run.trainer.fit(
         plan.pair.x.array,
         plan.pair.y.array,
         train_rows=plan.train_rows,
@@ -186,39 +195,86 @@ def _train(ctx: NodeContext, job_id: str, stopping: threading.Event) -> str:
         batch_size=p["batch_size"],
         noise_multiplier=sigma,
         on_step=on_step,
-        on_epoch=on_epoch,
+        on_epoch=lambda info: _checkpoint(run, epoch=info),
         should_stop=should_stop,
+        start_step=run.saved_step,
     )
-    if run.steps_since_checkpoint:  # stopped mid-epoch: keep what was trained, and its cost
-        with ctx.db.write_session() as session:
-            model = session.get(ModelRow, model_id, with_for_update=True)
-            assert model is not None
-            save_checkpoint(
-                ctx.files, model, trainer=trainer, cart=cart, steps_added=run.steps_since_checkpoint
-            )
-            session.commit()
-        _prune(ctx, model_id)
-    _write_progress(ctx, job_id, run, epoch=None)
-    if stopping.is_set():
-        raise VeilError("The node shut down during training; the model keeps its last checkpoint.")
+    if lease.lost.is_set():
+        raise LeaseLost(lease.claim.job_id)
+    if run.step > run.saved_step:  # stopped mid-epoch: keep what was trained, and its cost
+        _checkpoint(run)
+    _write_progress(run, epoch=None)
+    if result.stopped and not run.cancel:
+        raise _Interrupted
     return "cancelled" if result.stopped else "done"
 
 
-def _write_progress(ctx: NodeContext, job_id: str, run: _Run, *, epoch: int | None) -> bool:
+def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None) -> None:
+    """Make the trainer's state (and, at an epoch's end, its validation release) the
+    model's next version, and record how many of this job's steps it holds."""
+    ctx = run.ctx
+    staged = stage_checkpoint(ctx.files, run.model_id, trainer=run.trainer, cart=run.cart)
+    try:
+        with ctx.db.write_session() as session:
+            job = job_queue.fenced_job(session, run.claim)
+            model = session.get(ModelRow, run.model_id, with_for_update=True)
+            assert model is not None
+            if model.version != run.version:  # nothing else may change a training model
+                raise Conflict(f"Model {model.id} changed during training.", model_id=model.id)
+            staged.commit(ctx.files, model, steps_added=run.step - run.saved_step)
+            job.checkpoint_step = job.step = run.step
+            job.expected_samples = run.expected_samples
+            if epoch is not None:
+                _record_epoch(session, run, job=job, model=model, epoch=epoch)
+            session.commit()
+            run.cancel = run.cancel or job.cancel_requested
+    except BaseException:
+        staged.discard()
+        raise
+    run.saved_step, run.version = run.step, model.version
+    run.last_checkpoint = time.monotonic()
+    prune_old_versions(ctx.files, model)
+
+
+def _record_epoch(
+    session: Session, run: _Run, *, job: JobRow, model: ModelRow, epoch: EpochInfo
+) -> None:
+    metrics: dict[str, Any] = {}
+    if epoch.validation is not None:
+        user = session.get(UserRow, run.user_id)
+        assert user is not None
+        metrics, run.cart = fits.release_validation(
+            session,
+            run.ctx.files,
+            user=user,
+            model=model,
+            cart=run.cart,
+            metrics=epoch.validation,
+            params=run.params,
+            pair=run.plan.pair,
+            val_rows=run.plan.val_rows,
+            delta=run.delta,
+            epoch=epoch.epoch,
+        )
+    job.epoch = epoch.epoch
+    session.add(
+        JobEpochRow(
+            job_id=job.id,
+            epoch=epoch.epoch,
+            step=run.step,
+            expected_samples=run.expected_samples,
+            elapsed=time.monotonic() - run.started,
+            metrics=metrics,
+        )
+    )
+
+
+def _write_progress(run: _Run, *, epoch: int | None) -> bool:
     """Record the step count; returns whether a cancel was asked for."""
-    with ctx.db.write_session() as session:
-        job = session.get(JobRow, job_id)
-        if job is None:
-            return True
+    with run.ctx.db.write_session() as session:
+        job = job_queue.fenced_job(session, run.claim)
         job.step, job.expected_samples = run.step, run.expected_samples
         if epoch is not None:
             job.epoch = epoch
         session.commit()
         return job.cancel_requested
-
-
-def _prune(ctx: NodeContext, model_id: str) -> None:
-    with ctx.db.session() as session:
-        model = session.get(ModelRow, model_id)
-        if model is not None:
-            prune_old_versions(ctx.files, model)

@@ -1,19 +1,22 @@
 """The job runner interface and its embedded default (threads in the node process).
 
-A runner only decides *where* a job runs; what a job does is `jobs.fit.run_fit_job`,
-which needs nothing but the settings (it rebuilds its own database and stores), so
-the same function runs in a node thread or in a Celery worker on another machine.
-Cancellation goes through the database (`jobs.cancel_requested`), so it works for
-both backends.
+A runner only decides *where* jobs run; which job runs next is the database queue's
+rule (`services.job_queue`), and what a job does is `jobs.fit.run_fit_job`, which needs
+nothing but the node context, so the same code runs in a node thread or in a Celery
+worker on another machine. `submit` is a wake-up, not a hand-over: whoever is woken
+claims the next job the queue allows. Cancellation goes through the database
+(`jobs.cancel_requested`), so it works for both backends.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
+
+from veil.server.jobs.supervisor import Supervisor
+from veil.server.jobs.worker import Worker
 
 if TYPE_CHECKING:
     from veil.server.context import NodeContext
@@ -24,7 +27,8 @@ log = logging.getLogger("veil.jobs")
 
 
 class JobRunner(Protocol):
-    def submit(self, job_id: str) -> None: ...
+    def submit(self) -> None:
+        """A job was queued: wake a worker."""
 
     def start(self) -> None: ...
 
@@ -32,33 +36,57 @@ class JobRunner(Protocol):
 
 
 class EmbeddedRunner:
-    """Runs jobs on a small thread pool inside the node; the API stays responsive."""
+    """Runs jobs on a small thread pool inside the node; the API stays responsive.
 
-    def __init__(self, run_job: Callable[[str], None], *, workers: int) -> None:
-        self._run_job = run_job
-        self._workers = workers
+    After a restart it resumes the jobs the previous process left: those it gave back
+    when it stopped at once, those it was running when it died once their lease expires.
+    """
+
+    def __init__(self, ctx: NodeContext) -> None:
+        settings = ctx.settings
+        self.worker = Worker(ctx, slots=settings.job_workers)
+        self._supervisor = Supervisor(
+            ctx.db,
+            lease_seconds=settings.job_lease_seconds,
+            max_starts=settings.job_max_starts,
+            wake=self.submit,
+            worker=self.worker,
+        )
         self._pool: ThreadPoolExecutor | None = None
+        self._pending = 0  # drains submitted and not finished: never more than the slots
+        self._again = False  # a wake-up came: some drain must look at the queue once more
         self._lock = threading.Lock()
-        self.stopping = threading.Event()
 
     def start(self) -> None:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="veil-job")
+                self._pool = ThreadPoolExecutor(self.worker.slots, thread_name_prefix="veil-job")
+        self._supervisor.start()
 
-    def submit(self, job_id: str) -> None:
+    def submit(self) -> None:
         self.start()
-        assert self._pool is not None
-        self._pool.submit(self._guarded, job_id)
+        with self._lock:
+            self._again = True
+            if self._pool is None or self._pending >= self.worker.slots:
+                return  # a busy drain sees `_again` and looks at the queue once more
+            self._pending += 1
+            self._pool.submit(self._drain)
 
-    def _guarded(self, job_id: str) -> None:
-        try:
-            self._run_job(job_id)
-        except Exception:  # run_job records failures itself; this is the last resort
-            log.exception("job %s crashed", job_id)
+    def _drain(self) -> None:
+        while True:
+            with self._lock:  # checked and released under one lock: no wake-up is lost
+                if not self._again or self.worker.stopping.is_set():
+                    self._pending -= 1
+                    return
+                self._again = False
+            try:
+                self.worker.drain()
+            except Exception:  # run_fit_job records failures itself; this is the last resort
+                log.exception("job runner crashed")
 
     def stop(self) -> None:
-        self.stopping.set()  # running jobs stop after their current step
+        self.worker.stopping.set()  # running jobs checkpoint and go back to the queue
+        self._supervisor.stop()
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -70,10 +98,5 @@ def make_runner(ctx: NodeContext) -> JobRunner:
     if ctx.settings.job_backend == "celery":
         from veil.server.jobs.celery_app import CeleryRunner
 
-        return CeleryRunner(ctx.settings)
-    from veil.server.jobs.fit import run_fit_job
-
-    runner = EmbeddedRunner(
-        lambda job_id: run_fit_job(ctx, job_id, runner.stopping), workers=ctx.settings.job_workers
-    )
-    return runner
+        return CeleryRunner(ctx)
+    return EmbeddedRunner(ctx)

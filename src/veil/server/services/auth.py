@@ -1,8 +1,9 @@
-"""Login, tokens and throttling.
+"""Login, tokens and password changes.
 
 Tokens are random, returned once, and stored as SHA-256 digests. An unknown e-mail and
-a wrong password give the same error after the same argon2 work; repeated failures for
-one e-mail or one address are throttled.
+a wrong password give the same error after the same argon2 work; failures are throttled
+per account (`services.throttle`). Password hashing runs with no transaction open: only
+the token's insert, or the new hash's update, takes the write lock, briefly.
 """
 
 from __future__ import annotations
@@ -10,22 +11,27 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import secrets
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from veil._exceptions import AuthenticationError, PermissionDenied, RateLimited
+from veil._exceptions import AuthenticationError, PermissionDenied, ValidationError
 from veil.server.db.base import as_utc
+from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import TokenRow, UserRow
-from veil.server.services.passwords import verify_dummy, verify_password
+from veil.server.services.passwords import (
+    check_new_password,
+    hash_password,
+    verify_dummy,
+    verify_password,
+)
+from veil.server.services.throttle import LoginThrottle
 
 __all__ = [
     "Login",
-    "LoginThrottle",
+    "change_password",
     "hash_token",
     "is_loopback",
     "login",
@@ -52,39 +58,6 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-@dataclass
-class LoginThrottle:
-    """Counts recent failures per key (e-mail, address); locks a key out for a while."""
-
-    allowed: int
-    lockout_seconds: float
-    _failures: dict[str, list[float]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def check(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                recent = [t for t in self._failures.get(key, []) if now - t < self.lockout_seconds]
-                self._failures[key] = recent
-                if len(recent) >= self.allowed:
-                    wait = self.lockout_seconds - (now - recent[0])
-                    raise RateLimited(
-                        f"Too many failed logins; try again in {wait:.0f} s.",
-                        retry_after=round(wait, 1),
-                    )
-
-    def fail(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._failures.setdefault(key, []).append(now)
-
-    def clear(self, key: str) -> None:
-        with self._lock:
-            self._failures.pop(key, None)
-
-
 @dataclass(frozen=True)
 class Login:
     token: str
@@ -93,37 +66,72 @@ class Login:
 
 
 def login(
-    session: Session,
+    db: Database,
     *,
     email: str,
     password: str,
     client_host: str | None,
+    local: bool,
     ttl_seconds: int,
     throttle: LoginThrottle,
 ) -> Login:
-    email_key = f"email:{email.strip().lower()}"
-    throttle.check(email_key, f"host:{client_host}")
-    user = session.scalars(select(UserRow).where(UserRow.email == email.strip().lower())).first()
+    """A new token for the right password. `local`: the request came from the node's
+    own machine (the only place the default admin password is accepted)."""
+    email = email.strip().lower()
+    throttle.check(email, client_host)
+    with db.session() as session:
+        user = session.scalars(select(UserRow).where(UserRow.email == email)).first()
     if user is None:
         verify_dummy(password)
         ok = False
     else:
         ok = verify_password(user.password_hash, password)
     if not ok or user is None or user.disabled:
-        throttle.fail(email_key, f"host:{client_host}")
+        throttle.fail(email, client_host)
         raise AuthenticationError(_BAD_LOGIN)
-    if user.default_password and not is_loopback(client_host):
+    if user.default_password and not local:
         raise PermissionDenied(
             "This account still has the default password, which is accepted only from the "
             "node's own machine. Log in on the node and change it with `veil admin passwd`.",
             client_host=client_host,
         )
-    throttle.clear(email_key)
+    throttle.succeed(email, client_host)
     token = secrets.token_urlsafe(32)
     expires_at = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
-    session.add(TokenRow(user_id=user.id, token_hash=hash_token(token), expires_at=expires_at))
-    session.commit()
+    with db.write_session() as session:
+        session.add(TokenRow(user_id=user.id, token_hash=hash_token(token), expires_at=expires_at))
+        session.commit()
     return Login(token=token, expires_at=expires_at, user=user)
+
+
+def change_password(
+    db: Database,
+    *,
+    user: UserRow,
+    token: str,
+    old_password: str,
+    new_password: str,
+    client_host: str | None,
+    throttle: LoginThrottle,
+) -> None:
+    """Check the current password (throttled like a login), set the new one, and
+    revoke every other session of the account: whoever else held one must log in anew."""
+    throttle.check(user.email, client_host)
+    if not verify_password(user.password_hash, old_password):
+        throttle.fail(user.email, client_host)
+        raise AuthenticationError("The current password is wrong.")
+    check_new_password(new_password)
+    if new_password == old_password:
+        raise ValidationError("The new password must differ from the current one.")
+    new_hash = hash_password(new_password)
+    with db.write_session() as session:
+        row = session.get(UserRow, user.id)
+        assert row is not None
+        row.password_hash = new_hash
+        row.default_password = False
+        revoke_all(session, user_id=user.id, keep=hash_token(token))
+        session.commit()
+    throttle.succeed(user.email, client_host)
 
 
 def user_for_token(session: Session, token: str) -> UserRow:
@@ -141,18 +149,19 @@ def user_for_token(session: Session, token: str) -> UserRow:
     return user
 
 
-def logout(session: Session, *, token: str) -> None:
-    session.execute(
-        update(TokenRow)
-        .where(TokenRow.token_hash == hash_token(token), TokenRow.revoked_at.is_(None))
-        .values(revoked_at=datetime.now(UTC))
-    )
-    session.commit()
+def logout(db: Database, *, token: str) -> None:
+    with db.write_session() as session:
+        session.execute(
+            update(TokenRow)
+            .where(TokenRow.token_hash == hash_token(token), TokenRow.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
+        )
+        session.commit()
 
 
-def revoke_all(session: Session, *, user_id: str) -> None:
-    session.execute(
-        update(TokenRow)
-        .where(TokenRow.user_id == user_id, TokenRow.revoked_at.is_(None))
-        .values(revoked_at=datetime.now(UTC))
-    )
+def revoke_all(session: Session, *, user_id: str, keep: str | None = None) -> None:
+    """Revoke the user's tokens, but the one whose hash is `keep`; the caller commits."""
+    query = update(TokenRow).where(TokenRow.user_id == user_id, TokenRow.revoked_at.is_(None))
+    if keep is not None:
+        query = query.where(TokenRow.token_hash != keep)
+    session.execute(query.values(revoked_at=datetime.now(UTC)))

@@ -1,14 +1,21 @@
 """Save and load a model's checkpoint: weights, optimizer state and cart, as one version.
 
-Files are written first under version v+1, then the model row is pointed at v+1 (and
-its cart curve updated) in the caller's transaction: a crash in between leaves the row
-at v with v's files, so weights and cart always match. Files two versions old are
-removed after the commit; the previous version stays for a publish that read it.
+Files are written first, with no transaction open, under temporary names
+(`stage_checkpoint`); then, in the caller's short transaction with the model row locked,
+they are renamed to version v+1 and the row is pointed at v+1 with its cart curve
+(`StagedCheckpoint.commit`): a crash in between leaves the row at v with v's files, so
+weights and cart always match, and no lock is held while tensors are written. Files two
+versions old are removed after the commit; the previous version stays for a publish
+that read it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +34,14 @@ __all__ = [
     "load_cart",
     "load_trainer",
     "prune_old_versions",
+    "StagedCheckpoint",
     "save_cart_arrays",
     "save_cart_version",
-    "save_checkpoint",
+    "stage_checkpoint",
 ]
+
+_STAGED = ".staged-"
+_STAGED_GRACE_S = 3600.0  # a staged file this old belongs to a process that died
 
 
 def load_cart(files: NodeFiles, model: ModelRow) -> Cart:
@@ -79,26 +90,56 @@ def _point_at(model: ModelRow, version: int, cart: Cart, steps_added: int) -> No
     model.updated_at = utcnow()
 
 
-def save_checkpoint(
-    files: NodeFiles,
-    model: ModelRow,
-    *,
-    trainer: DPTrainer,
-    cart: Cart,
-    steps_added: int = 0,
-) -> None:
-    """Write version v+1 and point the row at it; the caller commits."""
-    version = model.version + 1
-    tensors, meta = trainer.checkpoint()
-    weights = trainer.get_weights()
-    atomic_write(files.weights(model.id, version), lambda tmp: save_numpy(weights, str(tmp)))
-    contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
-    atomic_write(
-        files.optimizer(model.id, version),
-        lambda tmp: save_torch(contiguous, str(tmp), metadata={"veil": json.dumps(meta)}),
+@dataclass(frozen=True)
+class StagedCheckpoint:
+    """A checkpoint written under temporary names, waiting to become a model's version."""
+
+    weights: Path
+    optimizer: Path
+    cart_arrays: Path
+    cart: Cart
+
+    def commit(self, files: NodeFiles, model: ModelRow, *, steps_added: int = 0) -> None:
+        """Rename the files to version v+1 and point the row at it; the caller holds the
+        row locked and commits. Renames are O(1), whatever the model's size."""
+        version = model.version + 1
+        os.replace(self.weights, files.weights(model.id, version))
+        os.replace(self.optimizer, files.optimizer(model.id, version))
+        os.replace(self.cart_arrays, files.cart_arrays(model.id, version))
+        _point_at(model, version, self.cart, steps_added)
+
+    def discard(self) -> None:
+        for path in (self.weights, self.optimizer, self.cart_arrays):
+            path.unlink(missing_ok=True)
+
+
+def stage_checkpoint(
+    files: NodeFiles, model_id: str, *, trainer: DPTrainer, cart: Cart
+) -> StagedCheckpoint:
+    """Write the trainer's weights and optimizer state and the cart; call outside any
+    transaction, then `commit` (or `discard`)."""
+    folder = files.model_dir(model_id)
+    stem = f"{_STAGED}{uuid.uuid4().hex}"
+    staged = StagedCheckpoint(
+        weights=folder / f"{stem}.weights.safetensors",
+        optimizer=folder / f"{stem}.optimizer.safetensors",
+        cart_arrays=folder / f"{stem}.cart.npz",
+        cart=cart.copy(),
     )
-    save_cart_arrays(files.cart_arrays(model.id, version), cart)
-    _point_at(model, version, cart, steps_added)
+    try:
+        tensors, meta = trainer.checkpoint()
+        weights = trainer.get_weights()
+        atomic_write(staged.weights, lambda tmp: save_numpy(weights, str(tmp)))
+        contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+        atomic_write(
+            staged.optimizer,
+            lambda tmp: save_torch(contiguous, str(tmp), metadata={"veil": json.dumps(meta)}),
+        )
+        save_cart_arrays(staged.cart_arrays, staged.cart)
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
 
 
 def save_cart_version(files: NodeFiles, model: ModelRow, *, cart: Cart) -> None:
@@ -112,8 +153,16 @@ def save_cart_version(files: NodeFiles, model: ModelRow, *, cart: Cart) -> None:
 
 
 def prune_old_versions(files: NodeFiles, model: ModelRow) -> None:
-    """Remove checkpoints older than the previous version (call after commit)."""
+    """Remove checkpoints older than the previous version (call after commit), and
+    staged files a process that died left behind."""
     keep = {model.version, model.version - 1}
+    cutoff = time.time() - _STAGED_GRACE_S
+    for path in files.model_dir(model.id).glob(f"{_STAGED}*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:  # committed or discarded meanwhile
+            pass
     for path in files.model_dir(model.id).glob("*-*.*"):
         stem = path.name.split(".", 1)[0]
         prefix, _, number = stem.rpartition("-")

@@ -5,7 +5,9 @@ A fit's training rows form a Poisson pool (q = batch_size / n_train); the last
 the noised validation metrics, which are charged per row (parallel composition). Their
 noise is the least that keeps the held-out rows' cost under the training rows' cost at
 every Rényi order, so validation adds nothing to what publishing the model costs.
-Everything is checked before the job is queued, so bad input never starts training.
+Everything is checked before the job is queued, so bad input never starts training: the
+node's limit on one fit's steps, and the budget, since a fit whose weights the user
+could not afford to publish would only occupy a worker.
 """
 
 from __future__ import annotations
@@ -31,30 +33,30 @@ from veil.privacy import (
     poisson_gaussian,
     quote_fit,
 )
-from veil.server.db.base import as_utc
+from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import UserRow
-from veil.server.db.tables.models import JobEpochRow, JobRow, ModelRow
-from veil.server.services import ledger
+from veil.server.db.tables.models import JobRow, ModelRow
+from veil.server.services import job_queue, ledger
 from veil.server.services.checkpoints import load_cart
 from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
-from veil.server.services.models import cart_epsilon, get_model
+from veil.server.services.models import get_model
 from veil.server.services.node import get_node
 from veil.server.services.releases import metric_queries, release_metrics, released_values
+from veil.server.settings import MAX_DB_INT
 from veil.server.storage.arrays import ArrayStore
 from veil.server.storage.files import NodeFiles
 
 __all__ = [
-    "ACTIVE",
     "FitPlan",
+    "cancel",
     "cancel_fit",
-    "fail_interrupted_jobs",
+    "latest_job",
     "plan_fit",
-    "progress",
+    "quote",
     "release_validation",
     "submit_fit",
 ]
 
-ACTIVE = ("queued", "running")
 VAL_RELEASES_PER_EPOCH = 2  # validation loss and accuracy
 
 
@@ -73,6 +75,15 @@ class FitPlan:
     cart: float
     cost: float
     cart_after: float
+    model_version: int  # the model's version the quote was priced on
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DB_INT:
+        raise ValidationError(
+            f"{name} must be an int in [1, {MAX_DB_INT}]. Received: {name}={value!r}", field=name
+        )
+    return value
 
 
 def plan_fit(
@@ -88,11 +99,14 @@ def plan_fit(
     batch_size: int,
     validation_split: float,
     target_epsilon: float | None,
+    max_steps: int | None = None,
 ) -> FitPlan:
-    """Check a planned fit and price it; with `target_epsilon`, pick sigma for it."""
-    for name, value in (("max_iter", max_iter), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValidationError(f"{name} must be an int >= 1. Received: {name}={value!r}")
+    """Check a planned fit and price it; with `target_epsilon`, pick sigma for it.
+
+    `max_steps` (the node's limit, for a fit not yet queued) refuses a longer fit
+    before anything is priced.
+    """
+    max_iter, batch_size = _count("max_iter", max_iter), _count("batch_size", batch_size)
     spec = ModelSpec.from_dict(model.spec)
     pair = resolve_pair(session, arrays, user=user, x_id=x_id, y_id=y_id)
     train_rows, val_rows = split_rows(pair.rows, validation_split)
@@ -105,6 +119,16 @@ def plan_fit(
         raise ValidationError(
             f"batch_size must be at most the {len(train_rows)} training rows. "
             f"Received: batch_size={batch_size}"
+        )
+    steps = max_iter * math.ceil(len(train_rows) / batch_size)
+    if max_steps is not None and steps > max_steps:
+        raise ValidationError(
+            f"A fit on this node may run at most {max_steps} steps. Received: max_iter="
+            f"{max_iter} epochs of {math.ceil(len(train_rows) / batch_size)} steps "
+            f"({len(train_rows)} training rows, batch_size={batch_size}) = {steps} steps",
+            field="max_iter",
+            steps=steps,
+            max_steps=max_steps,
         )
     check_public(spec, pair)
     cart = load_cart(files, model)
@@ -128,7 +152,6 @@ def plan_fit(
         sigma = calibrate_fit(
             cart, pair.key, target_epsilon=target_epsilon, val_rows=None, **common
         ).sigma
-    steps = max_iter * math.ceil(len(train_rows) / batch_size)
     q = batch_size / len(train_rows)
     val_sigma = None
     if len(val_rows):
@@ -168,10 +191,11 @@ def plan_fit(
         cart=quote.epsilon_after - quote.epsilon_added - spent_now,
         cost=quote.epsilon_added,
         cart_after=quote.epsilon_after - spent_now,
+        model_version=model.version,
     )
 
 
-def submit_fit(
+def quote(
     session: Session,
     files: NodeFiles,
     arrays: ArrayStore,
@@ -179,29 +203,82 @@ def submit_fit(
     user: UserRow,
     model_id: str,
     **plan_args: Any,
-) -> JobRow:
-    """Check and price the fit, then queue it; the model is busy until the job ends."""
+) -> FitPlan:
+    """Price a planned fit of the caller's model, within the node's limits; reads only."""
     model = get_model(session, user=user, model_id=model_id)
+    max_steps = get_node(session).max_fit_steps
+    return plan_fit(
+        session, files, arrays, user=user, model=model, max_steps=max_steps, **plan_args
+    )
+
+
+def _check_affordable(user: UserRow, plan: FitPlan, *, delta: float) -> None:
+    """Refuse a fit whose weights the user's budget could not pay to publish."""
+    if ledger.exceeds(plan.spent + plan.cart_after, user.budget):
+        remaining = max(0.0, user.budget - plan.spent)
+        raise BudgetExceeded(
+            f"After this fit, publishing the model would cost epsilon {plan.cart_after:.6g}, "
+            f"but only {remaining:.6g} of your budget {user.budget:.6g} is left "
+            f"(delta={delta:g}). Plan fewer steps or more noise (target_epsilon), or ask the "
+            "owner for more budget. Nothing was queued.",
+            needed=plan.cart_after,
+            remaining=remaining,
+            budget=user.budget,
+            delta=delta,
+            steps=plan.quote.steps,
+        )
+
+
+def submit_fit(
+    db: Database,
+    files: NodeFiles,
+    arrays: ArrayStore,
+    *,
+    user: UserRow,
+    model_id: str,
+    **plan_args: Any,
+) -> JobRow:
+    """Check and price the fit, then queue it; the model is busy until the job ends.
+
+    The planning reads only; the queueing is one short write that checks the model is
+    still idle and at the version the fit was priced on.
+    """
+    with db.session() as session:
+        model = get_model(session, user=user, model_id=model_id)
+        _idle(model)
+        plan = quote(session, files, arrays, user=user, model_id=model_id, **plan_args)
+        _check_affordable(user, plan, delta=get_node(session).delta)
+    with db.write_session() as session:
+        model = get_model(session, user=user, model_id=model_id, for_update=True)
+        _idle(model)
+        if model.version != plan.model_version:
+            raise Conflict(
+                f"Model {model_id} changed while the fit was priced (version "
+                f"{plan.model_version} -> {model.version}); nothing was queued. Try again.",
+                model_id=model_id,
+            )
+        job = JobRow(
+            model_id=model.id,
+            owner_id=user.id,
+            kind="fit",
+            status=job_queue.QUEUED,
+            params=plan.params,
+            max_iter=plan.params["max_iter"],
+            steps=plan.quote.steps,
+        )
+        session.add(job)
+        session.flush()
+        model.busy_job_id = job.id
+        session.commit()
+        return job
+
+
+def _idle(model: ModelRow) -> None:
     if model.busy_job_id is not None:
         raise Conflict(
-            f"Model {model_id} is training (job {model.busy_job_id}); wait or cancel it.",
+            f"Model {model.id} is training (job {model.busy_job_id}); wait or cancel it.",
             job_id=model.busy_job_id,
         )
-    plan = plan_fit(session, files, arrays, user=user, model=model, **plan_args)
-    job = JobRow(
-        model_id=model.id,
-        owner_id=user.id,
-        kind="fit",
-        status="queued",
-        params=plan.params,
-        max_iter=plan.params["max_iter"],
-        steps=plan.quote.steps,
-    )
-    session.add(job)
-    session.flush()
-    model.busy_job_id = job.id
-    session.commit()
-    return job
 
 
 def latest_job(session: Session, *, model_id: str) -> JobRow | None:
@@ -215,56 +292,26 @@ def latest_job(session: Session, *, model_id: str) -> JobRow | None:
 
 
 def cancel_fit(session: Session, *, user: UserRow, model_id: str) -> JobRow:
+    """Cancel the model's job: a queued one at once, a running one after its step."""
     model = get_model(session, user=user, model_id=model_id)
     job = latest_job(session, model_id=model.id)
     if job is None:
         raise NotFound(f"Model {model_id} has no training job.", model_id=model_id)
-    if job.status in ACTIVE:
-        job.cancel_requested = True
-        session.commit()
+    cancel(session, job)
     return job
 
 
-def progress(session: Session, *, user: UserRow, model_id: str) -> dict[str, Any]:
-    """Status of the model's latest job; only released (noised, charged) metrics."""
-    model = get_model(session, user=user, model_id=model_id)
-    delta = get_node(session).delta
-    job = latest_job(session, model_id=model.id)
-    spent = ledger.spent_curve(session, user_id=user.id)
-    out: dict[str, Any] = {
-        "model_id": model.id,
-        "spent": spent.epsilon(delta),
-        "cart": cart_epsilon(spent, model, delta=delta),
-        "total_steps": model.steps,
-    }
-    if job is None:
-        return {**out, "status": "idle", "job_id": None, "metrics": []}
-    epochs = session.scalars(
-        select(JobEpochRow).where(JobEpochRow.job_id == job.id).order_by(JobEpochRow.epoch)
-    )
-    start = job.started_at
-    end = job.finished_at or datetime.now(UTC)
-    elapsed = (as_utc(end) - as_utc(start)).total_seconds() if start else 0.0
-    return {
-        **out,
-        "job_id": job.id,
-        "status": job.status,
-        "epoch": job.epoch,
-        "max_iter": job.max_iter,
-        "step": job.step,
-        "steps": job.steps,
-        "expected_samples": job.expected_samples,
-        "elapsed": round(elapsed, 3),
-        "sigma": job.params.get("sigma"),
-        "error": job.error,
-        "metrics": [{"epoch": e.epoch, **e.metrics} for e in epochs],
-    }
-
-
-def expected_samples(params: dict[str, Any], step: int) -> int:
-    """Rows a fit's first `step` steps sample on average (step x q x n_train): public.
-    The exact count depends on which rows Poisson sampling drew, and is never shown."""
-    return round(step * params["q"] * params["n_train"])
+def cancel(session: Session, job: JobRow) -> None:
+    """Stop `job`: a queued one at once, a running one after its current step; a no-op
+    once it ended. Commits."""
+    if job.status == job_queue.QUEUED:
+        job.status = "cancelled"
+        job.cancel_requested = True
+        job.finished_at = datetime.now(UTC)
+        job_queue.free_model(session, job)
+    elif job.status == job_queue.RUNNING:
+        job.cancel_requested = True
+    session.commit()
 
 
 def release_validation(
@@ -309,17 +356,3 @@ def release_validation(
     assert outcome.release.result is not None and outcome.cart is not None
     entry = {"released": True, "release_id": outcome.release.id}
     return {**entry, **released_values(outcome.release.result)}, outcome.cart
-
-
-def fail_interrupted_jobs(session: Session) -> int:
-    """After a restart of an embedded node, no job of the old process is running."""
-    jobs = list(session.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE))))
-    for job in jobs:
-        job.status = "failed"
-        job.error = "The node restarted during training; the model keeps its last checkpoint."
-        job.finished_at = datetime.now(UTC)
-        model = session.get(ModelRow, job.model_id)
-        if model is not None and model.busy_job_id == job.id:
-            model.busy_job_id = None
-    session.commit()
-    return len(jobs)

@@ -19,7 +19,8 @@ from veil.server.db.base import as_utc
 from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
 from veil.server.db.tables.models import JobRow, ModelRow
 from veil.server.services import ledger
-from veil.server.services.fits import ACTIVE
+from veil.server.services.fits import cancel
+from veil.server.services.job_queue import ACTIVE
 from veil.server.services.models import cart_epsilon
 
 __all__ = ["JobView", "cancel_job", "list_jobs"]
@@ -95,11 +96,10 @@ def list_jobs(
 
 
 def cancel_job(session: Session, *, viewer: UserRow, job_id: str) -> JobRow:
-    """Ask a queued or running job to stop after its current step; a no-op once it ended."""
+    """Stop a queued job at once, a running one after its current step; a no-op once
+    it ended."""
     job = session.get(JobRow, job_id)
     if job is None or (viewer.role != ROLE_ADMIN and job.owner_id != viewer.id):
         raise NotFound(f"No training job {job_id!r} visible to you.", job_id=job_id)
-    if job.status in ACTIVE:
-        job.cancel_requested = True
-        session.commit()
+    cancel(session, job)
     return job

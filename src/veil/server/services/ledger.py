@@ -30,6 +30,7 @@ __all__ = [
     "added_epsilon",
     "budget",
     "charge",
+    "exceeds",
     "ledger_overview",
     "spent_curve",
 ]
@@ -61,6 +62,11 @@ class LedgerEntry:
     spent: float
     remaining: float
     releases: int
+
+
+def exceeds(spent: float, budget: float) -> bool:
+    """Whether an epsilon spent passes a budget, beyond float noise."""
+    return spent > budget * (1 + _RTOL) + _RTOL
 
 
 def _spent(curve: list[float] | None, delta: float) -> float:
@@ -174,7 +180,7 @@ def charge(
     spent_before = before.epsilon(delta)
     spent_after = after.epsilon(delta)
     needed = max(0.0, spent_after - spent_before)
-    if not curve_added.is_zero and spent_after > total * (1 + _RTOL) + _RTOL:
+    if not curve_added.is_zero and exceeds(spent_after, total):
         remaining = max(0.0, total - spent_before)
         raise BudgetExceeded(
             f"This release needs epsilon {needed:.6g} but only {remaining:.6g} of your "

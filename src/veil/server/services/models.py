@@ -1,25 +1,30 @@
 """Models: drafts built layer by layer (flow I), compiled specs (flow II), ownership.
 
 The node rebuilds every model from the JSON spec and the layer whitelist in
-`veil.nn`; no code and no pickle from a data scientist ever runs here.
+`veil.nn`; no code and no pickle from a data scientist ever runs here. A draft obeys
+the layer limit of a compiled spec as it grows. A model's weights are initialised and
+written with no transaction open; its row appears in one short write after.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from veil._exceptions import NotFound, SpecError
+from veil._exceptions import Conflict, NotFound, SpecError
 from veil.engine import DPTrainer
 from veil.nn._config import Shape, check_input_shape
 from veil.nn.layers import layer_from_dict, layer_to_dict
-from veil.nn.spec import SPEC_FORMAT, ModelSpec, layer_output_shape
+from veil.nn.spec import MAX_LAYERS, SPEC_FORMAT, ModelSpec, layer_output_shape
 from veil.privacy import Cart, RdpCurve
+from veil.server.db.base import new_id
+from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import DraftRow, ModelRow
 from veil.server.services import ledger
-from veil.server.services.checkpoints import save_checkpoint
+from veil.server.services.checkpoints import stage_checkpoint
 from veil.server.services.node import get_node
 from veil.server.storage.files import NodeFiles
 
@@ -72,6 +77,12 @@ def add_draft_layer(
     draft = get_draft(session, user=user, draft_id=draft_id)
     if draft.compiled_model_id is not None:
         raise SpecError("This draft was compiled already; start a new nn.Model(to=client).")
+    if len(draft.layers) >= MAX_LAYERS:
+        raise SpecError(
+            f"A model has at most {MAX_LAYERS} layers. Received: layer {len(draft.layers) + 1} "
+            "for this draft",
+            max_layers=MAX_LAYERS,
+        )
     canonical = layer_to_dict(layer_from_dict(layer))
     layers = [*draft.layers, canonical]
     shape = _draft_shapes(layers)
@@ -81,27 +92,26 @@ def add_draft_layer(
 
 
 def compile_draft(
-    session: Session,
+    db: Database,
     files: NodeFiles,
     *,
     user: UserRow,
     draft_id: str,
     options: dict[str, Any],
 ) -> ModelRow:
-    draft = get_draft(session, user=user, draft_id=draft_id)
-    if not draft.layers:
+    with db.session() as session:
+        draft = get_draft(session, user=user, draft_id=draft_id)
+        layers = draft.layers
+    if not layers:
         raise SpecError("A model needs at least one layer. Received: an empty draft.")
-    first = layer_from_dict(draft.layers[0])
+    first = layer_from_dict(layers[0])
     spec = {
         "format": SPEC_FORMAT,
         "input_shape": list(first.input_shape or ()),
-        "layers": draft.layers,
+        "layers": layers,
         **options,
     }
-    model = create_model(session, files, user=user, spec=spec)
-    draft.compiled_model_id = model.id
-    session.commit()
-    return model
+    return create_model(db, files, user=user, spec=spec, draft_id=draft_id)
 
 
 def parse_spec(session: Session, spec: dict[str, Any]) -> ModelSpec:
@@ -111,24 +121,49 @@ def parse_spec(session: Session, spec: dict[str, Any]) -> ModelSpec:
 
 
 def create_model(
-    session: Session, files: NodeFiles, *, user: UserRow, spec: dict[str, Any]
+    db: Database,
+    files: NodeFiles,
+    *,
+    user: UserRow,
+    spec: dict[str, Any],
+    draft_id: str | None = None,
 ) -> ModelRow:
-    """Build the model from its spec, initialise weights on the node, empty cart."""
-    checked = parse_spec(session, spec)
+    """Build the model from its spec, initialise weights on the node, empty cart.
+
+    With `draft_id`, the draft is marked compiled in the same transaction (once only).
+    """
+    with db.session() as session:
+        checked = parse_spec(session, spec)
+    model_id = new_id()
+    staged = stage_checkpoint(files, model_id, trainer=DPTrainer(checked), cart=Cart())
     zero = RdpCurve.zero().to_list()
-    model = ModelRow(
-        owner_id=user.id,
-        spec=checked.to_dict(),
-        version=0,
-        cart_state={},
-        cart_curve=zero,
-        charged_curve=zero,
-        steps=0,
-    )
-    session.add(model)
-    session.flush()
-    save_checkpoint(files, model, trainer=DPTrainer(checked), cart=Cart())
-    session.commit()
+    try:
+        with db.write_session() as session:
+            model = ModelRow(
+                id=model_id,
+                owner_id=user.id,
+                spec=checked.to_dict(),
+                version=0,
+                cart_state={},
+                cart_curve=zero,
+                charged_curve=zero,
+                steps=0,
+            )
+            session.add(model)
+            if draft_id is not None:
+                draft = get_draft(session, user=user, draft_id=draft_id)
+                if draft.compiled_model_id is not None:
+                    raise Conflict(
+                        f"Draft {draft_id} was compiled already (model {draft.compiled_model_id}).",
+                        model_id=draft.compiled_model_id,
+                    )
+                draft.compiled_model_id = model_id
+            session.flush()
+            staged.commit(files, model)
+            session.commit()
+    except BaseException:
+        staged.discard()
+        raise
     return model
 
 
@@ -140,15 +175,15 @@ def get_model(
     `for_update` locks the row (PostgreSQL) so a concurrent publish cannot change what
     was charged between our read and our commit; SQLite's write session already does.
     """
-    model = session.get(ModelRow, model_id, with_for_update=for_update)
+    model = session.get(
+        ModelRow, model_id, with_for_update=for_update, populate_existing=for_update
+    )
     if model is None or model.owner_id != user.id:
         raise NotFound(f"No model {model_id!r} of yours.", model_id=model_id)
     return model
 
 
 def list_models(session: Session, *, user: UserRow) -> list[ModelRow]:
-    from sqlalchemy import select
-
     query = select(ModelRow).where(ModelRow.owner_id == user.id).order_by(ModelRow.created_at)
     return list(session.scalars(query))
 

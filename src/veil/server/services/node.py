@@ -18,6 +18,7 @@ __all__ = [
     "default_password_in_use",
     "get_node",
     "login_warnings",
+    "node_delta",
     "random_node_name",
 ]
 
@@ -132,6 +133,11 @@ def get_node(session: Session) -> NodeRow:
     return node
 
 
+def node_delta(session: Session) -> float:
+    """The delta every epsilon on this node is quoted at."""
+    return get_node(session).delta
+
+
 def bootstrap(session: Session, settings: Settings) -> NodeRow:
     """On first start: name the node and create the admin. Later starts keep both."""
     node = session.get(NodeRow, 1)
@@ -142,6 +148,8 @@ def bootstrap(session: Session, settings: Settings) -> NodeRow:
             delta=settings.default_delta,
             max_params=settings.max_params,
             max_flops=settings.max_flops,
+            max_fit_steps=settings.max_fit_steps,
+            max_running_jobs=settings.max_running_jobs,
         )
         session.add(node)
     admin = session.scalars(select(UserRow).where(UserRow.role == ROLE_ADMIN).limit(1)).first()

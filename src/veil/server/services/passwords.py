@@ -5,7 +5,15 @@ from __future__ import annotations
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-__all__ = ["hash_password", "verify_password", "verify_dummy"]
+from veil._exceptions import ValidationError
+
+__all__ = [
+    "MIN_PASSWORD_LENGTH",
+    "check_new_password",
+    "hash_password",
+    "verify_dummy",
+    "verify_password",
+]
 
 _hasher = PasswordHasher()  # argon2id with the library's recommended parameters
 _DUMMY_HASH = _hasher.hash("veil-dummy-password-for-unknown-users")
@@ -27,3 +35,12 @@ def verify_password(password_hash: str, password: str) -> bool:
 def verify_dummy(password: str) -> None:
     """Spend the time a real verification would, so unknown e-mails answer alike."""
     verify_password(_DUMMY_HASH, password)
+
+
+def check_new_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValidationError(
+            f"Password must have at least {MIN_PASSWORD_LENGTH} characters. "
+            f"Received: {len(password)} characters.",
+            field="password",
+        )

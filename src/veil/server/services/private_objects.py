@@ -16,11 +16,12 @@ from sqlalchemy.orm import Session
 
 from veil._exceptions import NotFound
 from veil.privacy import Bound, bound_from_dict
+from veil.server.db.base import new_id
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
 from veil.server.storage.files import NodeFiles, atomic_write
 
-__all__ = ["StoredObject", "load_object", "store_object"]
+__all__ = ["PendingObject", "StoredObject", "load_object", "stage_object"]
 
 
 @dataclass(frozen=True)
@@ -34,41 +35,68 @@ class StoredObject:
         return None if self.row.bound is None else bound_from_dict(self.row.bound)
 
 
-def store_object(
-    session: Session,
+@dataclass(frozen=True)
+class PendingObject:
+    """An object's file, written before the transaction that records it (`record`)."""
+
+    id: str
+    kind: str
+    shape: tuple[int, ...]
+    source: str
+    bound: Bound | None
+    n_rows: int
+    path: Path
+
+    def record(
+        self, session: Session, files: NodeFiles, *, user: UserRow, model: ModelRow
+    ) -> PrivateObjectRow:
+        """Insert the object's row; the caller commits (or `discard`s on failure)."""
+        row = PrivateObjectRow(
+            id=self.id,
+            owner_id=user.id,
+            model_id=model.id,
+            kind=self.kind,
+            shape=list(self.shape),
+            source=self.source,
+            bound=None if self.bound is None else self.bound.to_dict(),
+            n_rows=self.n_rows,
+            path=self.path.relative_to(files.root).as_posix(),
+        )
+        session.add(row)
+        return row
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def stage_object(
     files: NodeFiles,
     *,
-    user: UserRow,
-    model: ModelRow,
     kind: str,
     source: str,
     rows: np.ndarray,
     values: np.ndarray,
     shape: tuple[int, ...],
     bound: Bound | None,
-) -> PrivateObjectRow:
-    """Keep `values` (one entry per row of `rows`) as a private object; the caller commits."""
-    row = PrivateObjectRow(
-        owner_id=user.id,
-        model_id=model.id,
-        kind=kind,
-        shape=list(shape),
-        source=source,
-        bound=None if bound is None else bound.to_dict(),
-        n_rows=int(len(rows)),
-        path="",
-    )
-    session.add(row)
-    session.flush()
-    path = files.private_object(row.id)
+) -> PendingObject:
+    """Write `values` (one entry per row of `rows`) as a private object's file."""
+    object_id = new_id()
+    path = files.private_object(object_id)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, values=np.asarray(values), rows=np.asarray(rows, dtype=np.int64))
 
     atomic_write(path, write)
-    row.path = path.relative_to(files.root).as_posix()
-    return row
+    return PendingObject(
+        id=object_id,
+        kind=kind,
+        shape=shape,
+        source=source,
+        bound=bound,
+        n_rows=int(len(rows)),
+        path=path,
+    )
 
 
 def load_object(

@@ -112,14 +112,13 @@ class Outcome:
     cart: Cart | None  # the model's cart after the release; None if no rows were charged
 
 
-def owned_model(session: Session, *, user: UserRow, model_id: str) -> ModelRow:
-    """The caller's model, locked against a concurrent checkpoint or release of it."""
-    model = session.scalars(
-        select(ModelRow)
-        .where(ModelRow.id == model_id, ModelRow.owner_id == user.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).first()
+def owned_model(session: Session, *, user: UserRow, model_id: str, lock: bool = True) -> ModelRow:
+    """The caller's model, locked (unless `lock=False`) against a concurrent checkpoint or
+    release of it."""
+    query = select(ModelRow).where(ModelRow.id == model_id, ModelRow.owner_id == user.id)
+    if lock:
+        query = query.with_for_update()
+    model = session.scalars(query.execution_options(populate_existing=True)).first()
     if model is None:  # another user's model answers as if it did not exist
         raise NotFound(f"No model {model_id!r} among your models.", model_id=model_id)
     return model
@@ -377,13 +376,35 @@ def publish_object(
     releases touched other rows, more when the model has unpaid training). `clip`
     overrides the bound on each row (required when the model's output has none).
     """
-    with db.write_session() as session:
+    with db.session() as session:  # read and price with no lock held
         delta = get_node(session).delta
         stored = load_object(session, files, user=user, object_id=object_id)
         bound = _object_bound(stored.bound, clip, stored.row.kind)
         sigma = noise_for(sigma=sigma, epsilon=epsilon, count=1, delta=delta)
-        model = owned_model(session, user=user, model_id=stored.row.model_id)
+        model = owned_model(session, user=user, model_id=stored.row.model_id, lock=False)
+        version = model.version
         cart = load_cart(files, model)  # a step put the object's rows in it already
+    query = Query(
+        name=stored.row.kind,
+        source=stored.row.source,
+        n_source_rows=cart.n_rows(stored.row.source),
+        rows=stored.rows,
+        values=stored.values,
+        bound=bound,
+        value_range=_object_range(stored.row.kind, bound, model),
+    )
+    with db.write_session() as session:
+        model = owned_model(session, user=user, model_id=stored.row.model_id)
+        if model.busy_job_id is not None or model.version != version:
+            # A fit owns the model, or it moved on since its cart was read: the cart
+            # this release would grow is not the model's any more.
+            raise Conflict(
+                f"Model {model.id} is training or changed while this publish was priced "
+                f"(version {version} -> {model.version}); nothing was charged. Try again "
+                "once it is idle.",
+                model_id=model.id,
+                job_id=model.busy_job_id,
+            )
         outcome = release(
             session,
             files,
@@ -399,17 +420,7 @@ def publish_object(
                 "model_version": model.version,
             },
             delta=delta,
-            queries=[
-                Query(
-                    name=stored.row.kind,
-                    source=stored.row.source,
-                    n_source_rows=cart.n_rows(stored.row.source),
-                    rows=stored.rows,
-                    values=stored.values,
-                    bound=bound,
-                    value_range=_object_range(stored.row.kind, bound, model),
-                )
-            ],
+            queries=[query],
             sigma=sigma,
             cart=cart,
             object_id=stored.row.id,

@@ -4,13 +4,21 @@ A step has no sampling, so no amplification: it is a Gaussian mechanism for exac
 the rows in its batch, and the cart adds 1/(2 sigma^2) to each of those rows. The step
 is checkpointed before it answers, so a restart never loses what the cart counted. Its
 per-row losses and predictions stay on the node as private objects until released.
+
+Neither holds a database lock while it computes: each reads what it needs, trains or
+evaluates with the model's in-memory lock only, writes its files, and then commits in
+one short write transaction that first checks the model is still idle and at the
+version it computed on. If it is not (a fit started, another node process stepped it),
+nothing is kept or charged and the caller gets a Conflict to retry.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from veil._exceptions import Conflict, ValidationError
 from veil.nn.layers import final_activation
@@ -20,12 +28,12 @@ from veil.server.context import NodeContext
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
-from veil.server.services.checkpoints import prune_old_versions, save_checkpoint
-from veil.server.services.data import check_public, resolve_pair, split_rows
+from veil.server.services.checkpoints import prune_old_versions, stage_checkpoint
+from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
 from veil.server.services.live_models import LiveModel
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
-from veil.server.services.private_objects import store_object
+from veil.server.services.private_objects import stage_object
 from veil.server.services.releases import metric_queries, noise_for, release_metrics
 
 __all__ = ["evaluate", "prediction_bound", "step"]
@@ -63,6 +71,42 @@ def _split_batch(
     return train, held_out
 
 
+@dataclass(frozen=True)
+class _Read:
+    """What a step or an evaluation read before computing, with no lock held."""
+
+    spec: ModelSpec
+    pair: Pair
+    live: LiveModel
+    delta: float
+
+
+def _read(ctx: NodeContext, *, user: UserRow, model_id: str, x_id: str, y_id: str) -> _Read:
+    """Check the request against public facts and fetch the model (call under its lock)."""
+    with ctx.db.session() as session:
+        model = get_model(session, user=user, model_id=model_id)
+        _idle(model)
+        spec = ModelSpec.from_dict(model.spec)
+        pair = resolve_pair(session, ctx.arrays, user=user, x_id=x_id, y_id=y_id)
+        check_public(spec, pair)
+        delta = get_node(session).delta
+    return _Read(spec=spec, pair=pair, live=ctx.live.get(model), delta=delta)
+
+
+def _locked_unchanged(session: Session, *, user: UserRow, model_id: str, version: int) -> ModelRow:
+    """The model, locked, if still idle and at `version`; else a Conflict (retry)."""
+    model = get_model(session, user=user, model_id=model_id, for_update=True)
+    _idle(model)
+    if model.version != version:
+        raise Conflict(
+            f"Model {model_id} changed while this request computed (version {version} -> "
+            f"{model.version}); nothing was trained or charged. Try again.",
+            model_id=model_id,
+            version=model.version,
+        )
+    return model
+
+
 def step(
     ctx: NodeContext,
     *,
@@ -78,52 +122,63 @@ def step(
     With `validation_split`, the last rows are held out of the update and the loss and
     predictions are those of the held-out rows; they cost nothing until published.
     """
-    with ctx.live.lock(model_id), ctx.db.write_session() as session:
-        model = get_model(session, user=user, model_id=model_id, for_update=True)
-        _idle(model)
-        spec = ModelSpec.from_dict(model.spec)
-        pair = resolve_pair(session, ctx.arrays, user=user, x_id=x_id, y_id=y_id)
-        check_public(spec, pair)
+    with ctx.live.lock(model_id):
+        read = _read(ctx, user=user, model_id=model_id, x_id=x_id, y_id=y_id)
+        spec, pair, live = read.spec, read.pair, read.live
         train, held_out = _split_batch(pair.rows, validation_split, batch_size)
         x, y = pair.x.array, pair.y.array
-        live = ctx.live.get(model)
         cart = live.cart.copy()
         cart.ensure_source(pair.key, pair.n_asset_rows)
         # From here the in-memory weights move ahead of the stored cart: if anything
         # fails before the commit, forget them so no uncounted step is ever kept.
-        with ctx.live.evicted_on_error(model.id):
+        with ctx.live.evicted_on_error(model_id):
             result = live.trainer.step(np.asarray(x[train]), np.asarray(y[train]))
             cart.add_gaussian_rows(pair.key, train, sigma=spec.noise_multiplier)
-            save_checkpoint(ctx.files, model, trainer=live.trainer, cart=cart, steps_added=1)
             rows, metrics, preds = train, result.metrics, result.preds
             if len(held_out):
                 rows = held_out
                 metrics = live.trainer.evaluate_rows(x, y, rows=held_out)
                 preds = live.trainer.predict(np.asarray(x[held_out]))
-            common = {"user": user, "model": model, "source": pair.key, "rows": rows}
-            bound = spec.loss_bound
-            loss = store_object(
-                session,
-                ctx.files,
-                kind="loss",
-                values=metrics.losses,
-                shape=(),
-                bound=MeanOf(high=bound, fill=bound),
-                **common,
-            )
-            predictions = store_object(
-                session,
-                ctx.files,
-                kind="predictions",
-                values=preds,
-                shape=tuple(preds.shape),
-                bound=prediction_bound(spec),
-                **common,
-            )
-            session.commit()
-        ctx.live.put(model.id, LiveModel(version=model.version, trainer=live.trainer, cart=cart))
+            staged = [stage_checkpoint(ctx.files, model_id, trainer=live.trainer, cart=cart)]
+            try:
+                common = {"source": pair.key, "rows": rows}
+                bound = spec.loss_bound
+                loss = stage_object(
+                    ctx.files,
+                    kind="loss",
+                    values=metrics.losses,
+                    shape=(),
+                    bound=MeanOf(high=bound, fill=bound),
+                    **common,
+                )
+                staged.append(loss)
+                predictions = stage_object(
+                    ctx.files,
+                    kind="predictions",
+                    values=preds,
+                    shape=tuple(preds.shape),
+                    bound=prediction_bound(spec),
+                    **common,
+                )
+                staged.append(predictions)
+                with ctx.db.write_session() as session:
+                    model = _locked_unchanged(
+                        session, user=user, model_id=model_id, version=live.version
+                    )
+                    staged[0].commit(ctx.files, model, steps_added=1)
+                    owned = {"user": user, "model": model}
+                    rows_out = (
+                        loss.record(session, ctx.files, **owned),
+                        predictions.record(session, ctx.files, **owned),
+                    )
+                    session.commit()
+            except BaseException:
+                for part in staged:
+                    part.discard()
+                raise
+        ctx.live.put(model_id, LiveModel(version=model.version, trainer=live.trainer, cart=cart))
         prune_old_versions(ctx.files, model)
-        return loss, predictions
+        return rows_out
 
 
 def evaluate(
@@ -135,31 +190,28 @@ def evaluate(
     meeting it at the node's delta); they are charged per row in the model's cart, and
     the release also reveals the model, so it settles the model's unpaid cart too.
     """
-    with ctx.live.lock(model_id), ctx.db.write_session() as session:
-        model = get_model(session, user=user, model_id=model_id, for_update=True)
-        _idle(model)
-        spec = ModelSpec.from_dict(model.spec)
-        pair = resolve_pair(session, ctx.arrays, user=user, x_id=x_id, y_id=y_id)
-        check_public(spec, pair)
-        delta = get_node(session).delta
-        live = ctx.live.get(model)
+    with ctx.live.lock(model_id):
+        read = _read(ctx, user=user, model_id=model_id, x_id=x_id, y_id=y_id)
+        pair, live = read.pair, read.live
         metrics = live.trainer.evaluate_rows(pair.x.array, pair.y.array, rows=pair.rows)
         queries = metric_queries(
             metrics, source=pair.key, n_source_rows=pair.n_asset_rows, rows=pair.rows
         )
-        sigma = noise_for(sigma=None, epsilon=epsilon, count=len(queries), delta=delta)
-        outcome = release_metrics(
-            session,
-            ctx.files,
-            user=user,
-            model=model,
-            cart=live.cart,
-            queries=queries,
-            sigma=sigma,
-            delta=delta,
-            params={"epsilon": epsilon, "n_rows": metrics.n, "model_version": model.version},
-        )
-        session.commit()
+        sigma = noise_for(sigma=None, epsilon=epsilon, count=len(queries), delta=read.delta)
+        with ctx.db.write_session() as session:
+            model = _locked_unchanged(session, user=user, model_id=model_id, version=live.version)
+            outcome = release_metrics(
+                session,
+                ctx.files,
+                user=user,
+                model=model,
+                cart=live.cart,
+                queries=queries,
+                sigma=sigma,
+                delta=read.delta,
+                params={"epsilon": epsilon, "n_rows": metrics.n, "model_version": model.version},
+            )
+            session.commit()
         assert outcome.cart is not None
         ctx.live.put(
             model.id, LiveModel(version=model.version, trainer=live.trainer, cart=outcome.cart)

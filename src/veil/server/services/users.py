@@ -9,23 +9,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from veil._exceptions import AuthenticationError, Conflict, NotFound, ValidationError
+from veil._exceptions import Conflict, NotFound, ValidationError
 from veil.server.db.tables.accounts import ROLE_ADMIN, ROLE_DS, UserRow
 from veil.server.services.auth import revoke_all
-from veil.server.services.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
+from veil.server.services.passwords import check_new_password, hash_password
 
-__all__ = ["change_password", "create_user", "disable_user", "get_user", "list_users", "set_budget"]
+__all__ = ["EMAIL_PATTERN", "create_user", "disable_user", "get_user", "list_users", "set_budget"]
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-
-
-def _check_password(password: str) -> None:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValidationError(
-            f"Password must have at least {MIN_PASSWORD_LENGTH} characters. "
-            f"Received: {len(password)} characters.",
-            field="password",
-        )
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+_EMAIL = re.compile(EMAIL_PATTERN)
 
 
 def _check_budget(budget: float) -> None:
@@ -41,7 +33,7 @@ def create_user(
     email = email.strip().lower()
     if not _EMAIL.match(email):
         raise ValidationError(f"Expected an e-mail address. Received: {email!r}", field="email")
-    _check_password(password)
+    check_new_password(password)
     _check_budget(budget)
     user = UserRow(
         email=email,
@@ -92,16 +84,3 @@ def disable_user(session: Session, *, user_id_or_email: str) -> UserRow:
     revoke_all(session, user_id=user.id)
     session.commit()
     return user
-
-
-def change_password(
-    session: Session, *, user: UserRow, old_password: str, new_password: str
-) -> None:
-    if not verify_password(user.password_hash, old_password):
-        raise AuthenticationError("The current password is wrong.")
-    _check_password(new_password)
-    if new_password == old_password:
-        raise ValidationError("The new password must differ from the current one.")
-    user.password_hash = hash_password(new_password)
-    user.default_password = False
-    session.commit()

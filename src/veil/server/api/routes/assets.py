@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import io
+from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, StrictInt
+from pydantic import BaseModel, Field
 
-from veil.server.api.deps import ContextDep, CurrentUser, Publisher, SessionDep
+from veil.server.api.deps import ContextDep, CurrentUser, SessionDep
+from veil.server.api.errors import responses
 from veil.server.api.routes.releases import NoiseIn, ReleaseOut
-from veil.server.api.schemas import Strict
+from veil.server.api.schemas import Integral, JsonInt, Strict
 from veil.server.services import datasets, statistics
 from veil.server.services.datasets import PointerInfo
 
 router = APIRouter(prefix="/assets", tags=["assets"])
 
 NPY = "application/octet-stream"
+_BYTES = {"type": "string", "format": "binary"}
 
 
 class PointerOut(BaseModel):
@@ -31,7 +34,9 @@ class PointerOut(BaseModel):
     stop: int
     step: int
     is_view: bool
-    bounds: list[float | list[float]] | None  # [low, high]: numbers, or one per channel
+    bounds: list[float | list[float]] | None = Field(
+        description="[low, high] as the owner declared them: numbers, or one per channel"
+    )
     mock_source: str
     mock_rows: int
 
@@ -55,18 +60,18 @@ class PointerOut(BaseModel):
 
 
 class SliceIn(Strict):
-    # Strict ints: "3" or true are mistakes, not indices.
-    start: StrictInt | None = None
-    stop: StrictInt | None = None
-    step: StrictInt | None = None
+    # Strict (as every request body): "3" or true are mistakes, not indices.
+    start: JsonInt | None = None
+    stop: JsonInt | None = None
+    step: Annotated[int, Field(gt=0), Integral] | None = None
 
 
-@router.get("/{pointer_id}")
+@router.get("/{pointer_id}", responses=responses(404))
 def read_pointer(pointer_id: str, session: SessionDep, user: CurrentUser) -> PointerOut:
     return PointerOut.of(datasets.pointer_info(session, user=user, pointer_id=pointer_id))
 
 
-@router.post("/{pointer_id}/slice", status_code=201)
+@router.post("/{pointer_id}/slice", status_code=201, responses=responses(404))
 def slice_pointer(
     pointer_id: str, body: SliceIn, session: SessionDep, user: CurrentUser
 ) -> PointerOut:
@@ -76,7 +81,15 @@ def slice_pointer(
     return PointerOut.of(info)
 
 
-@router.get("/{pointer_id}/mock")
+def _npy(description: str) -> dict[int | str, dict]:
+    return {200: {"description": description, "content": {NPY: {"schema": _BYTES}}}}
+
+
+@router.get(
+    "/{pointer_id}/mock",
+    response_class=Response,
+    responses={**_npy("the mock rows as .npy bytes"), **responses(404)},
+)
 def read_mock(pointer_id: str, ctx: ContextDep, session: SessionDep, user: CurrentUser) -> Response:
     mock = datasets.read_mock(session, ctx.arrays, user=user, pointer_id=pointer_id)
     out = io.BytesIO()
@@ -84,7 +97,11 @@ def read_mock(pointer_id: str, ctx: ContextDep, session: SessionDep, user: Curre
     return Response(content=out.getvalue(), media_type=NPY)
 
 
-@router.get("/{pointer_id}/data")
+@router.get(
+    "/{pointer_id}/data",
+    response_class=StreamingResponse,
+    responses={**_npy("the private rows as .npy bytes (the admin only)"), **responses(403, 404)},
+)
 def read_data(
     pointer_id: str, ctx: ContextDep, session: SessionDep, user: CurrentUser
 ) -> StreamingResponse:
@@ -103,9 +120,9 @@ class StatisticsQuoteOut(BaseModel):
     delta: float
 
 
-@router.post("/{pointer_id}/statistics/quote")
+@router.post("/{pointer_id}/statistics/quote", responses=responses(404))
 def quote_statistics(
-    pointer_id: str, body: NoiseIn, ctx: ContextDep, user: Publisher
+    pointer_id: str, body: NoiseIn, ctx: ContextDep, user: CurrentUser
 ) -> StatisticsQuoteOut:
     quote = statistics.quote_statistics(
         ctx.db, ctx.arrays, user=user, pointer_id=pointer_id, sigma=body.sigma, epsilon=body.epsilon
@@ -113,9 +130,9 @@ def quote_statistics(
     return StatisticsQuoteOut(**vars(quote))
 
 
-@router.post("/{pointer_id}/statistics", status_code=201)
+@router.post("/{pointer_id}/statistics", status_code=201, responses=responses(402, 404))
 def release_statistics(
-    pointer_id: str, body: NoiseIn, ctx: ContextDep, user: Publisher
+    pointer_id: str, body: NoiseIn, ctx: ContextDep, user: CurrentUser
 ) -> ReleaseOut:
     """Per-channel mean and std of the pointer's rows, noised and charged."""
     release = statistics.release_statistics(

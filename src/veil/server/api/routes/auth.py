@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from veil.server.api.deps import ContextDep, CurrentUser, SessionDep, TokenDep
-from veil.server.api.schemas import Strict, UserOut
-from veil.server.services import auth, users
+from veil.server.api.deps import ContextDep, CurrentUser, ReadSessionDep, TokenDep
+from veil.server.api.errors import responses
+from veil.server.api.schemas import Strict, UserOut, UtcDatetime
+from veil.server.services import auth
 from veil.server.services.node import get_node, login_warnings
+from veil.server.services.passwords import MIN_PASSWORD_LENGTH
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+
+_FORWARDING = ("forwarded", "x-forwarded-for")
 
 
 class LoginIn(Strict):
@@ -22,7 +24,7 @@ class LoginIn(Strict):
 
 class LoginOut(BaseModel):
     token: str
-    expires_at: datetime
+    expires_at: UtcDatetime
     node_name: str
     user: UserOut
     warnings: list[str]
@@ -30,16 +32,28 @@ class LoginOut(BaseModel):
 
 class PasswordIn(Strict):
     old_password: str = Field(max_length=1024)
-    new_password: str = Field(max_length=1024)
+    new_password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
 
 
-@router.post("/login")
-def login(body: LoginIn, request: Request, ctx: ContextDep, session: SessionDep) -> LoginOut:
+def _client(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _local(request: Request) -> bool:
+    """From the node's own machine, and not relayed by a proxy (a relayed request's
+    origin is unknown unless the proxy is trusted, and then it is not loopback)."""
+    relayed = any(name in request.headers for name in _FORWARDING)
+    return auth.is_loopback(_client(request)) and not relayed
+
+
+@router.post("/login", responses=responses(401, 403, 429))
+def login(body: LoginIn, request: Request, ctx: ContextDep, session: ReadSessionDep) -> LoginOut:
     result = auth.login(
-        session,
+        ctx.db,
         email=body.email,
         password=body.password,
-        client_host=request.client.host if request.client else None,
+        client_host=_client(request),
+        local=_local(request),
         ttl_seconds=ctx.settings.token_ttl_seconds,
         throttle=ctx.throttle,
     )
@@ -53,12 +67,20 @@ def login(body: LoginIn, request: Request, ctx: ContextDep, session: SessionDep)
 
 
 @router.post("/logout", status_code=204)
-def logout(session: SessionDep, token: TokenDep, _: CurrentUser) -> None:
-    auth.logout(session, token=token)
+def logout(ctx: ContextDep, token: TokenDep, _: CurrentUser) -> None:
+    auth.logout(ctx.db, token=token)
 
 
-@router.post("/password", status_code=204)
-def change_password(body: PasswordIn, session: SessionDep, user: CurrentUser) -> None:
-    users.change_password(
-        session, user=user, old_password=body.old_password, new_password=body.new_password
+@router.post("/password", status_code=204, responses=responses(429))
+def change_password(
+    body: PasswordIn, request: Request, ctx: ContextDep, token: TokenDep, user: CurrentUser
+) -> None:
+    auth.change_password(
+        ctx.db,
+        user=user,
+        token=token,
+        old_password=body.old_password,
+        new_password=body.new_password,
+        client_host=_client(request),
+        throttle=ctx.throttle,
     )

@@ -7,7 +7,6 @@ it into a dataset. DELETE /datasets/uploads/{id} abandons it.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Request
@@ -17,8 +16,9 @@ from starlette.requests import ClientDisconnect
 
 from veil._exceptions import ValidationError
 from veil.server.api.deps import AdminUser, ContextDep, CurrentUser, SessionDep
+from veil.server.api.errors import responses
 from veil.server.api.routes.assets import PointerOut
-from veil.server.api.schemas import Strict
+from veil.server.api.schemas import JsonInt, Strict, UtcDatetime
 from veil.server.services import datasets, uploads
 from veil.server.services.datasets import DatasetListing
 
@@ -28,11 +28,14 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 class AssetDeclIn(Strict):
     name: str = Field(max_length=64)
     dtype: str = Field(max_length=32)
-    shape: list[int] = Field(max_length=uploads.MAX_NDIM)
-    bounds: tuple[float | list[float], float | list[float]] | None = Field(
-        default=None, description="(low, high): numbers, or lists of one per channel (axis 1)"
+    shape: list[JsonInt] = Field(max_length=uploads.MAX_NDIM)
+    bounds: list[float | list[float]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="[low, high]: numbers, or lists of one per channel (axis 1)",
     )
-    mock_shape: list[int] | None = Field(default=None, max_length=uploads.MAX_NDIM)
+    mock_shape: list[JsonInt] | None = Field(default=None, max_length=uploads.MAX_NDIM)
 
 
 class UploadIn(Strict):
@@ -59,7 +62,7 @@ class DatasetOut(BaseModel):
     id: str
     name: str
     description: str
-    created_at: datetime
+    created_at: UtcDatetime
     assets: list[PointerOut]
     unit: str  # the unit of privacy: "row", or "subject" when rows belong to persons
     subjects: int  # how many (public, like the number of rows)
@@ -85,7 +88,7 @@ def list_datasets(session: SessionDep, _: CurrentUser) -> list[DatasetOut]:
     return [DatasetOut.of(listing) for listing in datasets.list_datasets(session)]
 
 
-@router.post("/uploads", status_code=201)
+@router.post("/uploads", status_code=201, responses=responses(403, 409))
 def create_upload(
     body: UploadIn, ctx: ContextDep, session: SessionDep, user: AdminUser
 ) -> UploadOut:
@@ -108,7 +111,19 @@ def create_upload(
     return UploadOut(id=upload_id)
 
 
-@router.put("/uploads/{upload_id}/{asset}/{part}")
+@router.put(
+    "/uploads/{upload_id}/{asset}/{part}",
+    responses=responses(403, 404),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "the array's raw .npy bytes, as declared",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
 async def upload_part(
     upload_id: str,
     asset: str,
@@ -138,7 +153,7 @@ async def upload_part(
     )
 
 
-@router.post("/uploads/{upload_id}/commit", status_code=201)
+@router.post("/uploads/{upload_id}/commit", status_code=201, responses=responses(403, 404, 409))
 def commit_upload(
     upload_id: str, ctx: ContextDep, session: SessionDep, user: AdminUser
 ) -> DatasetOut:
@@ -146,16 +161,16 @@ def commit_upload(
     return DatasetOut.of(datasets.get_dataset(session, name_or_id=dataset.id))
 
 
-@router.delete("/uploads/{upload_id}", status_code=204)
+@router.delete("/uploads/{upload_id}", status_code=204, responses=responses(403, 404))
 def abort_upload(upload_id: str, ctx: ContextDep, user: AdminUser) -> None:
     uploads.abort_upload(ctx.arrays, user=user, upload_id=upload_id)
 
 
-@router.get("/{name_or_id}")
+@router.get("/{name_or_id}", responses=responses(404))
 def read_dataset(name_or_id: str, session: SessionDep, _: CurrentUser) -> DatasetOut:
     return DatasetOut.of(datasets.get_dataset(session, name_or_id=name_or_id))
 
 
-@router.delete("/{name_or_id}", status_code=204)
+@router.delete("/{name_or_id}", status_code=204, responses=responses(403, 404, 409))
 def delete_dataset(name_or_id: str, ctx: ContextDep, session: SessionDep, _: AdminUser) -> None:
     datasets.delete_dataset(session, ctx.arrays, name_or_id=name_or_id)

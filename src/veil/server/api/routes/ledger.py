@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from veil.server.api.deps import AdminUser, CurrentUser, SessionDep
+from veil.server.api.errors import responses
 from veil.server.api.routes.releases import ReleaseOut
 from veil.server.services import ledger, releases, users
 from veil.server.services.node import get_node
@@ -44,7 +45,7 @@ def read_budget(session: SessionDep, user: CurrentUser) -> BudgetOut:
     )
 
 
-@router.get("/ledger")
+@router.get("/ledger", responses=responses(403))
 def read_ledger(session: SessionDep, _: AdminUser) -> list[LedgerEntryOut]:
     delta = get_node(session).delta
     return [
@@ -53,7 +54,7 @@ def read_ledger(session: SessionDep, _: AdminUser) -> list[LedgerEntryOut]:
     ]
 
 
-@router.get("/ledger/{user}/releases")
+@router.get("/ledger/{user}/releases", responses=responses(403, 404))
 def user_releases(user: str, session: SessionDep, _: AdminUser) -> list[ReleaseOut]:
     target = users.get_user(session, user_id_or_email=user)
     return [ReleaseOut.of(r) for r in releases.list_releases(session, user=target)]

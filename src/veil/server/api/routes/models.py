@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
+from typing import Annotated, Any
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from veil.nn.spec import ModelSpec
-from veil.server.api.deps import ContextDep, CurrentUser, SessionDep
-from veil.server.api.schemas import Strict
+from veil.server.api.deps import ContextDep, CurrentUser, ReadSessionDep, SessionDep
+from veil.server.api.errors import responses
+from veil.server.api.schemas import MIN_POSITIVE, Integral, JsonInt, Strict
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
-from veil.server.services import fits, ledger, models, releases, steps
-from veil.server.services.node import get_node
+from veil.server.services import fits, ledger, models, progress, releases, steps
+from veil.server.services.node import node_delta
+from veil.server.settings import MAX_DB_INT
 
 router = APIRouter(prefix="/models", tags=["models"])
+
+_MODEL = responses(404)  # every route below names a model, or a draft, of the caller
 
 
 class LayerIn(Strict):
@@ -35,16 +39,19 @@ class SpecIn(Strict):
     spec: dict[str, Any]
 
 
-class FitIn(Strict):
-    x: str
-    y: str
-    max_iter: int = Field(default=10)
-    batch_size: int = Field(default=100)
-    validation_split: float = 0.0
-    target_epsilon: float | None = None
+class DataIn(Strict):
+    x: str = Field(max_length=64, description="pointer id of the features")
+    y: str = Field(max_length=64, description="pointer id of the labels")
+
+
+class FitIn(DataIn):
+    max_iter: JsonInt = Field(default=10, ge=1, le=MAX_DB_INT, description="epochs")
+    batch_size: JsonInt = Field(default=100, ge=1, le=MAX_DB_INT)
+    validation_split: float = Field(default=0.0, ge=0, lt=1)
+    target_epsilon: float | None = Field(default=None, ge=MIN_POSITIVE)
 
     def plan_args(self) -> dict[str, Any]:
-        """The planned fit, as `fits.plan_fit` and `fits.submit_fit` take it."""
+        """The planned fit, as `fits.quote` and `fits.submit_fit` take it."""
         return {
             "x_id": self.x,
             "y_id": self.y,
@@ -55,18 +62,13 @@ class FitIn(Strict):
         }
 
 
-class DataIn(Strict):
-    x: str
-    y: str
-
-
 class StepIn(DataIn):
-    validation_split: float = 0.0
-    batch_size: int | None = None
+    validation_split: float = Field(default=0.0, ge=0, lt=1)
+    batch_size: Annotated[int, Field(ge=1, le=MAX_DB_INT), Integral] | None = None
 
 
 class EvaluateIn(DataIn):
-    epsilon: float
+    epsilon: float = Field(ge=MIN_POSITIVE)
 
 
 class ModelOut(BaseModel):
@@ -109,6 +111,68 @@ class EvaluateOut(BaseModel):
     accuracy_clipped: float | None = None
 
 
+class DraftOut(BaseModel):
+    id: str
+
+
+class LayerOut(BaseModel):
+    output_shape: list[int | None]
+
+
+class FitOut(BaseModel):
+    job_id: str
+    status: str
+    x: str
+    y: str
+    max_iter: int
+    batch_size: int
+    validation_split: float
+    sigma: float
+    val_sigma: float | None
+    q: float
+    steps: int
+    target_epsilon: float | None
+    quoted_cost: float  # what the fit adds to the model's cart, as quoted
+    n_train: int
+
+
+class EpochOut(BaseModel):
+    """One epoch's validation metrics: released (noised, charged) values, or withheld."""
+
+    model_config = ConfigDict(extra="allow")  # `val_loss`, `val_loss_std`, ... when released
+
+    epoch: int
+    released: bool | None = None
+    release_id: str | None = None
+    withheld: str | None = None
+
+
+class ProgressOut(BaseModel):
+    model_id: str
+    status: str
+    spent: float  # your epsilon spent
+    cart: float  # what publishing the model now would add to it
+    total_steps: int
+    job_id: str | None
+    epoch: int | None
+    max_iter: int | None
+    step: int | None
+    steps: int | None
+    expected_samples: int | None
+    elapsed: float | None
+    sigma: float | None
+    error: str | None
+    queue_position: int | None
+    restarts: int
+    metrics: list[EpochOut]
+
+
+class CancelOut(BaseModel):
+    job_id: str
+    status: str
+    cancel_requested: bool
+
+
 class ObjectOut(BaseModel):
     id: str
     kind: str
@@ -123,7 +187,7 @@ class StepOut(BaseModel):
 
 def _model_out(model: ModelRow, session: Session) -> ModelOut:
     spec = ModelSpec.from_dict(model.spec)
-    delta = get_node(session).delta
+    delta = node_delta(session)
     spent = ledger.spent_curve(session, user_id=model.owner_id)
     return ModelOut(
         id=model.id,
@@ -142,31 +206,31 @@ def _object_out(row: PrivateObjectRow) -> ObjectOut:
 
 
 @router.post("/drafts", status_code=201)
-def create_draft(session: SessionDep, user: CurrentUser) -> dict[str, str]:
-    return {"id": models.create_draft(session, user=user).id}
+def create_draft(session: SessionDep, user: CurrentUser) -> DraftOut:
+    return DraftOut(id=models.create_draft(session, user=user).id)
 
 
-@router.post("/drafts/{draft_id}/layers")
-def add_layer(
-    draft_id: str, body: LayerIn, session: SessionDep, user: CurrentUser
-) -> dict[str, Any]:
+@router.post("/drafts/{draft_id}/layers", responses=_MODEL)
+def add_layer(draft_id: str, body: LayerIn, session: SessionDep, user: CurrentUser) -> LayerOut:
     shape = models.add_draft_layer(session, user=user, draft_id=draft_id, layer=body.layer)
-    return {"output_shape": list(shape)}
+    return LayerOut(output_shape=list(shape))
 
 
-@router.post("/drafts/{draft_id}/compile", status_code=201)
+@router.post("/drafts/{draft_id}/compile", status_code=201, responses=responses(404, 409))
 def compile_draft(
-    draft_id: str, body: CompileIn, ctx: ContextDep, session: SessionDep, user: CurrentUser
+    draft_id: str, body: CompileIn, ctx: ContextDep, session: ReadSessionDep, user: CurrentUser
 ) -> ModelOut:
     model = models.compile_draft(
-        session, ctx.files, user=user, draft_id=draft_id, options=body.model_dump()
+        ctx.db, ctx.files, user=user, draft_id=draft_id, options=body.model_dump()
     )
     return _model_out(model, session)
 
 
 @router.post("", status_code=201)
-def create_model(body: SpecIn, ctx: ContextDep, session: SessionDep, user: CurrentUser) -> ModelOut:
-    model = models.create_model(session, ctx.files, user=user, spec=body.spec)
+def create_model(
+    body: SpecIn, ctx: ContextDep, session: ReadSessionDep, user: CurrentUser
+) -> ModelOut:
+    model = models.create_model(ctx.db, ctx.files, user=user, spec=body.spec)
     return _model_out(model, session)
 
 
@@ -175,24 +239,18 @@ def list_models(session: SessionDep, user: CurrentUser) -> list[ModelOut]:
     return [_model_out(m, session) for m in models.list_models(session, user=user)]
 
 
-@router.get("/{model_id}")
+@router.get("/{model_id}", responses=_MODEL)
 def read_model(model_id: str, session: SessionDep, user: CurrentUser) -> ModelOut:
     model = models.get_model(session, user=user, model_id=model_id)
     return _model_out(model, session)
 
 
-@router.post("/{model_id}/quote")
+@router.post("/{model_id}/quote", responses=_MODEL)
 def quote(
-    model_id: str, body: FitIn, ctx: ContextDep, session: SessionDep, user: CurrentUser
+    model_id: str, body: FitIn, ctx: ContextDep, session: ReadSessionDep, user: CurrentUser
 ) -> QuoteOut:
-    model = models.get_model(session, user=user, model_id=model_id)
-    plan = fits.plan_fit(
-        session,
-        ctx.files,
-        ctx.arrays,
-        user=user,
-        model=model,
-        **body.plan_args(),
+    plan = fits.quote(
+        session, ctx.files, ctx.arrays, user=user, model_id=model_id, **body.plan_args()
     )
     return QuoteOut(
         cost=plan.cost,
@@ -202,41 +260,32 @@ def quote(
         sigma=plan.quote.sigma,
         steps=plan.quote.steps,
         q=plan.quote.q,
-        delta=get_node(session).delta,
+        delta=node_delta(session),
     )
 
 
-@router.post("/{model_id}/fit", status_code=202)
-async def fit(model_id: str, body: FitIn, ctx: ContextDep, user: CurrentUser) -> dict[str, Any]:
-    def submit() -> dict[str, Any]:
-        with ctx.db.write_session() as session:
-            job = fits.submit_fit(
-                session,
-                ctx.files,
-                ctx.arrays,
-                user=user,
-                model_id=model_id,
-                **body.plan_args(),
-            )
-            return {"job_id": job.id, "status": job.status, **job.params}
-
-    out = await run_in_threadpool(submit)
-    ctx.runner.submit(out["job_id"])
-    return out
+@router.post("/{model_id}/fit", status_code=202, responses=responses(402, 404, 409))
+def fit(model_id: str, body: FitIn, ctx: ContextDep, user: CurrentUser) -> FitOut:
+    job = fits.submit_fit(
+        ctx.db, ctx.files, ctx.arrays, user=user, model_id=model_id, **body.plan_args()
+    )
+    ctx.runner.submit()
+    return FitOut(job_id=job.id, status=job.status, **job.params)
 
 
-@router.get("/{model_id}/progress")
-def progress(model_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
-    return fits.progress(session, user=user, model_id=model_id)
+@router.get("/{model_id}/progress", responses=_MODEL)
+def read_progress(model_id: str, session: SessionDep, user: CurrentUser) -> ProgressOut:
+    found = progress.progress(session, user=user, model_id=model_id)
+    return ProgressOut.model_validate(asdict(found))
 
 
-@router.post("/{model_id}/cancel")
-def cancel(model_id: str, session: SessionDep, user: CurrentUser) -> dict[str, Any]:
+@router.post("/{model_id}/cancel", responses=_MODEL)
+def cancel(model_id: str, session: SessionDep, user: CurrentUser) -> CancelOut:
     job = fits.cancel_fit(session, user=user, model_id=model_id)
-    return {"job_id": job.id, "status": job.status, "cancel_requested": job.cancel_requested}
+    return CancelOut(job_id=job.id, status=job.status, cancel_requested=job.cancel_requested)
 
 
-@router.post("/{model_id}/step")
+@router.post("/{model_id}/step", responses=responses(404, 409))
 def step(model_id: str, body: StepIn, ctx: ContextDep, user: CurrentUser) -> StepOut:
     loss, preds = steps.step(
         ctx,
@@ -250,7 +299,7 @@ def step(model_id: str, body: StepIn, ctx: ContextDep, user: CurrentUser) -> Ste
     return StepOut(loss=_object_out(loss), predictions=_object_out(preds))
 
 
-@router.post("/{model_id}/evaluate")
+@router.post("/{model_id}/evaluate", responses=responses(402, 404, 409))
 def evaluate(model_id: str, body: EvaluateIn, ctx: ContextDep, user: CurrentUser) -> EvaluateOut:
     release = steps.evaluate(
         ctx, user=user, model_id=model_id, x_id=body.x, y_id=body.y, epsilon=body.epsilon

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from veil import __version__
 from veil.server.api.deps import AdminUser, SessionDep
-from veil.server.api.schemas import Strict
+from veil.server.api.errors import responses
+from veil.server.api.schemas import MIN_POSITIVE, Integral, Strict
 from veil.server.services.node import get_node
+from veil.server.settings import MAX_DB_INT
 
 router = APIRouter(prefix="/node", tags=["node"])
 
@@ -19,12 +23,16 @@ class NodeOut(BaseModel):
     delta: float
     max_params: int
     max_flops: int
+    max_fit_steps: int = Field(description="the most steps one fit may plan")
+    max_running_jobs: int = Field(description="the most jobs one user may have running")
 
 
 class NodeSettingsIn(Strict):
-    delta: float | None = Field(default=None, gt=0, lt=1)
-    max_params: int | None = Field(default=None, gt=0)
-    max_flops: int | None = Field(default=None, gt=0)
+    delta: float | None = Field(default=None, ge=MIN_POSITIVE, lt=1)
+    max_params: Annotated[int, Field(gt=0, le=MAX_DB_INT), Integral] | None = None
+    max_flops: Annotated[int, Field(gt=0, le=MAX_DB_INT), Integral] | None = None
+    max_fit_steps: Annotated[int, Field(gt=0, le=MAX_DB_INT), Integral] | None = None
+    max_running_jobs: Annotated[int, Field(gt=0, le=1000), Integral] | None = None
 
 
 def _out(session: SessionDep) -> NodeOut:
@@ -35,6 +43,8 @@ def _out(session: SessionDep) -> NodeOut:
         delta=node.delta,
         max_params=node.max_params,
         max_flops=node.max_flops,
+        max_fit_steps=node.max_fit_steps,
+        max_running_jobs=node.max_running_jobs,
     )
 
 
@@ -43,7 +53,7 @@ def read_node(session: SessionDep) -> NodeOut:
     return _out(session)
 
 
-@router.patch("")
+@router.patch("", responses=responses(403))
 def update_node(body: NodeSettingsIn, session: SessionDep, _: AdminUser) -> NodeOut:
     node = get_node(session)
     for key, value in body.model_dump(exclude_none=True).items():

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from veil.server.api.deps import ContextDep, CurrentUser, Publisher, SessionDep
-from veil.server.api.schemas import Strict
+from veil.privacy import SIGMA_MAX, SIGMA_MIN
+from veil.server.api.deps import ContextDep, CurrentUser, SessionDep
+from veil.server.api.errors import responses
+from veil.server.api.schemas import MIN_POSITIVE, Strict, UtcDatetime
 from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.services import releases
 
@@ -33,7 +34,7 @@ class ReleaseOut(BaseModel):
     spent_after: float
     model_id: str | None
     object_id: str | None
-    created_at: datetime
+    created_at: UtcDatetime
     result: dict[str, Any] | None = None
 
     @classmethod
@@ -54,25 +55,36 @@ class ReleaseOut(BaseModel):
 
 
 class NoiseIn(Strict):
-    sigma: float | None = Field(default=None, description="noise multiplier: std / sensitivity")
-    epsilon: float | None = Field(default=None, description="target epsilon of the Gaussian")
+    sigma: float | None = Field(
+        default=None,
+        ge=SIGMA_MIN,
+        le=SIGMA_MAX,
+        description="noise multiplier: std / sensitivity, in the range the node allows",
+    )
+    epsilon: float | None = Field(
+        default=None, ge=MIN_POSITIVE, description="target epsilon of the Gaussian"
+    )
 
 
 class PublishObjectIn(NoiseIn):
     clip: float | None = Field(
-        default=None, description="L2 bound each row is clipped to (needed for unbounded outputs)"
+        default=None,
+        ge=MIN_POSITIVE,
+        description="L2 bound each row is clipped to (needed for unbounded outputs)",
     )
 
 
-@router.post("/models/{model_id}/weights/publish", status_code=201)
-def publish_weights(model_id: str, ctx: ContextDep, user: Publisher) -> ReleaseOut:
+@router.post(
+    "/models/{model_id}/weights/publish", status_code=201, responses=responses(402, 404, 409)
+)
+def publish_weights(model_id: str, ctx: ContextDep, user: CurrentUser) -> ReleaseOut:
     release = releases.publish_weights(ctx.db, ctx.files, user=user, model_id=model_id)
     return ReleaseOut.of(release)
 
 
-@router.post("/objects/{object_id}/publish", status_code=201)
+@router.post("/objects/{object_id}/publish", status_code=201, responses=responses(402, 404, 409))
 def publish_object(
-    object_id: str, body: PublishObjectIn, ctx: ContextDep, user: Publisher
+    object_id: str, body: PublishObjectIn, ctx: ContextDep, user: CurrentUser
 ) -> ReleaseOut:
     release = releases.publish_object(
         ctx.db,
@@ -91,12 +103,25 @@ def list_releases(session: SessionDep, user: CurrentUser) -> list[ReleaseOut]:
     return [ReleaseOut.of(r) for r in releases.list_releases(session, user=user)]
 
 
-@router.get("/releases/{release_id}")
+@router.get("/releases/{release_id}", responses=responses(404))
 def read_release(release_id: str, session: SessionDep, user: CurrentUser) -> ReleaseOut:
     return ReleaseOut.of(releases.get_release(session, user=user, release_id=release_id))
 
 
-@router.get("/releases/{release_id}/result", response_model=None)
+@router.get(
+    "/releases/{release_id}/result",
+    response_model=None,
+    responses={
+        200: {
+            "description": "The weights (safetensors bytes) or an object's noised values",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        },
+        **responses(404),
+    },
+)
 def release_result(
     release_id: str, session: SessionDep, ctx: ContextDep, user: CurrentUser
 ) -> Response:

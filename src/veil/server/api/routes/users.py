@@ -6,24 +6,27 @@ from fastapi import APIRouter
 from pydantic import Field
 
 from veil.server.api.deps import AdminUser, CurrentUser, SessionDep
+from veil.server.api.errors import responses
 from veil.server.api.schemas import Strict, UserOut
 from veil.server.services import users
+from veil.server.services.passwords import MIN_PASSWORD_LENGTH
+from veil.server.services.users import EMAIL_PATTERN
 
 router = APIRouter(prefix="/users", tags=["users"])
 
 
 class UserIn(Strict):
-    email: str = Field(min_length=3, max_length=320)
-    password: str = Field(max_length=1024)
+    email: str = Field(max_length=320, pattern=EMAIL_PATTERN)
+    password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
     name: str = Field(default="", max_length=200)
-    budget: float
+    budget: float = Field(ge=0, description="epsilon")
 
 
 class BudgetIn(Strict):
-    budget: float
+    budget: float = Field(ge=0, description="epsilon")
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=responses(403, 409))
 def create_user(body: UserIn, session: SessionDep, _: AdminUser) -> UserOut:
     user = users.create_user(
         session, email=body.email, password=body.password, name=body.name, budget=body.budget
@@ -31,7 +34,7 @@ def create_user(body: UserIn, session: SessionDep, _: AdminUser) -> UserOut:
     return UserOut.model_validate(user)
 
 
-@router.get("")
+@router.get("", responses=responses(403))
 def list_users(session: SessionDep, _: AdminUser) -> list[UserOut]:
     return [UserOut.model_validate(u) for u in users.list_users(session)]
 
@@ -41,13 +44,13 @@ def me(user: CurrentUser) -> UserOut:
     return UserOut.model_validate(user)
 
 
-@router.put("/{user}/budget")
+@router.put("/{user}/budget", responses=responses(403, 404))
 def set_budget(user: str, body: BudgetIn, session: SessionDep, _: AdminUser) -> UserOut:
     return UserOut.model_validate(
         users.set_budget(session, user_id_or_email=user, budget=body.budget)
     )
 
 
-@router.post("/{user}/disable")
+@router.post("/{user}/disable", responses=responses(403, 404))
 def disable(user: str, session: SessionDep, _: AdminUser) -> UserOut:
     return UserOut.model_validate(users.disable_user(session, user_id_or_email=user))

@@ -25,6 +25,8 @@ class NodeRow(Base):
     delta: Mapped[float] = mapped_column(Float, nullable=False)
     max_params: Mapped[int] = mapped_column(Integer, nullable=False)
     max_flops: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_fit_steps: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_running_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
     created_at: Mapped[datetime] = TimestampColumn()
 
 

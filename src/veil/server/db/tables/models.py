@@ -50,6 +50,14 @@ class ModelRow(Base):
 
 
 class JobRow(Base):
+    """A training job and its lease.
+
+    A worker runs a job only while it holds the lease: `attempt` is the fencing token of
+    its claim (every claim adds one), `lease_expires_at` what its heartbeat keeps in the
+    future. A running job whose lease expired is requeued (`jobs.leases`) and resumes
+    from the model's checkpoint, which holds `checkpoint_step` of this job's steps.
+    """
+
     __tablename__ = "jobs"
 
     id: Mapped[str] = IdColumn()
@@ -58,7 +66,7 @@ class JobRow(Base):
     )
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True, nullable=False)
     kind: Mapped[str] = mapped_column(String(20), nullable=False)
-    status: Mapped[str] = mapped_column(String(20), nullable=False)
+    status: Mapped[str] = mapped_column(String(20), index=True, nullable=False)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     epoch: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     max_iter: Mapped[int] = mapped_column(Integer, nullable=False)
@@ -67,6 +75,12 @@ class JobRow(Base):
     # step x the expected batch size: public. The exact Poisson count never is.
     expected_samples: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    checkpoint_step: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = TimestampColumn()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

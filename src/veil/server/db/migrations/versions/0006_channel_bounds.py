@@ -1,15 +1,15 @@
 """Declared bounds per channel: one JSON `bounds` column, [low, high], each a number or
 a list of one per channel, instead of two floats.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

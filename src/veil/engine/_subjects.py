@@ -1,0 +1,103 @@
+"""Subject-level batches: rows grouped by the data subject (a person) they belong to.
+
+Where one person owns several rows, subject-level DP-SGD samples people, not rows:
+each step draws every subject of the pool with probability q, takes that subject's
+rows (all of them, or `rows_per_subject` of them chosen at random), and the trainer
+clips each subject's summed gradient. `SubjectIndex` holds the rows sorted by subject
+so that a batch is gathered with array operations only, however many subjects it holds.
+
+With `rows_per_subject = k`, every sampled subject takes exactly k slots: a subject
+with fewer rows is padded with slots marked not real (they contribute nothing), so a
+step's work depends on the number of subjects drawn only, never on how many rows each
+subject has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from veil._exceptions import ValidationError
+
+__all__ = ["SubjectBatch", "SubjectIndex", "check_rows_per_subject"]
+
+
+@dataclass(frozen=True)
+class SubjectBatch:
+    """The rows of some sampled subjects: `groups[i]` is row i's subject (0..count-1,
+    in sampling order) and `real[i]` False marks a padding slot."""
+
+    rows: np.ndarray
+    groups: np.ndarray
+    real: np.ndarray
+    count: int
+
+
+def check_rows_per_subject(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValidationError(
+            f"Expected rows_per_subject of a positive int or None (all of a subject's rows). "
+            f"Received: rows_per_subject={value!r}"
+        )
+    return int(value)
+
+
+class SubjectIndex:
+    """`rows` (row indices) of the subjects `subjects` (one per row), sampled over the
+    subjects `pool`: the public list of subjects a fit samples from. A pool subject that
+    owns none of `rows` is still sampled as often as any other, and contributes nothing."""
+
+    def __init__(self, rows: np.ndarray, subjects: np.ndarray, pool: np.ndarray) -> None:
+        rows, subjects = np.asarray(rows, np.int64), np.asarray(subjects)
+        if subjects.shape != rows.shape or (subjects.size and subjects.dtype.kind not in "iu"):
+            raise ValidationError(
+                f"Expected one integer subject per row, shape {rows.shape}. "
+                f"Received: {subjects.dtype} of shape {subjects.shape}"
+            )
+        self.pool = np.asarray(pool, np.int64)
+        if self.pool.ndim != 1 or np.unique(self.pool).size != self.pool.size:
+            raise ValidationError("Expected a pool of distinct subjects, one axis.")
+        order = np.argsort(subjects, kind="stable")
+        ordered = subjects[order].astype(np.int64)
+        self._rows = rows[order]
+        self._start = np.searchsorted(ordered, self.pool, side="left")
+        self._stop = np.searchsorted(ordered, self.pool, side="right")
+
+    def __len__(self) -> int:
+        return int(self.pool.size)
+
+    def gather(
+        self,
+        chosen: np.ndarray,
+        *,
+        rows_per_subject: int | None,
+        uniform: Callable[[int], np.ndarray],
+    ) -> SubjectBatch:
+        """The rows of the pool subjects at positions `chosen`; with `rows_per_subject`
+        k, k random rows of each (all of a subject's rows when it has k or fewer),
+        padded to exactly k slots per subject."""
+        chosen = np.asarray(chosen, np.int64)
+        counts = self._stop[chosen] - self._start[chosen]
+        groups = np.repeat(np.arange(chosen.size), counts)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        positions = np.repeat(self._start[chosen], counts) + np.arange(groups.size) - first
+        rows = self._rows[positions]
+        if rows_per_subject is None:
+            return SubjectBatch(rows, groups, np.ones(rows.size, bool), int(chosen.size))
+        k = rows_per_subject
+        order = np.lexsort((uniform(rows.size), groups))  # a random order within each subject
+        rows, rank = rows[order], np.arange(groups.size) - first
+        keep = rank < k
+        rows, kept_groups = rows[keep], groups[keep]
+        missing = k - np.minimum(counts, k)
+        pad_groups = np.repeat(np.arange(chosen.size), missing)
+        filler = self._rows[:1] if self._rows.size else np.zeros(1, np.int64)
+        slots = np.concatenate([kept_groups, pad_groups])
+        placed = np.argsort(slots, kind="stable")
+        all_rows = np.concatenate([rows, np.repeat(filler, pad_groups.size)])[placed]
+        real = np.concatenate([np.ones(rows.size, bool), np.zeros(pad_groups.size, bool)])
+        return SubjectBatch(all_rows, slots[placed], real[placed], int(chosen.size))

@@ -1,0 +1,92 @@
+"""What `progress()` shows of a model's latest job: public counts and released metrics.
+
+Steps, epochs, the *expected* number of rows sampled (never the exact Poisson batch
+sizes), the job's place in the queue and how often it was resumed after losing its
+worker: all public, none depends on a private value. Metrics are released (noised,
+charged) values only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from veil.server.db.base import as_utc
+from veil.server.db.tables.accounts import UserRow
+from veil.server.db.tables.models import JobEpochRow
+from veil.server.services import job_queue, ledger
+from veil.server.services.fits import latest_job
+from veil.server.services.models import cart_epsilon, get_model
+from veil.server.services.node import get_node
+
+__all__ = ["Progress", "expected_samples", "progress"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    model_id: str
+    status: str  # idle, queued, running, done, failed, cancelled
+    spent: float  # the user's epsilon spent
+    cart: float  # what publishing the model now would add to it
+    total_steps: int  # every step the model's weights have taken
+    job_id: str | None = None
+    epoch: int | None = None
+    max_iter: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    expected_samples: int | None = None
+    elapsed: float | None = None
+    sigma: float | None = None
+    error: str | None = None
+    queue_position: int | None = None  # 1 = next in line; None unless queued
+    restarts: int = 0  # times the job resumed from its checkpoint after losing its worker
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def progress(session: Session, *, user: UserRow, model_id: str) -> Progress:
+    """Status of the model's latest job; only released (noised, charged) metrics."""
+    model = get_model(session, user=user, model_id=model_id)
+    delta = get_node(session).delta
+    job = latest_job(session, model_id=model.id)
+    spent = ledger.spent_curve(session, user_id=user.id)
+    common = {
+        "model_id": model.id,
+        "spent": spent.epsilon(delta),
+        "cart": cart_epsilon(spent, model, delta=delta),
+        "total_steps": model.steps,
+    }
+    if job is None:
+        return Progress(status="idle", **common)
+    epochs = session.scalars(
+        select(JobEpochRow).where(JobEpochRow.job_id == job.id).order_by(JobEpochRow.epoch)
+    )
+    start = job.started_at
+    end = job.finished_at or datetime.now(UTC)
+    elapsed = (as_utc(end) - as_utc(start)).total_seconds() if start else 0.0
+    queued = job.status == job_queue.QUEUED
+    return Progress(
+        **common,
+        job_id=job.id,
+        status=job.status,
+        epoch=job.epoch,
+        max_iter=job.max_iter,
+        step=job.step,
+        steps=job.steps,
+        expected_samples=job.expected_samples,
+        elapsed=round(elapsed, 3),
+        sigma=job.params.get("sigma"),
+        error=job.error,
+        queue_position=job_queue.queue_position(session, job) if queued else None,
+        restarts=max(0, job.attempt - 1),
+        metrics=[{"epoch": e.epoch, **e.metrics} for e in epochs],
+    )
+
+
+def expected_samples(params: dict[str, Any], step: int) -> int:
+    """Rows a fit's first `step` steps sample on average (step x q x n_train): public.
+    The exact count depends on which rows Poisson sampling drew, and is never shown."""
+    return round(step * params["q"] * params["n_train"])

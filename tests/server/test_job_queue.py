@@ -1,0 +1,139 @@
+"""The job queue in the database: fair claims, leases, fencing, requeues, places in line."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.nodes import fresh_postgres_url
+from veil.privacy import RdpCurve
+from veil.server.db.engine import Database
+from veil.server.db.tables.accounts import ROLE_DS, NodeRow, UserRow
+from veil.server.db.tables.models import JobRow, ModelRow
+from veil.server.services import job_queue
+from veil.server.services.job_queue import LeaseLost
+from veil.server.services.node import bootstrap
+from veil.server.settings import Settings
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path) -> Iterator[Database]:
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'queue.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres_url())
+        database = Database(url)
+        database.migrate()
+        with database.session() as session:
+            bootstrap(session, Settings(data_dir=tmp_path))
+        yield database
+        database.dispose()
+
+
+def _user(db: Database, email: str) -> str:
+    with db.session() as session:
+        user = UserRow(email=email, name=email, role=ROLE_DS, password_hash="x", budget=1.0)
+        session.add(user)
+        session.commit()
+        return user.id
+
+
+def _job(db: Database, owner_id: str) -> str:
+    """A queued fit of a new model of `owner_id` (created after every earlier one)."""
+    zero = RdpCurve.zero().to_list()
+    with db.session() as session:
+        model = ModelRow(
+            owner_id=owner_id, spec={}, cart_state={}, cart_curve=zero, charged_curve=zero
+        )
+        session.add(model)
+        session.flush()
+        job = JobRow(
+            model_id=model.id,
+            owner_id=owner_id,
+            kind="fit",
+            status="queued",
+            params={},
+            max_iter=1,
+            steps=1,
+        )
+        session.add(job)
+        session.flush()
+        model.busy_job_id = job.id
+        session.commit()
+        time.sleep(0.002)  # distinct creation times: the queue is ordered by them
+        return job.id
+
+
+def _job_row(db: Database, job_id: str) -> JobRow:
+    with db.session() as session:
+        job = session.get(JobRow, job_id)
+        assert job is not None
+        return job
+
+
+def test_one_user_never_holds_every_worker(db: Database) -> None:
+    alice, bob = _user(db, "alice@lab.org"), _user(db, "bob@lab.org")
+    a1, a2, b1 = _job(db, alice), _job(db, alice), _job(db, bob)
+    first = job_queue.claim_next(db, worker="w1", lease_seconds=30)
+    second = job_queue.claim_next(db, worker="w2", lease_seconds=30)
+    assert first is not None and second is not None
+    # alice may run one job at a time (the default): bob's later job goes before her second
+    assert (first.job_id, second.job_id) == (a1, b1)
+    assert job_queue.claim_next(db, worker="w3", lease_seconds=30) is None
+    assert not job_queue.has_waiting(db)
+    with db.session() as session:
+        assert job_queue.queue_position(session, _job_row(db, a2)) == 1
+        session.get(NodeRow, 1).max_running_jobs = 2
+        session.commit()
+    assert job_queue.has_waiting(db)
+    third = job_queue.claim_next(db, worker="w3", lease_seconds=30)
+    assert third is not None and third.job_id == a2
+
+
+def test_a_lost_lease_is_requeued_and_its_old_holder_fenced_off(db: Database) -> None:
+    alice = _user(db, "alice@lab.org")
+    job_id = _job(db, alice)
+    stale = job_queue.claim_next(db, worker="dead", lease_seconds=0.05)
+    assert stale is not None and stale.attempt == 1
+    assert job_queue.requeue_expired(db, max_starts=5) == []  # the lease still runs
+    time.sleep(0.1)
+    assert job_queue.requeue_expired(db, max_starts=5) == [job_id]
+    assert _job_row(db, job_id).status == "queued"
+    fresh = job_queue.claim_next(db, worker="alive", lease_seconds=30)
+    assert fresh is not None and fresh.job_id == job_id and fresh.attempt == 2
+    assert not job_queue.renew(db, stale, lease_seconds=30)  # the dead worker woke up: too late
+    assert job_queue.renew(db, fresh, lease_seconds=30)
+    with db.write_session() as session, pytest.raises(LeaseLost):
+        job_queue.fenced_job(session, stale)
+    with db.write_session() as session:
+        assert job_queue.fenced_job(session, fresh).worker == "alive"
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_and_frees_its_model(db: Database) -> None:
+    alice = _user(db, "alice@lab.org")
+    job_id = _job(db, alice)
+    for attempt in range(1, 3):
+        claim = job_queue.claim_next(db, worker="doomed", lease_seconds=0.01)
+        assert claim is not None and claim.attempt == attempt
+        time.sleep(0.05)
+        job_queue.requeue_expired(db, max_starts=2)
+    job = _job_row(db, job_id)
+    assert job.status == "failed" and "started 2 times" in job.error
+    with db.session() as session:
+        assert session.get(ModelRow, job.model_id).busy_job_id is None
+
+
+def test_a_job_given_back_resumes_at_once(db: Database) -> None:
+    alice = _user(db, "alice@lab.org")
+    job_id = _job(db, alice)
+    claim = job_queue.claim_next(db, worker="stopping", lease_seconds=30)
+    assert claim is not None
+    job_queue.return_to_queue(db, claim)
+    again = job_queue.claim_next(db, worker="next", lease_seconds=30)
+    assert again is not None and again.job_id == job_id and again.attempt == 2
+    with pytest.raises(LeaseLost):
+        job_queue.return_to_queue(db, claim)
