@@ -57,3 +57,41 @@ def test_the_audit_catches_dp_sgd_with_clipping_too_loose(monkeypatch: pytest.Mo
     )
     result, charged = _audit()
     assert result.epsilon > charged, result
+
+
+ROWS_PER_PERSON = 8
+
+
+def _subject_audit(*, by_subject: bool) -> tuple[AuditResult, float]:
+    """Canaries that are people owning eight identical rows each, trained and charged at
+    subject level, or at row level as if each row were a person."""
+    canaries = make_canaries(canaries=1000, rows=1000, seed=1, rows_per_canary=ROWS_PER_PERSON)
+    n = canaries.x.shape[0]
+    units = np.unique(canaries.subject).size if by_subject else n
+    batch = units // 10
+    q, steps = batch / units, EPOCHS * int(np.ceil(units / batch))
+    sigma = calibrate_sigma(TARGET, lambda s: poisson_gaussian(q, s, steps).epsilon(DELTA))
+    charged = poisson_gaussian(q, sigma, steps).epsilon(DELTA)
+    trainer = DPTrainer(canary_model(canaries, noise_multiplier=sigma))
+    before = trainer.get_weights()
+    trainer.fit(
+        canaries.x,
+        canaries.y,
+        train_rows=np.arange(n),
+        epochs=EPOCHS,
+        batch_size=batch,
+        subjects=canaries.subject if by_subject else None,
+    )
+    scores = canary_scores(canaries, before, trainer.get_weights())
+    return audit_guesses(scores, canaries.included, delta=DELTA, confidence=0.95), charged
+
+
+def test_people_with_many_rows_stay_within_the_subject_level_charge() -> None:
+    result, charged = _subject_audit(by_subject=True)
+    assert charged <= TARGET
+    assert result.epsilon < charged, result
+
+
+def test_a_row_level_charge_does_not_protect_people_with_many_rows() -> None:
+    result, charged = _subject_audit(by_subject=False)
+    assert result.epsilon > charged, result

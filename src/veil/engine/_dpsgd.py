@@ -18,7 +18,7 @@ from torch.func import functional_call, grad, vmap
 from veil.engine._modules import VeilModule
 from veil.engine._objective import Objective
 
-__all__ = ["PerExample", "clip_and_sum", "per_example_grads"]
+__all__ = ["PerExample", "add_by_subject", "clip_and_sum", "finite_examples", "per_example_grads"]
 
 # (grads {name: (B, *shape)}, losses (B,), outputs (B, *out)), outputs as per_example saw them
 PerExample = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]
@@ -68,9 +68,7 @@ def clip_and_sum(
     Returns (sums, norms before clipping).
     """
     flat = [g.flatten(1) for g in grads.values()]
-    finite = torch.stack([f.isfinite().all(1) for f in flat]).all(0)
-    if valid is not None:
-        finite = finite & valid
+    finite = finite_examples(grads, valid)
     norms = (
         torch.stack([torch.where(finite.unsqueeze(1), f, 0.0).pow(2).sum(1) for f in flat])
         .sum(0)
@@ -82,6 +80,26 @@ def clip_and_sum(
         for name, g in grads.items()
     }
     return sums, norms
+
+
+def finite_examples(
+    grads: dict[str, torch.Tensor], valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Which examples have a finite gradient (and are `valid`), one bool per example."""
+    finite = torch.stack([g.flatten(1).isfinite().all(1) for g in grads.values()]).all(0)
+    return finite if valid is None else finite & valid
+
+
+def add_by_subject(
+    sums: dict[str, torch.Tensor],
+    grads: dict[str, torch.Tensor],
+    keep: torch.Tensor,
+    groups: torch.Tensor,
+) -> None:
+    """Add each kept example's gradient to its subject's row of `sums` ({name: (S, *shape)});
+    the others add zero, with the same operations."""
+    for name, g in grads.items():
+        sums[name].index_add_(0, groups, torch.where(_expand(keep, g), g, 0.0))
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,10 @@ class Randomness(Protocol):
         """Each of `rows` independently with probability q, in their order."""
         ...
 
+    def uniform(self, count: int) -> np.ndarray:
+        """`count` float64 uniforms in [0, 1)."""
+        ...
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None: ...
@@ -62,6 +66,9 @@ class SecureRandomness:
 
     def poisson(self, rows: np.ndarray, q: float) -> np.ndarray:
         return rows[self._source.bernoulli(len(rows), q)]
+
+    def uniform(self, count: int) -> np.ndarray:
+        return self._source.uniform(count)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {}, {}
@@ -85,6 +92,9 @@ class SeededRandomness:
         distribution as n coins, in O(batch) random numbers."""
         size = int(self._sampler.binomial(len(rows), q))
         return np.sort(rows[self._sampler.choice(len(rows), size=size, replace=False)])
+
+    def uniform(self, count: int) -> np.ndarray:
+        return self._sampler.random(count)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {"rng.noise": self._noise.get_state()}, {"sampler": numpy_state(self._sampler)}

@@ -21,7 +21,7 @@ import numpy as np
 
 from veil._exceptions import ValidationError
 
-__all__ = ["SubjectBatch", "SubjectIndex", "check_rows_per_subject"]
+__all__ = ["SubjectBatch", "SubjectIndex", "check_rows_per_subject", "check_subjects"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,25 @@ class SubjectBatch:
     groups: np.ndarray
     real: np.ndarray
     count: int
+
+
+def check_subjects(subjects: object, n: int) -> np.ndarray:
+    """One integer subject per row of x (shape and dtype only: the values are private)."""
+    if (
+        not isinstance(subjects, np.ndarray)
+        or subjects.shape != (n,)
+        or (subjects.dtype.kind not in "iu")
+    ):
+        what = (
+            f"{subjects.dtype} of shape {subjects.shape}"
+            if isinstance(subjects, np.ndarray)
+            else type(subjects).__name__
+        )
+        raise ValidationError(
+            f"Expected subjects as an integer numpy array with one entry per row, shape "
+            f"({n},). Received: {what}"
+        )
+    return subjects
 
 
 def check_rows_per_subject(value: object) -> int | None:

@@ -15,11 +15,17 @@ from veil._exceptions import ValidationError
 from veil.engine._build import build_module
 from veil.engine._checkpoint import CHECKPOINT_FORMAT, optimizer_state, restore_optimizer_state
 from veil.engine._data import check_rows, check_shapes, input_tensor, target_tensor
-from veil.engine._dpsgd import clip_and_sum, per_example_grads
+from veil.engine._dpsgd import add_by_subject, clip_and_sum, finite_examples, per_example_grads
 from veil.engine._objective import Objective
 from veil.engine._randomness import Randomness, SecureRandomness, SeededRandomness
 from veil.engine._results import EpochInfo, FitResult, RowMetrics, StepInfo, StepResult
 from veil.engine._sampling import sampling_rate, steps_per_epoch
+from veil.engine._subjects import (
+    SubjectBatch,
+    SubjectIndex,
+    check_rows_per_subject,
+    check_subjects,
+)
 from veil.nn import SGD, Adam, Adamax, Dropout, ModelSpec, Optimizer, RMSprop
 
 __all__ = ["DPTrainer"]
@@ -162,32 +168,67 @@ class DPTrainer:
         return masks
 
     def _update(
-        self, xb: np.ndarray, yb: np.ndarray, sigma: float, clip: float, denominator: float
+        self,
+        xb: np.ndarray,
+        yb: np.ndarray,
+        sigma: float,
+        clip: float,
+        denominator: float,
+        subjects: SubjectBatch | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip, sum, noise, divide by `denominator`, optimizer step.
 
-        Returns the batch's per-example losses and outputs before the update (non-finite
-        for rows that did not fit). Every row, valid or not, takes the same operations.
+        Each row is clipped on its own; with `subjects`, each subject's rows' summed
+        gradient is clipped instead (one subject, one clipped term), and padding slots
+        contribute nothing. Returns the batch's per-example losses and outputs before
+        the update (non-finite for rows that did not fit). Every row, valid or not,
+        takes the same operations.
         """
         self.module.train()
         x, x_ok = input_tensor(xb, self.device)
         y, y_ok = target_tensor(self.objective, self.spec, yb, self.device)
         valid = x_ok & y_ok
+        if subjects is not None:
+            valid = valid & torch.as_tensor(subjects.real, device=self.device)
         params = {name: p.detach() for name, p in self.module.named_parameters()}
         buffers = dict(self.module.named_buffers())
         masks = self._masks(x.shape[0])
         sums = {name: torch.zeros_like(p) for name, p in params.items()}
         losses, outputs = [], []
-        for start in range(0, x.shape[0], self._chunk):
-            part = slice(start, start + self._chunk)
+
+        def per_example(part: slice) -> dict[str, torch.Tensor]:
             grads, loss, out = self._per_example(
                 params, buffers, x[part], y[part], [m[part] for m in masks]
             )
-            clipped, _ = clip_and_sum(grads, clip, valid[part])
-            for name in sums:
-                sums[name] += clipped[name]
             losses.append(loss)
             outputs.append(out)
+            return grads
+
+        def add(clipped: dict[str, torch.Tensor]) -> None:
+            for name in sums:
+                sums[name] += clipped[name]
+
+        if subjects is None:
+            for start in range(0, x.shape[0], self._chunk):
+                part = slice(start, start + self._chunk)
+                add(clip_and_sum(per_example(part), clip, valid[part])[0])
+        else:
+            groups = torch.as_tensor(subjects.groups, device=self.device)
+            # Subjects in blocks of at most `_chunk` (their summed gradients take as much
+            # memory as a chunk's per-example ones), each block's rows in chunks.
+            edges = np.searchsorted(subjects.groups, np.arange(0, subjects.count, self._chunk))
+            edges = [*edges.tolist(), int(x.shape[0])]
+            for block, first in enumerate(range(0, subjects.count, self._chunk)):
+                size = min(self._chunk, subjects.count - first)
+                totals = {
+                    n: torch.zeros((size, *p.shape), device=p.device) for n, p in params.items()
+                }
+                for start in range(edges[block], edges[block + 1], self._chunk):
+                    part = slice(start, min(start + self._chunk, edges[block + 1]))
+                    grads = per_example(part)
+                    keep = finite_examples(grads, valid[part])
+                    add_by_subject(totals, grads, keep, groups[part] - first)
+                add(clip_and_sum(totals, clip, None)[0])
         noise = self._random.normal(self.spec.param_count, self.device) * (sigma * clip)
         offset = 0
         for name, p in self.module.named_parameters():
@@ -219,6 +260,9 @@ class DPTrainer:
         on_epoch: Callable[[EpochInfo], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         start_step: int = 0,
+        subjects: np.ndarray | None = None,
+        train_subjects: np.ndarray | None = None,
+        rows_per_subject: int | None = None,
     ) -> FitResult:
         """DP-SGD with Poisson sampling over `train_rows` of x, y (memmaps welcome).
 
@@ -236,6 +280,13 @@ class DPTrainer:
         same place in the same epoch. Poisson steps are independent of each other, so
         the resumed run is the uninterrupted one with fresh noise; `epochs_done` counts
         the epochs this call finished.
+
+        With `subjects` (each row's data subject, an int per row of x), the unit is the
+        subject: every step samples the subjects of `train_subjects` (by default those
+        owning a training row) at q = batch_size / len(train_subjects), takes each
+        sampled subject's training rows (at most `rows_per_subject` of them, at random),
+        clips the subject's summed gradient to max_grad_norm and divides by the expected
+        number of subjects; an epoch is ceil(len(train_subjects) / batch_size) steps.
         """
         sigma, clip = self._dp(noise_multiplier, max_grad_norm)
         epochs = _positive_int("epochs", epochs)
@@ -250,21 +301,38 @@ class DPTrainer:
             raise ValidationError(
                 "Expected val_rows disjoint from train_rows. Received: rows in both"
             )
-        q = sampling_rate(len(train), batch_size)
-        per_epoch = steps_per_epoch(len(train), batch_size)
+        k = check_rows_per_subject(rows_per_subject)
+        by_subject = None
+        if subjects is not None:
+            ranks = np.asarray(check_subjects(subjects, n)[train])
+            pool = np.unique(ranks) if train_subjects is None else train_subjects
+            by_subject = SubjectIndex(train, ranks, pool)
+            if len(by_subject) == 0:
+                raise ValidationError("Expected at least one training subject. Received: none")
+        units = len(train) if by_subject is None else len(by_subject)
+        q = sampling_rate(units, batch_size)
+        per_epoch = steps_per_epoch(units, batch_size)
         total = epochs * per_epoch
-        expected = q * len(train)
+        expected = q * units
+        positions = np.arange(units)
         done, seen, stopped, history = _start_step(start_step, total), 0, False, []
         stop = should_stop or (lambda: False)
         first_epoch, skip = divmod(done, per_epoch)
         for epoch in range(first_epoch + 1, epochs + 1):
             for index in range(skip if epoch == first_epoch + 1 else 0, per_epoch):
-                rows = self._random.poisson(train, q)
-                self._update(x[rows], y[rows], sigma, clip, expected)
+                drawn = self._random.poisson(positions, q)
+                if by_subject is None:
+                    rows, batch = train[drawn], None
+                else:
+                    batch = by_subject.gather(
+                        drawn, rows_per_subject=k, uniform=self._random.uniform
+                    )
+                    rows = batch.rows
+                self._update(x[rows], y[rows], sigma, clip, expected, batch)
                 done += 1
-                seen += len(rows)
+                seen += len(drawn)
                 if on_step is not None:
-                    on_step(StepInfo(epoch, done, total, seen, len(rows)))
+                    on_step(StepInfo(epoch, done, total, seen, len(drawn)))
                 if index < per_epoch - 1 and stop():
                     stopped = True
                     break
@@ -286,14 +354,28 @@ class DPTrainer:
         *,
         noise_multiplier: float | None = None,
         max_grad_norm: float | None = None,
+        subjects: np.ndarray | None = None,
     ) -> StepResult:
         """One DP-SGD step on exactly these rows (no sampling), normalised by the public
-        batch size len(x_batch). Per-row losses and predictions are from before the update."""
+        batch size len(x_batch). Per-row losses and predictions are from before the update.
+        With `subjects` (each row's data subject), each subject's rows are clipped together:
+        one subject moves the step by at most one clipped gradient."""
         sigma, clip = self._dp(noise_multiplier, max_grad_norm)
         check_shapes(self.spec, x_batch, y_batch)
-        if x_batch.shape[0] == 0:
+        n = int(x_batch.shape[0])
+        if n == 0:
             raise ValidationError("Expected a batch of at least one row. Received: 0 rows")
-        losses, outputs = self._update(x_batch, y_batch, sigma, clip, float(x_batch.shape[0]))
+        batch = None
+        if subjects is not None:
+            ranks = np.asarray(check_subjects(subjects, n))
+            _, groups = np.unique(ranks, return_inverse=True)
+            order = np.argsort(groups, kind="stable")
+            x_batch, y_batch = x_batch[order], y_batch[order]
+            batch = SubjectBatch(order, groups[order], np.ones(n, bool), int(groups.max()) + 1)
+        losses, outputs = self._update(x_batch, y_batch, sigma, clip, float(n), batch)
+        if batch is not None:  # back in the caller's row order
+            back = np.argsort(batch.rows)
+            losses, outputs = losses[back], outputs[back]
         preds = self.objective.probabilities(outputs).detach().cpu().numpy()
         metrics = RowMetrics(losses.detach().double().cpu().numpy(), None, self.spec.loss_bound)
         return StepResult(metrics, preds)

@@ -1,0 +1,179 @@
+"""Subject-level DP-SGD: a person with many rows moves training by one clipped gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from veil import ValidationError, nn
+from veil.engine import DPTrainer
+from veil.engine._subjects import SubjectIndex
+
+CLIP = 1.0
+LR = 0.1
+
+
+def _linear_spec(width: int) -> nn.ModelSpec:
+    return nn.ModelSpec.build(
+        (None, width),
+        [nn.Dense(1, input_shape=(None, width))],
+        loss=nn.MeanSquaredError(),
+        optimizer=nn.SGD(LR),
+        noise_multiplier=1.0,
+        max_grad_norm=CLIP,
+    )
+
+
+def _data(people: int = 40, rows_of_first: int = 12, width: int = 4):
+    """`people` subjects of one row each, except subject 0 with `rows_of_first`
+    identical rows whose gradients all point the same way (each far above the clip)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(people - 1 + rows_of_first, width)).astype(np.float32)
+    y = rng.normal(size=(x.shape[0], 1)).astype(np.float32)
+    x[:rows_of_first] = 10.0
+    y[:rows_of_first] = -1000.0
+    subjects = np.concatenate(
+        [np.zeros(rows_of_first, np.int64), np.arange(1, people, dtype=np.int64)]
+    )
+    return x, y, subjects
+
+
+def _one_full_step(x, y, subjects, *, units: int) -> np.ndarray:
+    """Weights after one step with every unit sampled (batch_size = units, q = 1)."""
+    trainer = DPTrainer(_linear_spec(x.shape[1]), seed=3)
+    trainer.fit(
+        x,
+        y,
+        train_rows=np.arange(x.shape[0]),
+        epochs=1,
+        batch_size=units,
+        subjects=subjects,
+        train_subjects=None if subjects is None else np.unique(subjects),
+    )
+    return np.concatenate([w.ravel() for w in trainer.get_weights().values()])
+
+
+def _without_subject_zero(x: np.ndarray, rows: int) -> np.ndarray:
+    """The neighbouring data set: the subject's rows replaced by rows that contribute
+    nothing (NaN inputs), everything else, including the sampling, unchanged."""
+    gone = x.copy()
+    gone[:rows] = np.nan
+    return gone
+
+
+def test_a_subject_with_many_rows_moves_a_step_by_one_clipped_gradient() -> None:
+    x, y, subjects = _data()
+    people = int(subjects.max()) + 1
+    moved = _one_full_step(x, y, subjects, units=people) - _one_full_step(
+        _without_subject_zero(x, 12), y, subjects, units=people
+    )
+    # One step: the update differs by lr x (one clipped term) / expected subjects.
+    assert np.linalg.norm(moved) <= LR * CLIP / people * (1 + 1e-4)
+    assert np.linalg.norm(moved) > 0.5 * LR * CLIP / people  # it did take part
+
+
+def test_at_row_level_the_same_person_moves_a_step_by_each_of_its_rows() -> None:
+    x, y, _ = _data()
+    n = x.shape[0]
+    moved = _one_full_step(x, y, None, units=n) - _one_full_step(
+        _without_subject_zero(x, 12), y, None, units=n
+    )
+    # Twelve aligned clipped rows: about 12 units' worth, where DP per row assumes one.
+    assert np.linalg.norm(moved) > 10 * LR * CLIP / n
+
+
+def test_step_clips_the_rows_of_one_subject_together() -> None:
+    x, y, _ = _data(people=3, rows_of_first=2)
+    before = DPTrainer(_linear_spec(4), seed=1)
+    weights = [before.get_weights()]
+
+    def after(subjects):
+        trainer = DPTrainer(_linear_spec(4), seed=1)
+        result = trainer.step(x[:2], y[:2], subjects=subjects)
+        return result, np.concatenate([w.ravel() for w in trainer.get_weights().values()])
+
+    one, moved_one = after(np.array([7, 7]))
+    two, moved_two = after(np.array([7, 8]))
+    rows, moved_rows = after(None)
+    start = np.concatenate([w.ravel() for w in weights[0].values()])
+    # Same noise: the subject's two aligned rows count once, two subjects twice.
+    np.testing.assert_allclose(
+        np.linalg.norm(moved_two - start - (moved_one - start)), LR * CLIP / 2, rtol=1e-3
+    )
+    np.testing.assert_allclose(moved_two, moved_rows, rtol=1e-6)
+    np.testing.assert_array_equal(one.metrics.losses, rows.metrics.losses)
+
+
+def test_step_answers_in_the_callers_row_order() -> None:
+    x, y, _ = _data(people=5, rows_of_first=1)
+    plain = DPTrainer(_linear_spec(4), seed=2).step(x[:5], y[:5])
+    grouped = DPTrainer(_linear_spec(4), seed=2).step(
+        x[:5], y[:5], subjects=np.array([3, 1, 3, 0, 1])
+    )
+    np.testing.assert_allclose(grouped.metrics.losses, plain.metrics.losses, rtol=1e-6)
+    np.testing.assert_allclose(grouped.preds, plain.preds, rtol=1e-6)
+
+
+def test_fit_samples_subjects_and_reports_their_rate() -> None:
+    x, y, subjects = _data(people=40, rows_of_first=30)
+    trainer = DPTrainer(_linear_spec(4), seed=0)
+    result = trainer.fit(
+        x, y, train_rows=np.arange(len(x)), epochs=2, batch_size=8, subjects=subjects
+    )
+    assert result.sampling_rate == 8 / 40  # over 40 subjects, not 69 rows
+    assert result.steps_per_epoch == 5
+    assert result.steps_done == 10
+
+
+@pytest.mark.parametrize("bad", [np.zeros(3, np.int64), np.zeros(69), [0] * 69])
+def test_subjects_must_be_one_integer_per_row(bad) -> None:
+    x, y, _ = _data(people=40, rows_of_first=30)
+    with pytest.raises(ValidationError, match="one entry per row"):
+        DPTrainer(_linear_spec(4)).fit(
+            x, y, train_rows=np.arange(len(x)), epochs=1, batch_size=8, subjects=bad
+        )
+    with pytest.raises(ValidationError, match="rows_per_subject"):
+        DPTrainer(_linear_spec(4)).fit(
+            x,
+            y,
+            train_rows=np.arange(len(x)),
+            epochs=1,
+            batch_size=8,
+            subjects=np.zeros(len(x), np.int64),
+            rows_per_subject=0,
+        )
+
+
+def _index() -> SubjectIndex:
+    rows = np.arange(10, 20)
+    subjects = np.array([5, 5, 5, 5, 5, 2, 2, 9, 5, 2])  # 5 owns six rows, 2 three, 9 one
+    return SubjectIndex(rows, subjects, pool=np.array([2, 5, 9, 11]))  # 11 owns none
+
+
+def test_gather_takes_every_row_of_the_chosen_subjects() -> None:
+    rng = np.random.default_rng(0)
+    batch = _index().gather(np.array([1, 3]), rows_per_subject=None, uniform=rng.random)
+    assert batch.count == 2
+    assert sorted(batch.rows.tolist()) == [10, 11, 12, 13, 14, 18]
+    assert batch.groups.tolist() == [0] * 6 and batch.real.all()
+
+
+def test_gather_pads_every_subject_to_exactly_k_slots() -> None:
+    rng = np.random.default_rng(0)
+    batch = _index().gather(np.array([0, 1, 2, 3]), rows_per_subject=2, uniform=rng.random)
+    assert batch.groups.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert batch.real.tolist() == [True, True, True, True, True, False, False, False]
+    assert set(batch.rows[:2]) <= {15, 16, 19} and len(set(batch.rows[:2])) == 2
+    assert set(batch.rows[2:4]) <= {10, 11, 12, 13, 14, 18}
+    assert batch.rows[4] == 17
+
+
+def test_gather_picks_a_subjects_rows_uniformly() -> None:
+    rng = np.random.default_rng(1)
+    index = _index()
+    counts = dict.fromkeys([10, 11, 12, 13, 14, 18], 0)
+    for _ in range(3000):
+        for row in index.gather(np.array([1]), rows_per_subject=2, uniform=rng.random).rows:
+            counts[int(row)] += 1
+    # each of the six rows is kept with probability 2/6: 1000 of 3000 expected
+    assert all(900 < c < 1100 for c in counts.values()), counts
