@@ -44,14 +44,28 @@ def upload_table(admin: veil.Client, name: str = "Tiny") -> None:
     )
 
 
-def table_fit(ds: veil.Client, *, max_iter: int = 1, batch_size: int = 16, wait: bool = True):  # noqa: ANN201 - a ModelPointer
+def table_fit(  # noqa: ANN201 - a ModelPointer
+    ds: veil.Client,
+    *,
+    max_iter: int = 1,
+    batch_size: int = 16,
+    wait: bool = True,
+    target_epsilon: float | None = None,
+):
     """A logistic regression fitted on the table; with `wait=False` it is left running."""
     model = nn.Model()
     model.add(nn.Dense(1, input_shape=(None, 4)))
     model.add(nn.Sigmoid())
     model_ptr = model.compile(to=ds, loss=nn.BinaryCrossEntropy())
     data = ds.datasets["Tiny"]
-    model_ptr.fit(data["x"], data["y"], max_iter=max_iter, batch_size=batch_size, wait=False)
+    model_ptr.fit(
+        data["x"],
+        data["y"],
+        max_iter=max_iter,
+        batch_size=batch_size,
+        target_epsilon=target_epsilon,
+        wait=False,
+    )
     if wait:
         model_ptr.wait(show=False)
     return model_ptr
@@ -63,11 +77,17 @@ def publish_small_fit(ds: veil.Client) -> veil.Published:
 
 
 def start_long_fit(ds: veil.Client, dataset: str = "Patches"):  # noqa: ANN201 - a ModelPointer
-    """A fit of many small steps on the images, left running (the caller cancels it)."""
+    """A fit of many small steps on the images, left running (the caller cancels it),
+    noised to cost at most epsilon 5 so that any test budget can afford it."""
     model_ptr = image_mlp().compile(to=ds)
     data = ds.datasets[dataset]
     model_ptr.fit(
-        data["train_images"], data["train_labels"], max_iter=500, batch_size=8, wait=False
+        data["train_images"],
+        data["train_labels"],
+        max_iter=500,
+        batch_size=8,
+        target_epsilon=5.0,
+        wait=False,
     )
     return model_ptr
 

@@ -137,7 +137,7 @@ def test_a_data_scientist_sees_only_its_own_part(sqlite_node, admin) -> None:
     mine_release = publish_small_fit(mine)
     http = dashboard(sqlite_node, mine.user.email, DS_PASSWORD)
     csrf = csrf_of(http)
-    running = table_fit(other, max_iter=5000, batch_size=4, wait=False)
+    running = table_fit(other, max_iter=5000, batch_size=4, wait=False, target_epsilon=1.0)
     job_id = running.progress()["job_id"]
     assert job_id[:8] not in http.get("/jobs").text
     answer = http.post(f"/jobs/{job_id}/cancel", data={"csrf": csrf})

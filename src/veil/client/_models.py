@@ -67,6 +67,7 @@ class ModelPointer:
         batch_size: int = 100,
         validation_split: float = 0.0,
         target_epsilon: float | None = None,
+        rows_per_subject: int | None = None,
     ) -> dict[str, Any]:
         """What a planned `fit` would cost, before it runs: `cost` is what it adds to the
         model's `cart` (what publishing the model would add to your epsilon `spent`);
@@ -78,6 +79,7 @@ class ModelPointer:
             batch_size=batch_size,
             validation_split=validation_split,
             target_epsilon=target_epsilon,
+            rows_per_subject=rows_per_subject,
         )
         return self._http.post(f"/models/{self.id}/quote", json=body)
 
@@ -90,6 +92,7 @@ class ModelPointer:
         validation_split: float = 0.0,
         batch_size: int = 100,
         target_epsilon: float | None = None,
+        rows_per_subject: int | None = None,
         wait: bool = True,
         poll_seconds: float = 0.5,
     ) -> dict[str, Any]:
@@ -98,6 +101,11 @@ class ModelPointer:
         With `target_epsilon` the node picks the smallest noise whose `cost` (see `quote`)
         stays within it. `wait=True` shows a progress bar and returns the final
         `progress()`; `wait=False` returns the queued job at once.
+
+        On a dataset whose privacy unit is the data subject (`dataset.unit`), the steps
+        sample subjects: `batch_size` is the expected number of subjects per step,
+        `validation_split` holds out the last fraction of the subjects, and
+        `rows_per_subject` caps how many of a subject's rows one step takes.
         """
         body = self._fit_body(
             x_ptr,
@@ -106,6 +114,7 @@ class ModelPointer:
             batch_size=batch_size,
             validation_split=validation_split,
             target_epsilon=target_epsilon,
+            rows_per_subject=rows_per_subject,
         )
         job = self._http.post(f"/models/{self.id}/fit", json=body)
         if not wait:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from veil._exceptions import AuthenticationError, PermissionDenied
 from veil.server.context import NodeContext
 from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
-from veil.server.services.auth import user_for_token
+from veil.server.services.auth import is_loopback, user_for_token
 
 __all__ = [
     "AdminUser",
@@ -92,3 +92,17 @@ def get_admin(user: CurrentUser) -> UserRow:
 
 
 AdminUser = Annotated[UserRow, Depends(get_admin)]
+
+
+_FORWARDING = ("forwarded", "x-forwarded-for")
+
+
+def client_host(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def from_local_machine(request: Request) -> bool:
+    """From the node's own machine, and not relayed by a proxy (a relayed request's
+    origin is unknown unless the proxy is trusted, and then it is not loopback)."""
+    relayed = any(name in request.headers for name in _FORWARDING)
+    return is_loopback(client_host(request)) and not relayed

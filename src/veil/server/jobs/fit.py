@@ -1,7 +1,8 @@
 """Run one `fit` job: DP-SGD over the Poisson pool, cart updated step by step, resumable.
 
-The cart gains one Poisson-subsampled Gaussian step per step (O(1)). The weights and
-the cart are checkpointed together at each epoch's end and every
+The cart gains one Poisson-subsampled Gaussian step per step (O(1)); on a dataset whose
+unit is the data subject, the steps sample subjects and clip each one's rows together.
+The weights and the cart are checkpointed together at each epoch's end and every
 `checkpoint_every_seconds`; at an epoch's end the validation metrics, if the fit holds
 out rows, go through the release path (`fits.release_validation`, which owns the rule
 for withholding them) in the same transaction. The job row records how many of its
@@ -144,6 +145,7 @@ def _load(ctx: NodeContext, claim: Claim) -> _Run | None:
             batch_size=p["batch_size"],
             validation_split=p["validation_split"],
             target_epsilon=None,
+            rows_per_subject=p.get("rows_per_subject"),
         )
         return _Run(
             ctx=ctx,
@@ -167,8 +169,9 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
         return "cancelled"
     p, plan, key = run.params, run.plan, run.plan.pair.key
     sigma, q = float(p["sigma"]), float(p["q"])
-    run.cart.ensure_source(key, plan.pair.n_asset_rows)
-    run.cart.mark_pool(key, plan.train_rows)
+    units = plan.pair.units
+    run.cart.ensure_source(key, units.n)
+    run.cart.mark_pool(key, plan.train_units)
     checkpoint_every = ctx.settings.checkpoint_every_seconds
     per_epoch = plan.quote.steps // p["max_iter"]
 
@@ -198,6 +201,9 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
         on_epoch=lambda info: _checkpoint(run, epoch=info),
         should_stop=should_stop,
         start_step=run.saved_step,
+        subjects=units.ranks,
+        train_subjects=plan.train_units if units.by_subject else None,
+        rows_per_subject=plan.rows_per_subject,
     )
     if lease.lost.is_set():
         raise LeaseLost(lease.claim.job_id)
@@ -251,8 +257,7 @@ def _record_epoch(
             cart=run.cart,
             metrics=epoch.validation,
             params=run.params,
-            pair=run.plan.pair,
-            val_rows=run.plan.val_rows,
+            plan=run.plan,
             delta=run.delta,
             epoch=epoch.epoch,
         )

@@ -13,6 +13,7 @@ from veil.engine import check_shapes
 from veil.nn import BinaryCrossEntropy, CrossEntropy, ModelSpec
 from veil.server.db.tables.accounts import UserRow
 from veil.server.services.datasets import ResolvedPointer, resolve_pointer
+from veil.server.services.units import Units, dataset_units
 from veil.server.storage.arrays import ArrayStore
 
 __all__ = ["Pair", "check_public", "resolve_pair", "select_rows", "split_rows"]
@@ -25,6 +26,7 @@ class Pair:
     key: str
     x: ResolvedPointer
     y: ResolvedPointer
+    units: Units  # the dataset's privacy unit: its rows or its data subjects
 
     @property
     def rows(self) -> np.ndarray:
@@ -80,7 +82,7 @@ def resolve_pair(
         )
     if len(x.rows) == 0:
         raise ValidationError("x and y select no rows. Received: an empty slice")
-    return Pair(key=x.dataset_id, x=x, y=y)
+    return Pair(key=x.dataset_id, x=x, y=y, units=dataset_units(session, arrays, x.dataset_id))
 
 
 def _label_range(spec: ModelSpec) -> tuple[float, float] | None:

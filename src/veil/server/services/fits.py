@@ -42,6 +42,7 @@ from veil.server.services.data import Pair, check_public, resolve_pair, split_ro
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
 from veil.server.services.releases import metric_queries, release_metrics, released_values
+from veil.server.services.units import per_subject
 from veil.server.settings import MAX_DB_INT
 from veil.server.storage.arrays import ArrayStore
 from veil.server.storage.files import NodeFiles
@@ -67,8 +68,11 @@ class FitPlan:
     adds to that) and `cart_after` (what publishing right after the fit would add)."""
 
     pair: Pair
-    train_rows: np.ndarray
+    train_rows: np.ndarray  # rows the engine trains on (private where the unit is a subject)
     val_rows: np.ndarray
+    train_units: np.ndarray  # the Poisson pool in the cart: rows, or subject ranks (public)
+    val_units: np.ndarray
+    rows_per_subject: int | None
     quote: Quote
     params: dict[str, Any]
     spent: float
@@ -100,44 +104,48 @@ def plan_fit(
     validation_split: float,
     target_epsilon: float | None,
     max_steps: int | None = None,
+    rows_per_subject: int | None = None,
 ) -> FitPlan:
     """Check a planned fit and price it; with `target_epsilon`, pick sigma for it.
 
     `max_steps` (the node's limit, for a fit not yet queued) refuses a longer fit
-    before anything is priced.
+    before anything is priced. On a dataset whose unit is the subject, everything is
+    counted in subjects (see `_split`) and `rows_per_subject` caps a subject's rows per step.
     """
     max_iter, batch_size = _count("max_iter", max_iter), _count("batch_size", batch_size)
     spec = ModelSpec.from_dict(model.spec)
     pair = resolve_pair(session, arrays, user=user, x_id=x_id, y_id=y_id)
-    train_rows, val_rows = split_rows(pair.rows, validation_split)
     if len(np.unique(pair.rows)) != len(pair.rows):
         raise ValidationError(
             "fit samples rows from a pool in which each row appears once. Received: a "
             "slice that repeats rows"
         )
-    if batch_size > len(train_rows):
+    k = _rows_per_subject(rows_per_subject, pair)
+    train_rows, val_rows, train_units, val_units = _split(pair, validation_split)
+    unit = pair.units.name
+    if batch_size > len(train_units):
         raise ValidationError(
-            f"batch_size must be at most the {len(train_rows)} training rows. "
+            f"batch_size must be at most the {len(train_units)} training {unit}s. "
             f"Received: batch_size={batch_size}"
         )
-    steps = max_iter * math.ceil(len(train_rows) / batch_size)
+    steps = max_iter * math.ceil(len(train_units) / batch_size)
     if max_steps is not None and steps > max_steps:
         raise ValidationError(
             f"A fit on this node may run at most {max_steps} steps. Received: max_iter="
-            f"{max_iter} epochs of {math.ceil(len(train_rows) / batch_size)} steps "
-            f"({len(train_rows)} training rows, batch_size={batch_size}) = {steps} steps",
+            f"{max_iter} epochs of {math.ceil(len(train_units) / batch_size)} steps "
+            f"({len(train_units)} training {unit}s, batch_size={batch_size}) = {steps} steps",
             field="max_iter",
             steps=steps,
             max_steps=max_steps,
         )
     check_public(spec, pair)
     cart = load_cart(files, model)
-    cart.ensure_source(pair.key, pair.n_asset_rows)
+    cart.ensure_source(pair.key, pair.units.n)
     delta = get_node(session).delta
     spent = ledger.spent_curve(session, user_id=user.id)
     common = dict(
-        n_rows_train=len(train_rows),
-        train_rows=train_rows,
+        n_rows_train=len(train_units),
+        train_rows=train_units,
         batch_size=batch_size,
         epochs=max_iter,
         val_releases_per_epoch=VAL_RELEASES_PER_EPOCH,
@@ -152,9 +160,9 @@ def plan_fit(
         sigma = calibrate_fit(
             cart, pair.key, target_epsilon=target_epsilon, val_rows=None, **common
         ).sigma
-    q = batch_size / len(train_rows)
+    q = batch_size / len(train_units)
     val_sigma = None
-    if len(val_rows):
+    if len(val_units):
         val_sigma = dominated_gaussian_sigma(
             poisson_gaussian(q, sigma, steps), count=VAL_RELEASES_PER_EPOCH * max_iter
         )
@@ -163,7 +171,7 @@ def plan_fit(
         pair.key,
         sigma=sigma,
         val_sigma=val_sigma,
-        val_rows=val_rows if len(val_rows) else None,
+        val_rows=val_units if len(val_units) else None,
         **common,
     )
     params = {
@@ -178,13 +186,18 @@ def plan_fit(
         "steps": quote.steps,
         "target_epsilon": target_epsilon,
         "quoted_cost": quote.epsilon_added,
-        "n_train": len(train_rows),
+        "n_train": len(train_units),
+        "unit": unit,
+        "rows_per_subject": k,
     }
     spent_now = spent.epsilon(delta)
     return FitPlan(
         pair=pair,
         train_rows=train_rows,
         val_rows=val_rows,
+        train_units=train_units,
+        val_units=val_units,
+        rows_per_subject=k,
         quote=quote,
         params=params,
         spent=spent_now,
@@ -193,6 +206,44 @@ def plan_fit(
         cart_after=quote.epsilon_after - spent_now,
         model_version=model.version,
     )
+
+
+def _rows_per_subject(value: object, pair: Pair) -> int | None:
+    if value is None:
+        return None
+    if not pair.units.by_subject:
+        raise ValidationError(
+            "rows_per_subject applies to datasets whose privacy unit is the data subject; "
+            f"this dataset's unit is the row. Received: rows_per_subject={value!r}",
+            field="rows_per_subject",
+        )
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DB_INT:
+        raise ValidationError(
+            f"rows_per_subject must be an int in [1, {MAX_DB_INT}] or None (all of a "
+            f"subject's rows). Received: rows_per_subject={value!r}",
+            field="rows_per_subject",
+        )
+    return value
+
+
+def _split(
+    pair: Pair, validation_split: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train rows, held-out rows, train units, held-out units).
+
+    By row: the last `validation_split` of the rows are held out, as in Keras. By
+    subject: the last `validation_split` of the subjects in rank order (public, fixed
+    before any value is read), with all their rows; the rows of each part are private.
+    """
+    units = pair.units
+    if not units.by_subject:
+        train, held_out = split_rows(pair.rows, validation_split)
+        return train, held_out, train, held_out
+    train_units, val_units = split_rows(np.arange(units.n, dtype=np.int64), validation_split)
+    ranks = units.subjects_of(pair.rows)
+    assert ranks is not None
+    held = ranks >= len(train_units)
+    return pair.rows[~held], pair.rows[held], train_units, val_units
 
 
 def quote(
@@ -323,8 +374,7 @@ def release_validation(
     cart: Cart,
     metrics: RowMetrics,
     params: dict[str, Any],
-    pair: Pair,
-    val_rows: np.ndarray,
+    plan: FitPlan,
     delta: float,
     epoch: int,
 ) -> tuple[dict[str, Any], Cart]:
@@ -336,8 +386,13 @@ def release_validation(
     model's cart, they are withheld and training goes on. Returns the progress entry
     and the model's cart after it.
     """
+    pair, units = plan.pair, plan.pair.units
+    if units.by_subject:  # one value per held-out subject: the mean of its rows
+        ranks = units.subjects_of(plan.val_rows)
+        assert ranks is not None
+        metrics = per_subject(metrics, ranks, plan.val_units)
     queries = metric_queries(
-        metrics, source=pair.key, n_source_rows=pair.n_asset_rows, rows=val_rows, prefix="val_"
+        metrics, source=pair.key, n_source_rows=units.n, rows=plan.val_units, prefix="val_"
     )
     try:
         outcome = release_metrics(
@@ -349,7 +404,11 @@ def release_validation(
             queries=queries,
             sigma=float(params["val_sigma"]),
             delta=delta,
-            params={"epoch": epoch, "n_rows": len(val_rows), "model_version": model.version},
+            params={
+                "epoch": epoch,
+                f"n_{units.name}s": len(plan.val_units),
+                "model_version": model.version,
+            },
         )
     except BudgetExceeded as exc:
         return {"released": False, "withheld": str(exc)}, cart

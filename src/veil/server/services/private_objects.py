@@ -29,6 +29,7 @@ class StoredObject:
     row: PrivateObjectRow
     values: np.ndarray
     rows: np.ndarray
+    groups: np.ndarray | None  # each row's data subject, where the unit is the subject
 
     @property
     def bound(self) -> Bound | None:
@@ -78,14 +79,19 @@ def stage_object(
     values: np.ndarray,
     shape: tuple[int, ...],
     bound: Bound | None,
+    groups: np.ndarray | None = None,
 ) -> PendingObject:
-    """Write `values` (one entry per row of `rows`) as a private object's file."""
+    """Write `values` (one entry per row of `rows`, of data subjects `groups` where the
+    source's unit is the subject) as a private object's file."""
     object_id = new_id()
     path = files.private_object(object_id)
+    arrays = {"values": np.asarray(values), "rows": np.asarray(rows, dtype=np.int64)}
+    if groups is not None:
+        arrays["groups"] = np.asarray(groups, dtype=np.int64)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
-            np.savez(handle, values=np.asarray(values), rows=np.asarray(rows, dtype=np.int64))
+            np.savez(handle, **arrays)
 
     atomic_write(path, write)
     return PendingObject(
@@ -111,4 +117,5 @@ def load_object(
     if row is None:
         raise NotFound(f"No private object {object_id!r} among yours.", object_id=object_id)
     with np.load(files.root / row.path, allow_pickle=False) as stored:
-        return StoredObject(row=row, values=stored["values"], rows=stored["rows"])
+        groups = stored["groups"] if "groups" in stored.files else None
+        return StoredObject(row=row, values=stored["values"], rows=stored["rows"], groups=groups)

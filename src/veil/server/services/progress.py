@@ -38,7 +38,8 @@ class Progress:
     max_iter: int | None = None
     step: int | None = None
     steps: int | None = None
-    expected_samples: int | None = None
+    expected_samples: int | None = None  # rows, or subjects where that is the unit
+    unit: str | None = None  # what the fit samples: "row" or "subject"
     elapsed: float | None = None
     sigma: float | None = None
     error: str | None = None
@@ -77,6 +78,7 @@ def progress(session: Session, *, user: UserRow, model_id: str) -> Progress:
         step=job.step,
         steps=job.steps,
         expected_samples=job.expected_samples,
+        unit=job.params.get("unit", "row"),
         elapsed=round(elapsed, 3),
         sigma=job.params.get("sigma"),
         error=job.error,
@@ -87,6 +89,7 @@ def progress(session: Session, *, user: UserRow, model_id: str) -> Progress:
 
 
 def expected_samples(params: dict[str, Any], step: int) -> int:
-    """Rows a fit's first `step` steps sample on average (step x q x n_train): public.
-    The exact count depends on which rows Poisson sampling drew, and is never shown."""
+    """Units (rows or subjects) a fit's first `step` steps sample on average
+    (step x q x n_train): public. The exact count depends on which ones Poisson sampling
+    drew, and is never shown."""
     return round(step * params["q"] * params["n_train"])

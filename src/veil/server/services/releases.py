@@ -104,6 +104,10 @@ class Query:
     values: np.ndarray
     bound: Bound
     value_range: tuple[float, float] | None = None
+    # Each value's data subject, where the source's unit is the subject: the bound then
+    # applies to a subject's rows together, and since which subjects hold `rows` is
+    # private, the release is charged to every subject of the source.
+    groups: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,10 @@ def release(
         after = cart.copy()
         for query in queries:
             after.ensure_source(query.source, query.n_source_rows)
-            after.add_gaussian_rows(query.source, query.rows, sigma=sigma)
+            if query.groups is None:
+                after.add_gaussian_rows(query.source, query.rows, sigma=sigma)
+            else:
+                after.add_gaussian_all(query.source, sigma=sigma)
         curve = after.curve()
         curve_added = curve - RdpCurve.from_list(model.charged_curve)
     else:
@@ -198,7 +205,9 @@ def release(
 
 
 def _released(query: Query, *, sigma: float, noise: SecureNoise) -> dict[str, Any]:
-    out = release_value(query.values, bound=query.bound, sigma=sigma, noise=noise)
+    out = release_value(
+        query.values, bound=query.bound, sigma=sigma, noise=noise, groups=query.groups
+    )
     entry = {
         "value": out.value.tolist(),
         "std": out.std,
@@ -392,6 +401,7 @@ def publish_object(
         values=stored.values,
         bound=bound,
         value_range=_object_range(stored.row.kind, bound, model),
+        groups=stored.groups,
     )
     with db.write_session() as session:
         model = owned_model(session, user=user, model_id=stored.row.model_id)
@@ -433,10 +443,17 @@ def publish_object(
 
 
 def metric_queries(
-    metrics: RowMetrics, *, source: str, n_source_rows: int, rows: np.ndarray, prefix: str = ""
+    metrics: RowMetrics,
+    *,
+    source: str,
+    n_source_rows: int,
+    rows: np.ndarray,
+    prefix: str = "",
+    groups: np.ndarray | None = None,
 ) -> list[Query]:
-    """The mean loss (each row clipped to [0, loss_bound]) and, unless MSE, the accuracy."""
-    common = {"source": source, "n_source_rows": n_source_rows, "rows": rows}
+    """The mean loss (each row clipped to [0, loss_bound]) and, unless MSE, the accuracy;
+    with `groups`, each subject's rows bounded together."""
+    common = {"source": source, "n_source_rows": n_source_rows, "rows": rows, "groups": groups}
     bound = metrics.loss_bound
     queries = [
         Query(

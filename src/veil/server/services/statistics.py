@@ -8,6 +8,7 @@ norm at most sqrt(2C); the release is the mean of those vectors over the pointer
 rows (`MeanOfRows`, sensitivity sqrt(2C) / n), noised once and charged as one Gaussian
 on the user's ledger (no model is involved, so there is no cart). Means and standard
 deviations are computed from the noised moments: post-processing, which costs nothing.
+Where the dataset's unit is the data subject, see `_moments_query`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from veil.server.services import ledger
 from veil.server.services.datasets import ResolvedPointer, resolve_pointer
 from veil.server.services.node import get_node
 from veil.server.services.releases import Query, noise_for, release
+from veil.server.services.units import Units, dataset_units
 from veil.server.services.upload_declarations import FULL_RANGE
 from veil.server.storage.arrays import ArrayStore
 from veil.server.storage.files import NodeFiles
@@ -130,18 +132,11 @@ def release_statistics(
     with db.session() as session:  # read and compute with no lock held
         pointer = resolve_pointer(session, arrays, user=user, pointer_id=pointer_id)
         delta = get_node(session).delta
+        units = dataset_units(session, arrays, pointer.dataset_id)
     low, high = _bounds(pointer)
     sigma = noise_for(sigma=sigma, epsilon=epsilon, count=1, delta=delta)
     channels = _channels(pointer)
-    moments = _row_moments(pointer, low, high)
-    query = Query(
-        name="moments",
-        source=pointer.dataset_id,
-        n_source_rows=pointer.n_asset_rows,
-        rows=pointer.rows,
-        values=moments,
-        bound=MeanOfRows(math.sqrt(2 * channels)),
-    )
+    query = _moments_query(pointer, units, _row_moments(pointer, low, high), channels)
     with db.write_session() as session:
         outcome = release(
             session,
@@ -164,6 +159,25 @@ def release_statistics(
         )
         session.commit()
     return outcome.release
+
+
+def _moments_query(
+    pointer: ResolvedPointer, units: Units, moments: np.ndarray, channels: int
+) -> Query:
+    """The mean of the rows' moment vectors. Where the unit is the data subject: over a
+    whole asset, the mean over its S subjects (public) of each subject's mean vector,
+    so one subject moves one of S entries; over a slice (whose subjects are private),
+    the mean over its rows with each subject's rows clipped together."""
+    bound = MeanOfRows(math.sqrt(2 * channels))
+    common = {"name": "moments", "source": pointer.dataset_id, "n_source_rows": units.n}
+    ranks = units.subjects_of(pointer.rows)
+    whole = len(pointer.rows) == pointer.n_asset_rows
+    if ranks is None or not whole:
+        return Query(rows=pointer.rows, values=moments, bound=bound, groups=ranks, **common)
+    sums = np.zeros((units.n, moments.shape[1]))
+    np.add.at(sums, ranks, moments)
+    means = sums / np.maximum(np.bincount(ranks, minlength=units.n), 1)[:, None]
+    return Query(rows=np.arange(units.n), values=means, bound=bound, **common)
 
 
 def _normalization(

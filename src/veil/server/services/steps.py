@@ -1,7 +1,9 @@
 """Flow III (`step` on chosen batches) and `evaluate`, on the model kept in memory.
 
 A step has no sampling, so no amplification: it is a Gaussian mechanism for exactly
-the rows in its batch, and the cart adds 1/(2 sigma^2) to each of those rows. The step
+the rows in its batch, and the cart adds 1/(2 sigma^2) to each of those rows. On a
+dataset whose unit is the subject, each subject's rows are clipped together and the
+charge goes to every subject (`services.units`). The step
 is checkpointed before it answers, so a restart never loses what the cart counted. Its
 per-row losses and predictions stay on the node as private objects until released.
 
@@ -127,13 +129,15 @@ def step(
         spec, pair, live = read.spec, read.pair, read.live
         train, held_out = _split_batch(pair.rows, validation_split, batch_size)
         x, y = pair.x.array, pair.y.array
+        units = pair.units
         cart = live.cart.copy()
-        cart.ensure_source(pair.key, pair.n_asset_rows)
         # From here the in-memory weights move ahead of the stored cart: if anything
         # fails before the commit, forget them so no uncounted step is ever kept.
         with ctx.live.evicted_on_error(model_id):
-            result = live.trainer.step(np.asarray(x[train]), np.asarray(y[train]))
-            cart.add_gaussian_rows(pair.key, train, sigma=spec.noise_multiplier)
+            result = live.trainer.step(
+                np.asarray(x[train]), np.asarray(y[train]), subjects=units.subjects_of(train)
+            )
+            units.charge_rows(cart, pair.key, train, sigma=spec.noise_multiplier)
             rows, metrics, preds = train, result.metrics, result.preds
             if len(held_out):
                 rows = held_out
@@ -141,7 +145,7 @@ def step(
                 preds = live.trainer.predict(np.asarray(x[held_out]))
             staged = [stage_checkpoint(ctx.files, model_id, trainer=live.trainer, cart=cart)]
             try:
-                common = {"source": pair.key, "rows": rows}
+                common = {"source": pair.key, "rows": rows, "groups": units.subjects_of(rows)}
                 bound = spec.loss_bound
                 loss = stage_object(
                     ctx.files,
@@ -195,7 +199,11 @@ def evaluate(
         pair, live = read.pair, read.live
         metrics = live.trainer.evaluate_rows(pair.x.array, pair.y.array, rows=pair.rows)
         queries = metric_queries(
-            metrics, source=pair.key, n_source_rows=pair.n_asset_rows, rows=pair.rows
+            metrics,
+            source=pair.key,
+            n_source_rows=pair.units.n,
+            rows=pair.rows,
+            groups=pair.units.subjects_of(pair.rows),
         )
         sigma = noise_for(sigma=None, epsilon=epsilon, count=len(queries), delta=read.delta)
         with ctx.db.write_session() as session:

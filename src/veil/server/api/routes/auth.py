@@ -5,7 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from veil.server.api.deps import ContextDep, CurrentUser, ReadSessionDep, TokenDep
+from veil.server.api.deps import (
+    ContextDep,
+    CurrentUser,
+    ReadSessionDep,
+    TokenDep,
+    client_host,
+    from_local_machine,
+)
 from veil.server.api.errors import responses
 from veil.server.api.schemas import Strict, UserOut, UtcDatetime
 from veil.server.services import auth
@@ -13,8 +20,6 @@ from veil.server.services.node import get_node, login_warnings
 from veil.server.services.passwords import MIN_PASSWORD_LENGTH
 
 router = APIRouter(prefix="/auth", tags=["auth"])
-
-_FORWARDING = ("forwarded", "x-forwarded-for")
 
 
 class LoginIn(Strict):
@@ -35,25 +40,14 @@ class PasswordIn(Strict):
     new_password: str = Field(min_length=MIN_PASSWORD_LENGTH, max_length=1024)
 
 
-def _client(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-def _local(request: Request) -> bool:
-    """From the node's own machine, and not relayed by a proxy (a relayed request's
-    origin is unknown unless the proxy is trusted, and then it is not loopback)."""
-    relayed = any(name in request.headers for name in _FORWARDING)
-    return auth.is_loopback(_client(request)) and not relayed
-
-
 @router.post("/login", responses=responses(401, 403, 429))
 def login(body: LoginIn, request: Request, ctx: ContextDep, session: ReadSessionDep) -> LoginOut:
     result = auth.login(
         ctx.db,
         email=body.email,
         password=body.password,
-        client_host=_client(request),
-        local=_local(request),
+        client_host=client_host(request),
+        local=from_local_machine(request),
         ttl_seconds=ctx.settings.token_ttl_seconds,
         throttle=ctx.throttle,
     )
@@ -81,6 +75,6 @@ def change_password(
         token=token,
         old_password=body.old_password,
         new_password=body.new_password,
-        client_host=_client(request),
+        client_host=client_host(request),
         throttle=ctx.throttle,
     )

@@ -49,6 +49,13 @@ class FitIn(DataIn):
     batch_size: JsonInt = Field(default=100, ge=1, le=MAX_DB_INT)
     validation_split: float = Field(default=0.0, ge=0, lt=1)
     target_epsilon: float | None = Field(default=None, ge=MIN_POSITIVE)
+    rows_per_subject: JsonInt | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DB_INT,
+        description="where the dataset's unit is the data subject: at most this many of a "
+        "sampled subject's rows per step (all of them by default)",
+    )
 
     def plan_args(self) -> dict[str, Any]:
         """The planned fit, as `fits.quote` and `fits.submit_fit` take it."""
@@ -59,6 +66,7 @@ class FitIn(DataIn):
             "batch_size": self.batch_size,
             "validation_split": self.validation_split,
             "target_epsilon": self.target_epsilon,
+            "rows_per_subject": self.rows_per_subject,
         }
 
 
@@ -94,6 +102,8 @@ class QuoteOut(BaseModel):
     steps: int
     q: float
     delta: float
+    unit: str  # what q samples and epsilon protects: "row" or "subject"
+    n_train: int  # training units (rows, or data subjects)
 
 
 class EvaluateOut(BaseModel):
@@ -133,7 +143,9 @@ class FitOut(BaseModel):
     steps: int
     target_epsilon: float | None
     quoted_cost: float  # what the fit adds to the model's cart, as quoted
-    n_train: int
+    n_train: int  # training units: rows, or data subjects
+    unit: str = "row"  # the dataset's privacy unit: "row" or "subject"
+    rows_per_subject: int | None = None
 
 
 class EpochOut(BaseModel):
@@ -158,7 +170,8 @@ class ProgressOut(BaseModel):
     max_iter: int | None
     step: int | None
     steps: int | None
-    expected_samples: int | None
+    expected_samples: int | None  # rows, or subjects where that is the unit
+    unit: str | None = None
     elapsed: float | None
     sigma: float | None
     error: str | None
@@ -261,6 +274,8 @@ def quote(
         steps=plan.quote.steps,
         q=plan.quote.q,
         delta=node_delta(session),
+        unit=plan.params["unit"],
+        n_train=plan.params["n_train"],
     )
 
 

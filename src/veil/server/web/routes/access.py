@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from veil._exceptions import VeilError
-from veil.server.api.deps import ContextDep, SessionDep
+from veil.server.api.deps import ContextDep, client_host, from_local_machine
 from veil.server.services import auth
 from veil.server.web.pages import TEMPLATES, PageRoute
 from veil.server.web.session import FormUser, SameOrigin, end_session, session_token, start_session
@@ -30,17 +30,17 @@ def login_page(request: Request) -> HTMLResponse:
 def log_in(
     request: Request,
     ctx: ContextDep,
-    session: SessionDep,
     _: SameOrigin,
     email: Annotated[str, Form()] = "",
     password: Annotated[str, Form()] = "",
 ) -> HTMLResponse | RedirectResponse:
     try:
         login = auth.login(
-            session,
+            ctx.db,
             email=email,
             password=password,
-            client_host=request.client.host if request.client else None,
+            client_host=client_host(request),
+            local=from_local_machine(request),
             ttl_seconds=ctx.settings.token_ttl_seconds,
             throttle=ctx.throttle,
         )
@@ -50,6 +50,6 @@ def log_in(
 
 
 @router.post("/logout")
-def log_out(request: Request, session: SessionDep, _: FormUser) -> RedirectResponse:
-    auth.logout(session, token=session_token(request))
+def log_out(request: Request, ctx: ContextDep, _: FormUser) -> RedirectResponse:
+    auth.logout(ctx.db, token=session_token(request))
     return end_session()
