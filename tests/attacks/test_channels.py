@@ -175,6 +175,7 @@ def test_progress_shows_public_counts_only(node_and_admin) -> None:
         "step",
         "steps",
         "expected_samples",
+        "unit",
         "elapsed",
         "sigma",
         "error",

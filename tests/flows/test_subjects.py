@@ -153,10 +153,13 @@ def test_evaluate_and_statistics_on_people(node, admin, ds) -> None:
     # either batch may hold anyone, so the two compose
     assert second["cost"] > 0.3 * first["cost"] > 0
     assert 0.0 <= first["loss_clipped"] <= 1e6
-    stats = visits["x"].statistics(epsilon=1.0).get()
-    assert np.all(np.abs(np.asarray(stats["mean"])) < 10)  # whole asset: a mean over people
-    part = visits["x"][0:8].statistics(epsilon=1.0).get()
-    assert np.asarray(part["std"]).shape == (FEATURES,)
+    # over the whole asset, a mean over the 30 people (each one's own mean): one person
+    # moves it by sqrt(2C) / 30, whatever rows it owns; over a slice, by sqrt(2C) / rows
+    whole = visits["x"].statistics(sigma=1.0)
+    assert whole.noise()["moments"] == pytest.approx(np.sqrt(2 * FEATURES) / PEOPLE)
+    part = visits["x"][0:8].statistics(sigma=1.0)
+    assert part.noise()["moments"] == pytest.approx(np.sqrt(2 * FEATURES) / 8)
+    assert np.asarray(part.get()["std"]).shape == (FEATURES,)
 
 
 def test_rows_per_subject_is_for_datasets_of_people(node, admin, ds) -> None:

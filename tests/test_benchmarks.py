@@ -1,0 +1,28 @@
+"""Each benchmark runs end to end at a tiny size (no time is asserted: figures are for
+people to read, on the machine they ran on)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("script", ["subject_level.py"])
+def test_the_benchmark_runs_and_writes_its_json(script: str, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert "machine" in result and result["machine"]["cpus"] >= 1
