@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("script", ["subject_level.py"])
+@pytest.mark.parametrize("script", ["subject_level.py", "accuracy.py"])
 def test_the_benchmark_runs_and_writes_its_json(script: str, tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     done = subprocess.run(
