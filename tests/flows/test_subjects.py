@@ -180,3 +180,28 @@ def test_rows_per_subject_is_for_datasets_of_people(node, admin, ds) -> None:
         model_ptr.quote(visits["x"], visits["y"], max_iter=1, batch_size=31)
     final = model_ptr.fit(visits["x"], visits["y"], max_iter=1, batch_size=5, rows_per_subject=2)
     assert final["status"] == "done" and final["step"] == 6
+
+
+def test_a_fit_does_not_say_whose_rows_a_slice_holds(node, admin, ds) -> None:
+    """A one-row slice whose person is in the training part, and one whose person is
+    held out: which is which is private, so both fits must run and report alike."""
+    data = _upload(admin)
+    visits = ds.datasets["Visits"]
+    n = len(data["person"])
+    outcomes = []
+    for rows in (slice(0, 1), slice(n - 1, n)):  # the lowest id trains, the highest is held out
+        model_ptr = _mlp().compile(to=ds)
+        final = model_ptr.fit(
+            visits["x"][rows], visits["y"][rows], max_iter=1, batch_size=2, validation_split=0.5
+        )
+        outcomes.append(
+            (
+                final["status"],
+                final["steps"],
+                final["expected_samples"],
+                [sorted(m) for m in final["metrics"]],
+                [m["released"] for m in final["metrics"]],
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == "done" and outcomes[0][4] == [True]

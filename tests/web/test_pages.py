@@ -198,6 +198,7 @@ def test_datasets_show_public_facts_and_mocks_never_private_values(sqlite_node, 
     http = dashboard(sqlite_node, ds.user.email, DS_PASSWORD)
     page = http.get("/datasets").text
     assert "Secret" in page and "[40, 3]" in page and "float32" in page
+    assert "Privacy unit: the row" in page
     assert "123456" not in page and "1.235e+05" not in page
     (src,) = re.findall(r'src="(/datasets/mock/[^"]+\.png)"', page)
     png = http.get(src)

@@ -271,9 +271,11 @@ class DPTrainer:
         a noise-only step). The clipped gradient sum plus N(0, (sigma C)^2) noise is
         divided by the expected batch size q * len(train_rows). Validation metrics are
         raw per-row values on `val_rows` (disjoint from `train_rows`), after each full
-        epoch. `should_stop()` is asked after every step; True ends the run there,
-        except after an epoch's last step, where it is asked once the epoch's validation
-        and `on_epoch` are done: a run never stops between an epoch and its validation.
+        epoch (by subject, whenever `val_rows` is given, even empty: which rows the
+        held-out subjects own is private). `should_stop()` is asked after every step;
+        True ends the run there, except after an epoch's last step, where it is asked
+        once the epoch's validation and `on_epoch` are done: a run never stops between an
+        epoch and its validation.
 
         `start_step` resumes a run whose first `start_step` steps are already in the
         model (restored from a checkpoint): it runs the remaining steps only, from the
@@ -294,7 +296,8 @@ class DPTrainer:
         check_shapes(self.spec, x, y)
         n = int(x.shape[0])
         train = check_rows("train_rows", train_rows, n)
-        if train.size == 0:
+        if train.size == 0 and subjects is None:
+            # By subject, which rows train is private: the pool of subjects is checked.
             raise ValidationError("Expected at least one training row. Received: none")
         val = check_rows("val_rows", [] if val_rows is None else val_rows, n)
         if np.intersect1d(train, val).size:
@@ -338,7 +341,8 @@ class DPTrainer:
                     break
             if stopped:
                 break
-            info = EpochInfo(epoch, self._evaluate(x, y, val) if val.size else None)
+            validate = val.size > 0 or (subjects is not None and val_rows is not None)
+            info = EpochInfo(epoch, self._evaluate(x, y, val) if validate else None)
             history.append(info)
             if on_epoch is not None:
                 on_epoch(info)
@@ -384,7 +388,8 @@ class DPTrainer:
 
     def _evaluate(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> RowMetrics:
         self.module.eval()
-        losses, correct = [], []
+        losses = [torch.zeros(0, device=self.device)]
+        correct = [] if self.objective.kind == "mse" else [torch.zeros(0, device=self.device)]
         with torch.no_grad():
             for start in range(0, len(rows), _EVAL_BATCH):
                 idx = rows[start : start + _EVAL_BATCH]

@@ -193,7 +193,8 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
         plan.pair.x.array,
         plan.pair.y.array,
         train_rows=plan.train_rows,
-        val_rows=plan.val_rows if len(plan.val_rows) else None,
+        # Whether to validate is public (held-out units), never how many rows they own.
+        val_rows=plan.val_rows if len(plan.val_units) else None,
         epochs=p["max_iter"],
         batch_size=p["batch_size"],
         noise_multiplier=sigma,
