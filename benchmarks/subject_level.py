@@ -37,19 +37,19 @@ DELTA = 1e-5
 
 
 def idc_cnn(sigma: float = 1.0) -> nn.ModelSpec:
+    """A small CNN that learns the demo patches under DP: colour and texture at 10x10."""
     model = nn.Model()
     model.add(nn.Rescaling(1 / 255, input_shape=(None, 3, 50, 50)))
+    model.add(nn.AvgPool(5))
     model.add(nn.Convolution(8, 3, activation="relu"))
     model.add(nn.MaxPool(2))
-    model.add(nn.Convolution(16, 3, activation="relu"))
-    model.add(nn.MaxPool(2))
     model.add(nn.Flatten())
-    model.add(nn.Dense(32, activation="relu"))
+    model.add(nn.Dense(16, activation="relu"))
     model.add(nn.Dense(1))
     model.add(nn.Sigmoid())
     spec = model.to_spec(
         loss=nn.BinaryCrossEntropy(),
-        optimizer=nn.Adam(lr=0.005),
+        optimizer=nn.Adam(lr=0.01),
         noise_multiplier=sigma,
         max_grad_norm=1.0,
     )
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--epsilon", type=float, default=3.0)
-    parser.add_argument("--rows-per-step", type=int, default=128)
+    parser.add_argument("--rows-per-step", type=int, default=192)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:

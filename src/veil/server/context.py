@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from veil.server.compute import ComputePool
 from veil.server.db.engine import Database
 from veil.server.services.releases import sweep_orphans
 from veil.server.services.throttle import LoginThrottle
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["NodeContext"]
 
+_COMPUTE_THREADS = 8  # steps and evaluations computing at once (each holds its model's lock)
+
 
 @dataclass
 class NodeContext:
@@ -33,6 +36,7 @@ class NodeContext:
     arrays: ArrayStore
     live: LiveModels
     runner: JobRunner
+    compute: ComputePool
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_stop: list[Callable[[], None]] = field(default_factory=list)
 
@@ -62,6 +66,7 @@ class NodeContext:
             arrays=ArrayStore(settings.arrays_dir),
             live=LiveModels(files, device=settings.device),
             runner=None,  # type: ignore[arg-type]  # set below: the runner needs the context
+            compute=ComputePool(threads=_COMPUTE_THREADS),
         )
         ctx.runner = make_runner(ctx)
         # A crash between a publish's file and its commit leaves a file nothing points to.

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from celery.signals import worker_shutting_down
 
+from veil.server.compute import lower_priority
 from veil.server.jobs.supervisor import Supervisor
 from veil.server.jobs.worker import Worker
 from veil.server.settings import Settings
@@ -94,6 +95,7 @@ def run_worker(*, concurrency: int = 1) -> None:
 
     @app.task(name=TASK_NAME)
     def _run() -> None:
+        lower_priority()  # below an API sharing the machine (see veil.server.compute)
         worker.drain()
 
     @worker_shutting_down.connect

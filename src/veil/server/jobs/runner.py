@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
+from veil.server.compute import lower_priority
 from veil.server.jobs.supervisor import Supervisor
 from veil.server.jobs.worker import Worker
 
@@ -60,7 +61,9 @@ class EmbeddedRunner:
     def start(self) -> None:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.worker.slots, thread_name_prefix="veil-job")
+                self._pool = ThreadPoolExecutor(
+                    self.worker.slots, thread_name_prefix="veil-job", initializer=lower_priority
+                )
         self._supervisor.start()
 
     def submit(self) -> None:

@@ -24,6 +24,7 @@ from veil.server.db.tables.accounts import TokenRow, UserRow
 from veil.server.services.passwords import (
     check_new_password,
     hash_password,
+    needs_rehash,
     verify_dummy,
     verify_password,
 )
@@ -98,8 +99,15 @@ def login(
     throttle.succeed(email, client_host)
     token = secrets.token_urlsafe(32)
     expires_at = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
+    rehashed = hash_password(password) if needs_rehash(user.password_hash) else None
     with db.write_session() as session:
         session.add(TokenRow(user_id=user.id, token_hash=hash_token(token), expires_at=expires_at))
+        if rehashed is not None:  # only if the password is still the one just verified
+            session.execute(
+                update(UserRow)
+                .where(UserRow.id == user.id, UserRow.password_hash == user.password_hash)
+                .values(password_hash=rehashed)
+            )
         session.commit()
     return Login(token=token, expires_at=expires_at, user=user)
 

@@ -134,15 +134,17 @@ def step(
         # From here the in-memory weights move ahead of the stored cart: if anything
         # fails before the commit, forget them so no uncounted step is ever kept.
         with ctx.live.evicted_on_error(model_id):
-            result = live.trainer.step(
-                np.asarray(x[train]), np.asarray(y[train]), subjects=units.subjects_of(train)
+            result = ctx.compute.run(
+                lambda: live.trainer.step(
+                    np.asarray(x[train]), np.asarray(y[train]), subjects=units.subjects_of(train)
+                )
             )
             units.charge_rows(cart, pair.key, train, sigma=spec.noise_multiplier)
             rows, metrics, preds = train, result.metrics, result.preds
             if len(held_out):
                 rows = held_out
-                metrics = live.trainer.evaluate_rows(x, y, rows=held_out)
-                preds = live.trainer.predict(np.asarray(x[held_out]))
+                metrics = ctx.compute.run(lambda: live.trainer.evaluate_rows(x, y, rows=held_out))
+                preds = ctx.compute.run(lambda: live.trainer.predict(np.asarray(x[held_out])))
             staged = [stage_checkpoint(ctx.files, model_id, trainer=live.trainer, cart=cart)]
             try:
                 common = {"source": pair.key, "rows": rows, "groups": units.subjects_of(rows)}
@@ -197,7 +199,9 @@ def evaluate(
     with ctx.live.lock(model_id):
         read = _read(ctx, user=user, model_id=model_id, x_id=x_id, y_id=y_id)
         pair, live = read.pair, read.live
-        metrics = live.trainer.evaluate_rows(pair.x.array, pair.y.array, rows=pair.rows)
+        metrics = ctx.compute.run(
+            lambda: live.trainer.evaluate_rows(pair.x.array, pair.y.array, rows=pair.rows)
+        )
         queries = metric_queries(
             metrics,
             source=pair.key,

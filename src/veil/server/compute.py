@@ -1,0 +1,44 @@
+"""Training and evaluation run at a lower CPU priority than the API.
+
+Logins, listings and progress polls are short; training steps are long and many. On a
+node whose cores are busy training, the kernel shares them fairly among threads, so a
+login would wait behind every running step. Threads that train (the embedded job
+runner's, and the pool that computes `step` and `evaluate` for requests) therefore run
+at nice `COMPUTE_NICE`; the API's threads keep the default. Torch's worker threads are
+created by the thread that first runs a parallel region on them, and inherit its nice
+value. Raising one's own nice value needs no privilege; where the platform has no
+per-thread nice, this does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+__all__ = ["COMPUTE_NICE", "ComputePool", "lower_priority"]
+
+COMPUTE_NICE = 10
+
+T = TypeVar("T")
+
+
+def lower_priority() -> None:
+    """Run the calling thread (and the threads it starts) at nice COMPUTE_NICE."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPUTE_NICE)
+
+
+class ComputePool:
+    """Runs a request's computation on a thread at lower priority, and waits for it."""
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(
+            threads, thread_name_prefix="veil-compute", initializer=lower_priority
+        )
+
+    def run(self, fn: Callable[[], T]) -> T:
+        return self._pool.submit(fn).result()
