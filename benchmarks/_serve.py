@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import socket
 import subprocess
 import threading
@@ -11,7 +9,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
@@ -20,7 +17,7 @@ from veil.server.app import create_app
 from veil.server.context import NodeContext
 from veil.server.settings import Settings
 
-__all__ = ["ADMIN", "free_port", "login_when_up", "machine", "node_in_thread"]
+__all__ = ["ADMIN", "free_port", "login_when_up", "node_in_thread"]
 
 ADMIN = ("admin@veil.dev", "changethis")
 
@@ -41,16 +38,6 @@ def login_when_up(node: subprocess.Popen, port: int, timeout: float = 180.0) -> 
             if time.monotonic() > deadline or node.poll() is not None:
                 raise RuntimeError("the node did not start") from None
             time.sleep(0.5)
-
-
-def machine() -> dict[str, Any]:
-    """The machine and its load, recorded beside every figure."""
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "load": os.getloadavg(),
-    }
 
 
 @contextmanager

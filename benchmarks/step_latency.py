@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _serve import ADMIN, machine, node_in_thread
+from _serve import ADMIN, node_in_thread
+from _sizes import machine
 
 import veil
 from veil import nn
