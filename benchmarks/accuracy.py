@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _serve import free_port, login_when_up
+from _sizes import machine, size_flags
 from opacus import PrivacyEngine
 from torch import nn as tnn
 
@@ -179,12 +179,10 @@ def veil_accuracy(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, 20 epochs")
-    parser.add_argument("--tiny", action="store_true", help="a smoke run (used by the tests)")
+    size_flags(parser, RESULTS, quick="one seed, 20 epochs", tiny="a smoke run (used by the tests)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs = 1, 20
@@ -240,13 +238,7 @@ def main() -> None:
     args.out.write_text(
         json.dumps(
             {
-                "machine": {
-                    "platform": platform.platform(),
-                    "processor": platform.processor(),
-                    "cpus": os.cpu_count(),
-                    "torch": torch.__version__,
-                    "load": os.getloadavg(),
-                },
+                "machine": {**machine(), "torch": torch.__version__},
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "rows": rows,
             },

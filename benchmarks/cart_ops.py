@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _sizes import machine, size_flags
 
 from veil.privacy import Cart, calibrate_fit, quote_fit
 
@@ -40,7 +41,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--history", type=int, default=2_000, help="steps run before timing")
+    size_flags(
+        parser,
+        RESULTS,
+        quick="rows 100,000, 5 repeats, 200 steps of history",
+        tiny="1,000 rows, 2 repeats",
+    )
     args = parser.parse_args()
+    if args.tiny:
+        args.rows, args.repeats, args.history = 1_000, 2, 10
+    elif args.quick:
+        args.rows, args.repeats, args.history = 100_000, 5, 200
 
     n = args.rows
     rng = np.random.default_rng(0)
@@ -87,9 +98,13 @@ def main() -> None:
     for name, seconds in rows:
         print(f"{name:<32}{seconds * 1e3:>12.3f}")
     meta = {"rows": n, "history_steps": args.history, "python": platform.python_version()}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    out = {"meta": meta, "rows": [{"operation": k, "median_s": v} for k, v in rows]}
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out = {
+        "meta": meta,
+        "machine": machine(),
+        "rows": [{"operation": k, "median_s": v} for k, v in rows],
+    }
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

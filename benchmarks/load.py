@@ -40,6 +40,7 @@ import gevent
 import psycopg
 import redis
 from _serve import free_port, login_when_up
+from _sizes import size_flags
 from locust import HttpUser, between, task
 from locust.env import Environment
 
@@ -166,7 +167,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/10")
+    size_flags(parser, RESULTS, quick="30 seconds", tiny="3 seconds, 2 users")
     args = parser.parse_args()
+    if args.tiny:
+        args.seconds, args.users, args.spawn_rate = 3.0, 2, 2.0
+    elif args.quick:
+        args.seconds = 30.0
 
     redis.Redis.from_url(args.redis_url).flushdb()
     port = free_port()
@@ -238,8 +244,8 @@ def main() -> None:
         f"fits seen done: {DataScientist.fits_done}; "
         f"longest place in the queue seen: {DataScientist.longest_queue}"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
         json.dumps(
             {
                 "users": args.users,
@@ -253,7 +259,7 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from _serve import free_port, login_when_up
+from _sizes import size_flags
 
 import veil
 from veil import nn
@@ -98,7 +99,17 @@ def main() -> None:
     parser.add_argument("--steppers", type=int, default=4)
     parser.add_argument("--fitters", type=int, default=2)
     parser.add_argument("--database-url", default=None)
+    size_flags(
+        parser,
+        RESULTS,
+        quick="20 seconds, 5 idle",
+        tiny="2 seconds, 1 idle, one stepper and one fitter",
+    )
     args = parser.parse_args()
+    if args.tiny:
+        args.seconds, args.idle_seconds, args.steppers, args.fitters = 2.0, 1.0, 1, 1
+    elif args.quick:
+        args.seconds, args.idle_seconds = 20.0, 5.0
 
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
@@ -188,8 +199,8 @@ def main() -> None:
         )
     print(f"steps done while measuring: {steps}; fit steps: {fit_steps}")
     print(f"one argon2 verification here, after the run: {argon2:.1f} ms")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    name = RESULTS.with_name(f"login_under_load_{database}.json")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    name = args.out
     name.write_text(json.dumps(result, indent=2))
     print(f"wrote {name}")
 

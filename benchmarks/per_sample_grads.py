@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _sizes import machine, size_flags
 from opacus import GradSampleModule
 from torch import nn
 from torch.func import functional_call, grad, vmap
@@ -118,7 +119,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 256])
+    size_flags(parser, RESULTS, quick="2 repeats, batches 16 and 64", tiny="1 repeat of batch 4")
     args = parser.parse_args()
+    if args.tiny:
+        args.repeats, args.batch_sizes = 1, [4]
+    elif args.quick:
+        args.repeats, args.batch_sizes = 2, [16, 64]
     device = torch.device(args.device)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     rows = []
@@ -158,7 +164,7 @@ def main() -> None:
             f"{r['model']:<18}{r['params']:>8}{r['batch_size']:>7}"
             f"{r['vmap_ms']:>10.2f}{r['opacus_ms']:>11.2f}{r['opacus_over_vmap']:>7.2f}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "device": str(device),
         "torch": torch.__version__,
@@ -167,8 +173,10 @@ def main() -> None:
         "repeats": args.repeats,
         "note": "median wall time of one per-example gradient pass; ratio > 1: vmap faster",
     }
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.write_text(
+        json.dumps({"meta": meta, "machine": machine(), "rows": rows}, indent=2) + "\n"
+    )
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _sizes import size_flags
 
 from veil.audit import canary_model, canary_scores, make_canaries
 from veil.engine import DPTrainer, _trainer
@@ -92,9 +93,13 @@ def main() -> None:
     parser.add_argument("--canaries", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3, help="independent runs per cell")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
-    parser.add_argument("--quick", action="store_true", help="500 canaries, one run, eps 2")
+    size_flags(
+        parser, RESULTS, quick="500 canaries, one run, eps 2", tiny="50 canaries, one run, eps 2"
+    )
     args = parser.parse_args()
-    if args.quick:
+    if args.tiny:
+        args.canaries, args.runs, args.epsilons = 50, 1, [2.0]
+    elif args.quick:
         args.canaries, args.runs, args.epsilons = 500, 1, [2.0]
 
     # The most a perfect attack can show with this many canaries: the audit's reach.
@@ -123,8 +128,8 @@ def main() -> None:
             print(f"{name:<14} {charged:>11.3f} {shown:>28} {verdict:>22}")
             rows.append({"engine": name, "target": target, "runs": runs, "caught": caught})
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
         json.dumps(
             {
                 "benchmark": "privacy_audit",
@@ -145,7 +150,7 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import uvicorn
+from _sizes import size_flags
 from safetensors.numpy import save_file
 
 import veil
@@ -140,7 +141,17 @@ def main() -> None:
     parser.add_argument("--fresh", type=int, default=100, help="first publishes per size")
     parser.add_argument("--rows", type=int, default=10_000, help="rows of the dataset")
     parser.add_argument("--warmup", type=int, default=20)
+    size_flags(
+        parser,
+        RESULTS,
+        quick="100 repeats, 30 fresh models per size",
+        tiny="3 repeats, 2 fresh models, 1,000 rows",
+    )
     args = parser.parse_args()
+    if args.tiny:
+        args.repeats, args.fresh, args.rows, args.warmup = 3, 2, 1_000, 1
+    elif args.quick:
+        args.repeats, args.fresh = 100, 30
 
     with tempfile.TemporaryDirectory() as tmp, _node(Path(tmp) / "node") as (url, db, files):
         admin = veil.login(*ADMIN, url=url, verbose=False)
@@ -205,8 +216,8 @@ def main() -> None:
             f"{'yes' if spread <= AGREE else 'NO'} (spread {spread:.1%}); "
             f"all under {LIMIT_MS:.0f} ms: {'yes' if max(p50s) < LIMIT_MS else 'NO'}"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
         json.dumps(
             {
                 "benchmark": "publish_latency",
@@ -225,7 +236,7 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _sizes import size_flags
 
 from veil import nn
 from veil.engine import DPTrainer
@@ -77,9 +78,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="1 repeat of 2 steps")
+    size_flags(parser, RESULTS, quick="1 repeat of 2 steps", tiny="1 repeat of 1 step")
     args = parser.parse_args()
-    if args.quick:
+    if args.tiny:
+        args.repeats, args.steps = 1, 1
+    elif args.quick:
         args.repeats, args.steps = 1, 2
 
     rows = []
@@ -114,8 +117,8 @@ def main() -> None:
                 "noise_ms_per_step": noise_ms,
             }
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
         json.dumps(
             {
                 "benchmark": "secure_noise",
@@ -134,7 +137,7 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _sizes import machine, size_flags
 
 from veil import nn
 from veil.demo import private_train_split, public_test_split
@@ -128,14 +128,17 @@ def accuracy(epsilon: float, seeds: int, epochs: int, rows_per_step: int) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, seeds, epochs")
-    parser.add_argument("--tiny", action="store_true", help="a smoke run (used by the tests)")
+    size_flags(
+        parser,
+        RESULTS,
+        quick="fewer repeats, seeds, epochs",
+        tiny="a smoke run (used by the tests)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--epsilon", type=float, default=3.0)
     parser.add_argument("--rows-per-step", type=int, default=192)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.seeds, args.epochs = 1, 1, 8
@@ -159,13 +162,7 @@ def main() -> None:
     args.out.write_text(
         json.dumps(
             {
-                "machine": {
-                    "platform": platform.platform(),
-                    "processor": platform.processor(),
-                    "cpus": os.cpu_count(),
-                    "torch": torch.__version__,
-                    "load": os.getloadavg(),
-                },
+                "machine": {**machine(), "torch": torch.__version__},
                 "args": {k: str(v) for k, v in vars(args).items()},
                 "throughput": speed,
                 "accuracy": acc,

@@ -32,6 +32,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from _sizes import machine, size_flags
 
 RESULTS = Path(__file__).resolve().parent / "results" / "upload_memory.json"
 ADMIN = ("admin@veil.dev", "changethis")
@@ -218,7 +219,12 @@ def _table(row: dict[str, object]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=2.0, help="asset size in GiB (float32)")
+    size_flags(parser, RESULTS, quick="a 0.5 GiB asset", tiny="a 10 MiB asset")
     args = parser.parse_args()
+    if args.tiny:
+        args.gib = 0.01
+    elif args.quick:
+        args.gib = 0.5
     if args.gib <= 0:
         parser.error(f"--gib must be positive. Received: {args.gib}")
     row = run(args.gib)
@@ -230,15 +236,17 @@ def main() -> None:
         print(
             f"{who}: peak {part['peak_over_asset']:.3f} x the asset, {verdict} under {WELL_BELOW} x"
         )
-    RESULTS.parent.mkdir(exist_ok=True)
+    args.out.parent.mkdir(exist_ok=True)
     meta = {
         "gib": args.gib,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "well_below": WELL_BELOW,
     }
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": [row]}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.write_text(
+        json.dumps({"meta": meta, "machine": machine(), "rows": [row]}, indent=2) + "\n"
+    )
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("script", ["subject_level.py", "accuracy.py"])
+RUNNABLE = [
+    "subject_level.py",
+    "accuracy.py",
+    "step_latency.py",
+    "publish_latency.py",
+    "upload_memory.py",
+    "cart_ops.py",
+    "per_sample_grads.py",
+    "secure_noise.py",
+    "privacy_audit.py",
+]
+
+
+@pytest.mark.parametrize("script", RUNNABLE)
 def test_the_benchmark_runs_and_writes_its_json(script: str, tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     done = subprocess.run(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
+from sqlalchemy import func, select
 
 import veil
 from tests.conftest import make_ds
 from tests.server.test_datasets import raw_http
+from veil import nn
 from veil.server.db.tables.accounts import UserRow
+from veil.server.db.tables.datasets import AssetViewRow
 from veil.server.services.datasets import resolve_pointer
 
 N = 30
@@ -136,10 +140,11 @@ def test_views_belong_to_their_maker(data, admin, ds, node) -> None:
 def test_resolve_pointer_contract(data, ds, node) -> None:
     x = ds.datasets["Rows"]["x"]
     view = x[4:20:5]
+    view_id = view.id  # stored on the node now, before this session's snapshot
     with node.ctx.db.session() as session:
         user = session.get(UserRow, ds.user.id)
         whole = resolve_pointer(session, node.ctx.arrays, user=user, pointer_id=x.id)
-        part = resolve_pointer(session, node.ctx.arrays, user=user, pointer_id=view.id)
+        part = resolve_pointer(session, node.ctx.arrays, user=user, pointer_id=view_id)
         with pytest.raises(veil.NotFound):
             resolve_pointer(session, node.ctx.arrays, user=user, pointer_id="nope")
     assert isinstance(whole.array, np.memmap) and not whole.array.flags.writeable
@@ -149,3 +154,62 @@ def test_resolve_pointer_contract(data, ds, node) -> None:
     assert part.rows.dtype == np.int64 and part.rows.tolist() == [4, 9, 14, 19]
     assert part.asset_id == x.id and part.shape == (4, 2, 3) and part.n_asset_rows == N
     np.testing.assert_array_equal(part.array[part.rows], data[4:20:5])
+
+
+def _views(node) -> int:
+    with node.ctx.db.session() as session:
+        return session.scalar(select(func.count()).select_from(AssetViewRow))
+
+
+def _model(ds: veil.Client) -> veil.ModelPointer:
+    model = nn.Model()
+    model.add(nn.Flatten(input_shape=(None, 2, 3)))
+    model.add(nn.Dense(1))
+    return model.compile(to=ds, loss=nn.MeanSquaredError(), optimizer=nn.SGD())
+
+
+def test_a_step_names_its_rows_and_a_slice_is_stored_only_when_its_id_is_asked(
+    data, ds, node
+) -> None:
+    x, y = ds.datasets["Rows"]["x"], ds.datasets["Rows"]["y"]
+    model_ptr = _model(ds)
+    before = _views(node)
+    batch_x, batch_y = x[3:28:2][1:-1:3], y[3:28:2][1:-1:3]
+    assert list(batch_x.rows) == list(range(N)[3:28:2][1:-1:3]) and "first use" in repr(batch_x)
+    loss, preds = model_ptr.step(batch_x, batch_y)
+    model_ptr.evaluate(x[0:10], y[0:10], epsilon=1.0)
+    assert _views(node) == before  # no slice request, no view stored
+    assert tuple(preds.shape) == (len(batch_x), 1)
+    assert batch_x.id == x[3:28:2][1:-1:3].id != x.id and _views(node) == before + 1
+    model_ptr.step(batch_x, batch_y)  # a stored view still works, by its id
+    model_ptr.step(x[0:4].id and x[0:4], y[0:4])  # one side stored, the other named
+    with pytest.raises(veil.OutOfRange, match="a view of 'x', which has 5 rows"):
+        x[0:5][5:9]
+
+
+def test_named_rows_are_checked_as_a_slice_is(data, ds, admin, node) -> None:
+    x, y = ds.datasets["Rows"]["x"], ds.datasets["Rows"]["y"]
+    model_ptr = _model(ds)
+    other = make_ds(admin, node)
+    strangers = other.datasets["Rows"]["x"][0:5]
+    url = f"/models/{model_ptr.id}/step"
+    with raw_http(node, ds) as http:
+
+        def step(**body: object) -> httpx.Response:
+            return http.post(url, json={"x": x.id, "y": y.id, **body})
+
+        answer = step(x_rows={"start": 30}, y_rows={"start": 30})
+        assert answer.status_code == 422 and answer.json()["error"] == "OutOfRange"
+        assert "Slice [30:] selects no rows of 'x', which has 30 rows" in answer.json()["message"]
+        for bad in ({"step": 0}, {"step": -1}, {"start": "1"}, {"start": 1.5}, {"rows": 3}):
+            assert step(x_rows=bad, y_rows=bad).status_code == 422, bad
+        answer = step(x=strangers.id, x_rows={"start": 0}, y_rows={"stop": 5})
+        assert answer.status_code == 404 and answer.json()["error"] == "NotFound"
+        answer = step(x_rows={"start": 0, "stop": 4}, y_rows={"start": 1, "stop": 5})
+        assert answer.status_code == 422 and "same rows" in answer.json()["message"]
+        assert step(x_rows={"stop": 4}, y_rows={"stop": 4}).status_code == 200
+        evaluated = http.post(
+            f"/models/{model_ptr.id}/evaluate",
+            json={"x": x.id, "y": y.id, "x_rows": {"start": 99}, "epsilon": 1.0},
+        )
+        assert evaluated.status_code == 422 and evaluated.json()["error"] == "OutOfRange"

@@ -40,12 +40,15 @@ class AssetPointer:
     """A pointer to a private asset on the node, or to a slice of its rows.
 
     Its shape, dtype and mock are public; its values are not (`get()` is for the admin).
-    Slicing the first axis makes a new pointer on the node without copying any data.
+    Slicing the first axis gives a pointer to those rows, checked here by the rules the
+    node applies (shapes are public); the node stores it as a view only when something
+    asks for its `id`. A step or an evaluation names such rows in its own request, so a
+    batch costs no request of its own.
     """
 
     def __init__(self, http: Http, data: Mapping[str, Any]) -> None:
         self._http = http
-        self.id: str = data["id"]
+        self._id: str | None = data["id"]  # None: a slice not yet stored on the node
         self.dataset_id: str = data["dataset_id"]
         self.asset_id: str = data["asset_id"]
         self.name: str = data["name"]
@@ -92,7 +95,57 @@ class AssetPointer:
             raise ValidationError(
                 f"A pointer slice needs a positive step. Received: step={body['step']}"
             )
-        return AssetPointer(self._http, self._http.post(f"/assets/{self.id}/slice", json=body))
+        start, stop, step = body.get("start"), body.get("stop"), body.get("step")
+        picked = self.rows[slice(start, stop, step)]
+        if not picked:  # the node's words, from public lengths alone
+            given = [start, stop] if step is None else [start, stop, step]
+            written = ":".join("" if v is None else str(v) for v in given)
+            what = f"a view of {self.name!r}" if self.is_view else repr(self.name)
+            raise OutOfRange(
+                f"Slice [{written}] selects no rows of {what}, which has {len(self)} rows.",
+                rows=len(self),
+                start=start,
+                stop=stop,
+                step=step,
+            )
+        if len(picked) == 1:  # one row: any step says the same, as on the node
+            picked = range(picked.start, picked.start + 1)
+        return AssetPointer(
+            self._http,
+            {
+                "id": None,
+                "dataset_id": self.dataset_id,
+                "asset_id": self.asset_id,
+                "name": self.name,
+                "shape": [len(picked), *self.public_shape[1:]],
+                "dtype": self.dtype.name,
+                "start": picked.start,
+                "stop": picked.stop,
+                "step": picked.step,
+                "is_view": True,
+                "bounds": None if self.bounds is None else list(self.bounds),
+                "mock_source": self.mock_source,
+            },
+        )
+
+    @property
+    def id(self) -> str:
+        """The pointer's id on the node; a slice is stored as a view on first use."""
+        if self._id is None:
+            rows = {"start": self.rows.start, "stop": self.rows.stop, "step": self.rows.step}
+            self._id = self._http.post(f"/assets/{self.asset_id}/slice", json=rows)["id"]
+        return self._id
+
+    def _named_rows(self) -> tuple[str, dict[str, int] | None]:
+        """(pointer id, rows of it) for a request that reads these rows: a slice not
+        stored on the node goes as its asset and row range, with no request of its own."""
+        if self._id is not None:
+            return self._id, None
+        return self.asset_id, {
+            "start": self.rows.start,
+            "stop": self.rows.stop,
+            "step": self.rows.step,
+        }
 
     @property
     def mock(self) -> np.ndarray:
@@ -128,7 +181,8 @@ class AssetPointer:
         where = self.name
         if self.is_view:
             where += f"[{self.rows.start}:{self.rows.stop}:{self.rows.step}]"
-        return f"<AssetPointer {where} {self.dtype.name} {self.public_shape} id={self.id}>"
+        shown = self._id or "(a slice, stored on the node on first use)"
+        return f"<AssetPointer {where} {self.dtype.name} {self.public_shape} id={shown}>"
 
 
 class Dataset:

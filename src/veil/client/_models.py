@@ -13,6 +13,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from veil._exceptions import JobFailed, ValidationError
+from veil.client._datasets import AssetPointer
 from veil.client._http import Http
 from veil.client._objects import PrivatePointer, WeightsPointer
 
@@ -33,6 +34,17 @@ def _pointer_id(ptr: Any, name: str) -> str:
             f"slice of it). Received: {type(ptr).__name__}"
         )
     return pointer_id
+
+
+def _batch(x_ptr: Any, y_ptr: Any) -> dict[str, Any]:
+    """x and y for a step or an evaluation: a slice goes as its asset and rows."""
+    body: dict[str, Any] = {}
+    for name, ptr in (("x", x_ptr), ("y", y_ptr)):
+        if isinstance(ptr, AssetPointer):
+            body[name], body[f"{name}_rows"] = ptr._named_rows()
+        else:
+            body[name] = _pointer_id(ptr, f"{name}_ptr")
+    return body
 
 
 class ModelPointer:
@@ -180,8 +192,7 @@ class ModelPointer:
         a guard against stepping on a whole asset by mistake, never a split of the batch.
         """
         body = {
-            "x": _pointer_id(x_ptr, "x_ptr"),
-            "y": _pointer_id(y_ptr, "y_ptr"),
+            **_batch(x_ptr, y_ptr),
             "validation_split": validation_split,
             "batch_size": batch_size,
         }
@@ -202,11 +213,7 @@ class ModelPointer:
         """Release the model's noised loss and accuracy on these rows, charged: `epsilon`
         prices the two queries; the answer has each value with its noise std (`loss_std`)
         and clipped to where the true one lies (`loss_clipped`), and the `cost`."""
-        body = {
-            "x": _pointer_id(x_ptr, "x_ptr"),
-            "y": _pointer_id(y_ptr, "y_ptr"),
-            "epsilon": epsilon,
-        }
+        body = {**_batch(x_ptr, y_ptr), "epsilon": epsilon}
         return self._http.post(f"/models/{self.id}/evaluate", json=body)
 
     def weights(self) -> WeightsPointer:

@@ -11,10 +11,12 @@ that read it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from veil.nn.spec import ModelSpec
 from veil.privacy import Cart
 from veil.server.db.base import utcnow
 from veil.server.db.tables.models import ModelRow
-from veil.server.storage.files import NodeFiles, atomic_write, link_into
+from veil.server.storage.files import NodeFiles, atomic_write, link_into, sync_files
 
 __all__ = [
     "load_cart",
@@ -42,6 +44,7 @@ __all__ = [
 
 _STAGED = ".staged-"
 _STAGED_GRACE_S = 3600.0  # a staged file this old belongs to a process that died
+_PRUNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-prune")
 
 
 def load_cart(files: NodeFiles, model: ModelRow) -> Cart:
@@ -56,7 +59,7 @@ def load_cart(files: NodeFiles, model: ModelRow) -> Cart:
     return cart
 
 
-def save_cart_arrays(path: Path, cart: Cart) -> None:
+def save_cart_arrays(path: Path, cart: Cart, *, sync: bool = True) -> None:
     """The cart's per-row arrays as one .npz (`rho_i`, `pool_i` per source, sorted keys)."""
     arrays = cart.arrays()
     flat: dict[str, np.ndarray] = {}
@@ -68,7 +71,7 @@ def save_cart_arrays(path: Path, cart: Cart) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, **flat)
 
-    atomic_write(path, write)
+    atomic_write(path, write, sync=sync)
 
 
 def load_trainer(files: NodeFiles, model: ModelRow, *, device: str = "cpu") -> DPTrainer:
@@ -108,16 +111,22 @@ class StagedCheckpoint:
         os.replace(self.cart_arrays, files.cart_arrays(model.id, version))
         _point_at(model, version, self.cart, steps_added)
 
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        return (self.weights, self.optimizer, self.cart_arrays)
+
     def discard(self) -> None:
-        for path in (self.weights, self.optimizer, self.cart_arrays):
+        for path in self.paths:
             path.unlink(missing_ok=True)
 
 
 def stage_checkpoint(
-    files: NodeFiles, model_id: str, *, trainer: DPTrainer, cart: Cart
+    files: NodeFiles, model_id: str, *, trainer: DPTrainer, cart: Cart, sync: bool = True
 ) -> StagedCheckpoint:
     """Write the trainer's weights and optimizer state and the cart; call outside any
-    transaction, then `commit` (or `discard`)."""
+    transaction, then `commit` (or `discard`). The files are synced together before it
+    returns; with `sync=False` the caller syncs `paths` (with its other files) before
+    the commit."""
     folder = files.model_dir(model_id)
     stem = f"{_STAGED}{uuid.uuid4().hex}"
     staged = StagedCheckpoint(
@@ -129,13 +138,16 @@ def stage_checkpoint(
     try:
         tensors, meta = trainer.checkpoint()
         weights = trainer.get_weights()
-        atomic_write(staged.weights, lambda tmp: save_numpy(weights, str(tmp)))
+        atomic_write(staged.weights, lambda tmp: save_numpy(weights, str(tmp)), sync=False)
         contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
         atomic_write(
             staged.optimizer,
             lambda tmp: save_torch(contiguous, str(tmp), metadata={"veil": json.dumps(meta)}),
+            sync=False,
         )
-        save_cart_arrays(staged.cart_arrays, staged.cart)
+        save_cart_arrays(staged.cart_arrays, staged.cart, sync=False)
+        if sync:
+            sync_files(staged.paths)
     except BaseException:
         staged.discard()
         raise
@@ -153,19 +165,30 @@ def save_cart_version(files: NodeFiles, model: ModelRow, *, cart: Cart) -> None:
 
 
 def prune_old_versions(files: NodeFiles, model: ModelRow) -> None:
-    """Remove checkpoints older than the previous version (call after commit), and
-    staged files a process that died left behind."""
-    keep = {model.version, model.version - 1}
+    """Remove checkpoints older than the previous version, and staged files a process
+    that died left behind (call after commit).
+
+    Runs on a background thread: unlinking on a journaled file system costs as much as
+    a step, and nothing waits for it. Only versions below the previous one go, never a
+    newer one that committed meanwhile, so a late or repeated prune is harmless; one
+    that never ran is made good by the next.
+    """
+    _PRUNER.submit(_prune, files, model.id, model.version)
+
+
+def _prune(files: NodeFiles, model_id: str, version: int) -> None:
+    folder = files.model_dir(model_id)
     cutoff = time.time() - _STAGED_GRACE_S
-    for path in files.model_dir(model.id).glob(f"{_STAGED}*"):
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-        except FileNotFoundError:  # committed or discarded meanwhile
-            pass
-    for path in files.model_dir(model.id).glob("*-*.*"):
-        stem = path.name.split(".", 1)[0]
-        prefix, _, number = stem.rpartition("-")
-        stale = number.isdigit() and int(number) not in keep
-        if prefix in ("weights", "optimizer", "cart") and stale:
-            path.unlink(missing_ok=True)
+    try:
+        for path in folder.glob(f"{_STAGED}*"):
+            with contextlib.suppress(FileNotFoundError):  # committed or discarded meanwhile
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+        for path in folder.glob("*-*.*"):
+            stem = path.name.split(".", 1)[0]
+            prefix, _, number = stem.rpartition("-")
+            stale = number.isdigit() and int(number) < version - 1
+            if prefix in ("weights", "optimizer", "cart") and stale:
+                path.unlink(missing_ok=True)
+    except OSError:  # the folder went (the model or the node's data was deleted)
+        return

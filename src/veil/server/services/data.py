@@ -63,10 +63,19 @@ def select_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def resolve_pair(
-    session: Session, arrays: ArrayStore, *, user: UserRow, x_id: str, y_id: str
+    session: Session,
+    arrays: ArrayStore,
+    *,
+    user: UserRow,
+    x_id: str,
+    y_id: str,
+    x_rows: slice | None = None,
+    y_rows: slice | None = None,
 ) -> Pair:
-    x = resolve_pointer(session, arrays, user=user, pointer_id=x_id)
-    y = resolve_pointer(session, arrays, user=user, pointer_id=y_id)
+    """x and y, each the pointer's rows or, given `x_rows` (`y_rows`), `x[x_rows]` as
+    slicing the pointer would select them."""
+    x = resolve_pointer(session, arrays, user=user, pointer_id=x_id, within=x_rows)
+    y = resolve_pointer(session, arrays, user=user, pointer_id=y_id, within=y_rows)
     if len(x.rows) != len(y.rows):
         raise ValidationError(
             f"x and y must have the same number of rows. Received: x has {len(x.rows)} "

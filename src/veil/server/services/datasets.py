@@ -155,25 +155,8 @@ def slice_pointer(
 
     A slice that selects no rows raises `OutOfRange`, naming the pointer's row count.
     """
-    if step is not None and step <= 0:
-        raise ValidationError(
-            f"A pointer slice needs a positive step. Received: step={step}", step=step
-        )
     asset, rows, view_id = _lookup(session, user=user, pointer_id=pointer_id)
-    picked = rows[slice(start, stop, step)]
-    if not picked:  # an empty pointer is always a mistake; say so with the public length
-        given = [start, stop] if step is None else [start, stop, step]
-        written = ":".join("" if v is None else str(v) for v in given)
-        what = f"a view of {asset.name!r}" if view_id else repr(asset.name)
-        raise OutOfRange(
-            f"Slice [{written}] selects no rows of {what}, which has {len(rows)} rows.",
-            rows=len(rows),
-            start=start,
-            stop=stop,
-            step=step,
-        )
-    if len(picked) == 1:  # one row: any step says the same; keep it small
-        picked = range(picked.start, picked.start + len(picked))
+    picked = _pick(asset, rows, view_id, start=start, stop=stop, step=step)
     existing = session.scalars(
         select(AssetViewRow).where(
             AssetViewRow.owner_id == user.id,
@@ -220,14 +203,23 @@ def private_npy(
 
 
 def resolve_pointer(
-    session: Session, arrays: ArrayStore, *, user: UserRow, pointer_id: str
+    session: Session,
+    arrays: ArrayStore,
+    *,
+    user: UserRow,
+    pointer_id: str,
+    within: slice | None = None,
 ) -> ResolvedPointer:
-    """The asset array and row indices a pointer id (asset or view) stands for.
+    """The asset array and row indices a pointer id (asset or view) stands for, or with
+    `within`, `pointer[within]`: checked exactly as slicing the pointer would be, with
+    no view stored (a step or an evaluation names its rows in its own request).
 
     NotFound for an id that is neither, and for another user's view (the admin may use
     any view). The array is memory-mapped, so nothing is read until rows are indexed.
     """
-    asset, rows, _ = _lookup(session, user=user, pointer_id=pointer_id)
+    asset, rows, view_id = _lookup(session, user=user, pointer_id=pointer_id)
+    if within is not None:
+        rows = _pick(asset, rows, view_id, start=within.start, stop=within.stop, step=within.step)
     array = arrays.open(arrays.asset_path(asset.dataset_id, asset.id))
     return ResolvedPointer(
         dataset_id=asset.dataset_id,
@@ -255,6 +247,38 @@ def _lookup(
             return asset, range(int(view.start), int(view.stop), int(view.step)), view.id
     # Another user's view answers exactly like an id that does not exist.
     raise NotFound(f"No asset or view {pointer_id!r} visible to you.", pointer=pointer_id)
+
+
+def _pick(
+    asset: AssetRow,
+    rows: range,
+    view_id: str | None,
+    *,
+    start: int | None,
+    stop: int | None,
+    step: int | None,
+) -> range:
+    """`rows[start:stop:step]` by Python's rules, as slicing a pointer takes them: a
+    positive step, and at least one row (else `OutOfRange` naming the public length)."""
+    if step is not None and step <= 0:
+        raise ValidationError(
+            f"A pointer slice needs a positive step. Received: step={step}", step=step
+        )
+    picked = rows[slice(start, stop, step)]
+    if not picked:  # an empty pointer is always a mistake; say so with the public length
+        given = [start, stop] if step is None else [start, stop, step]
+        written = ":".join("" if v is None else str(v) for v in given)
+        what = f"a view of {asset.name!r}" if view_id else repr(asset.name)
+        raise OutOfRange(
+            f"Slice [{written}] selects no rows of {what}, which has {len(rows)} rows.",
+            rows=len(rows),
+            start=start,
+            stop=stop,
+            step=step,
+        )
+    if len(picked) == 1:  # one row: any step says the same; keep it small
+        picked = range(picked.start, picked.start + len(picked))
+    return picked
 
 
 def _mock_range(rows: range, mock_rows: int) -> range:

@@ -80,9 +80,11 @@ def stage_object(
     shape: tuple[int, ...],
     bound: Bound | None,
     groups: np.ndarray | None = None,
+    sync: bool = True,
 ) -> PendingObject:
     """Write `values` (one entry per row of `rows`, of data subjects `groups` where the
-    source's unit is the subject) as a private object's file."""
+    source's unit is the subject) as a private object's file. With `sync=False` the
+    caller syncs `path` (`sync_files`) before recording the object."""
     object_id = new_id()
     path = files.private_object(object_id)
     arrays = {"values": np.asarray(values), "rows": np.asarray(rows, dtype=np.int64)}
@@ -93,7 +95,7 @@ def stage_object(
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
 
-    atomic_write(path, write)
+    atomic_write(path, write, sync=sync)
     return PendingObject(
         id=object_id,
         kind=kind,

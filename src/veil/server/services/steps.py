@@ -30,15 +30,20 @@ from veil.server.context import NodeContext
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
-from veil.server.services.checkpoints import prune_old_versions, stage_checkpoint
+from veil.server.services.checkpoints import (
+    StagedCheckpoint,
+    prune_old_versions,
+    stage_checkpoint,
+)
 from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
 from veil.server.services.live_models import LiveModel
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
-from veil.server.services.private_objects import stage_object
+from veil.server.services.private_objects import PendingObject, stage_object
 from veil.server.services.releases import metric_queries, noise_for, release_metrics
+from veil.server.storage.files import sync_files
 
-__all__ = ["evaluate", "prediction_bound", "step"]
+__all__ = ["Batch", "evaluate", "prediction_bound", "step"]
 
 
 def _idle(model: ModelRow) -> None:
@@ -83,13 +88,24 @@ class _Read:
     delta: float
 
 
-def _read(ctx: NodeContext, *, user: UserRow, model_id: str, x_id: str, y_id: str) -> _Read:
+@dataclass(frozen=True)
+class Batch:
+    """The rows a step or an evaluation reads: pointers x and y, each optionally sliced
+    in the request itself (`x[x_rows]`), which saves a slice request per batch."""
+
+    x_id: str
+    y_id: str
+    x_rows: slice | None = None
+    y_rows: slice | None = None
+
+
+def _read(ctx: NodeContext, *, user: UserRow, model_id: str, batch: Batch) -> _Read:
     """Check the request against public facts and fetch the model (call under its lock)."""
     with ctx.db.session() as session:
         model = get_model(session, user=user, model_id=model_id)
         _idle(model)
         spec = ModelSpec.from_dict(model.spec)
-        pair = resolve_pair(session, ctx.arrays, user=user, x_id=x_id, y_id=y_id)
+        pair = resolve_pair(session, ctx.arrays, user=user, **vars(batch))
         check_public(spec, pair)
         delta = get_node(session).delta
     return _Read(spec=spec, pair=pair, live=ctx.live.get(model), delta=delta)
@@ -114,8 +130,7 @@ def step(
     *,
     user: UserRow,
     model_id: str,
-    x_id: str,
-    y_id: str,
+    batch: Batch,
     validation_split: float = 0.0,
     batch_size: int | None = None,
 ) -> tuple[PrivateObjectRow, PrivateObjectRow]:
@@ -125,7 +140,7 @@ def step(
     predictions are those of the held-out rows; they cost nothing until published.
     """
     with ctx.live.lock(model_id):
-        read = _read(ctx, user=user, model_id=model_id, x_id=x_id, y_id=y_id)
+        read = _read(ctx, user=user, model_id=model_id, batch=batch)
         spec, pair, live = read.spec, read.pair, read.live
         train, held_out = _split_batch(pair.rows, validation_split, batch_size)
         x, y = pair.x.array, pair.y.array
@@ -145,7 +160,10 @@ def step(
                 rows = held_out
                 metrics = ctx.compute.run(lambda: live.trainer.evaluate_rows(x, y, rows=held_out))
                 preds = ctx.compute.run(lambda: live.trainer.predict(np.asarray(x[held_out])))
-            staged = [stage_checkpoint(ctx.files, model_id, trainer=live.trainer, cart=cart)]
+            checkpoint = stage_checkpoint(
+                ctx.files, model_id, trainer=live.trainer, cart=cart, sync=False
+            )
+            staged: list[StagedCheckpoint | PendingObject] = [checkpoint]
             try:
                 common = {"source": pair.key, "rows": rows, "groups": units.subjects_of(rows)}
                 bound = spec.loss_bound
@@ -155,6 +173,7 @@ def step(
                     values=metrics.losses,
                     shape=(),
                     bound=MeanOf(high=bound, fill=bound),
+                    sync=False,
                     **common,
                 )
                 staged.append(loss)
@@ -164,14 +183,17 @@ def step(
                     values=preds,
                     shape=tuple(preds.shape),
                     bound=prediction_bound(spec),
+                    sync=False,
                     **common,
                 )
                 staged.append(predictions)
+                # On disk, all five files in one round, before any row points at them.
+                sync_files([*checkpoint.paths, loss.path, predictions.path])
                 with ctx.db.write_session() as session:
                     model = _locked_unchanged(
                         session, user=user, model_id=model_id, version=live.version
                     )
-                    staged[0].commit(ctx.files, model, steps_added=1)
+                    checkpoint.commit(ctx.files, model, steps_added=1)
                     owned = {"user": user, "model": model}
                     rows_out = (
                         loss.record(session, ctx.files, **owned),
@@ -188,7 +210,7 @@ def step(
 
 
 def evaluate(
-    ctx: NodeContext, *, user: UserRow, model_id: str, x_id: str, y_id: str, epsilon: float
+    ctx: NodeContext, *, user: UserRow, model_id: str, batch: Batch, epsilon: float
 ) -> ReleaseRow:
     """Release noised loss and accuracy of the model on these rows, charged.
 
@@ -197,7 +219,7 @@ def evaluate(
     the release also reveals the model, so it settles the model's unpaid cart too.
     """
     with ctx.live.lock(model_id):
-        read = _read(ctx, user=user, model_id=model_id, x_id=x_id, y_id=y_id)
+        read = _read(ctx, user=user, model_id=model_id, batch=batch)
         pair, live = read.pair, read.live
         metrics = ctx.compute.run(
             lambda: live.trainer.evaluate_rows(pair.x.array, pair.y.array, rows=pair.rows)

@@ -1,7 +1,10 @@
 """Where the node keeps model weights, cart arrays, private results and released results.
 
 All under the data directory; each writer writes to a temporary name and renames, so a
-reader (or a restart after a crash) never sees half a file.
+reader (or a restart after a crash) never sees half a file. A file is on disk (fsync)
+before any database row points at it; several files written for one commit are synced
+together (`sync_files`), since each fsync waits for a journal commit and concurrent
+ones share it.
 """
 
 from __future__ import annotations
@@ -9,22 +12,44 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["NodeFiles", "atomic_write", "link_into"]
+__all__ = ["NodeFiles", "atomic_write", "link_into", "sync_files"]
+
+# fsync releases the GIL; a few threads let one request's files share a journal commit.
+_SYNCERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="veil-fsync")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` then move tmp onto `path` (same folder, so the rename is atomic)."""
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def sync_files(paths: Sequence[Path]) -> None:
+    """fsync every file in `paths`, concurrently; returns once all are on disk."""
+    if len(paths) == 1:
+        _fsync(paths[0])
+        return
+    for done in [_SYNCERS.submit(_fsync, path) for path in paths]:
+        done.result()
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], *, sync: bool = True) -> Path:
+    """Call `write(tmp)` then move tmp onto `path` (same folder, so the rename is atomic).
+
+    With `sync=False` the caller owes a `sync_files([path])` (with its other files)
+    before any row points at `path`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        if sync:
+            _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

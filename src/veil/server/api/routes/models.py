@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from veil.nn.spec import ModelSpec
 from veil.server.api.deps import ContextDep, CurrentUser, ReadSessionDep, SessionDep
 from veil.server.api.errors import responses
+from veil.server.api.routes.assets import SliceIn
 from veil.server.api.schemas import MIN_POSITIVE, Integral, JsonInt, Strict
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
 from veil.server.services import fits, ledger, models, progress, releases, steps
@@ -70,12 +71,29 @@ class FitIn(DataIn):
         }
 
 
-class StepIn(DataIn):
+class BatchIn(DataIn):
+    """x and y, each sliced here if `x_rows` (`y_rows`) is given, exactly as
+    `POST /assets/{id}/slice` would slice it, but with no view stored and no request of
+    its own: a batch names its rows in the step or evaluation that reads it."""
+
+    x_rows: SliceIn | None = Field(default=None, description="rows of x, as x[start:stop:step]")
+    y_rows: SliceIn | None = Field(default=None, description="rows of y, as y[start:stop:step]")
+
+    def batch(self) -> steps.Batch:
+        rows = {"x_rows": _slice(self.x_rows), "y_rows": _slice(self.y_rows)}
+        return steps.Batch(x_id=self.x, y_id=self.y, **rows)
+
+
+def _slice(rows: SliceIn | None) -> slice | None:
+    return None if rows is None else slice(rows.start, rows.stop, rows.step)
+
+
+class StepIn(BatchIn):
     validation_split: float = Field(default=0.0, ge=0, lt=1)
     batch_size: Annotated[int, Field(ge=1, le=MAX_DB_INT), Integral] | None = None
 
 
-class EvaluateIn(DataIn):
+class EvaluateIn(BatchIn):
     epsilon: float = Field(ge=MIN_POSITIVE)
 
 
@@ -306,8 +324,7 @@ def step(model_id: str, body: StepIn, ctx: ContextDep, user: CurrentUser) -> Ste
         ctx,
         user=user,
         model_id=model_id,
-        x_id=body.x,
-        y_id=body.y,
+        batch=body.batch(),
         validation_split=body.validation_split,
         batch_size=body.batch_size,
     )
@@ -317,7 +334,7 @@ def step(model_id: str, body: StepIn, ctx: ContextDep, user: CurrentUser) -> Ste
 @router.post("/{model_id}/evaluate", responses=responses(402, 404, 409))
 def evaluate(model_id: str, body: EvaluateIn, ctx: ContextDep, user: CurrentUser) -> EvaluateOut:
     release = steps.evaluate(
-        ctx, user=user, model_id=model_id, x_id=body.x, y_id=body.y, epsilon=body.epsilon
+        ctx, user=user, model_id=model_id, batch=body.batch(), epsilon=body.epsilon
     )
     return EvaluateOut(
         release_id=release.id,

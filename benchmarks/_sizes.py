@@ -1,0 +1,29 @@
+"""The flags every benchmark takes, so that `run.py` and the tests drive them alike."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+__all__ = ["machine", "size_flags"]
+
+
+def size_flags(parser: argparse.ArgumentParser, results: Path, *, quick: str, tiny: str) -> None:
+    """`--quick` (under two minutes), `--tiny` (a smoke run for the tests) and `--out`
+    (where the JSON goes, `results` by default); `quick` and `tiny` say what they run."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--tiny", action="store_true", help=tiny)
+    parser.add_argument("--out", type=Path, default=results, help="where the JSON goes")
+
+
+def machine() -> dict[str, Any]:
+    """The machine and its load, recorded beside every figure."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load": os.getloadavg(),
+    }
