@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--epsilon", type=float, default=3.0)
-    parser.add_argument("--rows-per-step", type=int, default=192)
+    parser.add_argument("--rows-per-step", type=int, default=64)
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.seeds, args.epochs = 1, 1, 8
