@@ -14,8 +14,10 @@ unfolded patches, T = 1 for a Dense layer on flat inputs). Then:
 
 - its squared norm, without building it where that is cheaper ("ghost norm"):
   `|g_i|^2 |a_i|^2` when T = 1, else `sum_ts (a_i a_i^T)_ts (g_i g_i^T)_ts`, which costs
-  T^2 (p + d) against p d T to build the p x d gradient; each layer takes the cheaper
-  (small convolutions build it: T is their output area);
+  T^2 (p + d) against p d T to build the p x d gradient; each layer takes the cheaper.
+  The convolutions of the benchmarked CNNs all build it (T, their output area, is
+  large): by unfolding their patches when T is small, as one convolution with the
+  batch as groups when T is large, where unfolding copies the input k^2 times;
 - the clipped sum: each layer's scaled backprops times its inputs, one matrix product
   (or, where the per-example gradients were built, one weighted sum of them).
   Book-keeping: clip factors are known only once every layer's norm is, so the sum
