@@ -27,10 +27,14 @@ Profile notes (torch.profiler on 2 shared CPU cores, torch 2.13, batch 256):
   0.25 ms, Poisson sampling 0.01 ms, numpy to torch 0.08 ms, SGD 0.2 ms. Layer-wise
   ghost norms (`veil.engine._layerwise`) take the step to ~1.4 ms against ~0.35 ms
   for the non-private forward and backward.
-- With two intra-op threads on two cores that other processes also use, small torch
-  ops can take 100x longer (secure noise measured 25 ms instead of 0.25 ms): OpenMP
-  workers spin and wait on busy cores. The table records the thread count and load;
-  compare ratios within one run only.
+- Threads: with two intra-op threads on two cores that other processes also use, small
+  torch ops took up to 100x longer (secure noise 25 ms instead of 0.25 ms) and whole
+  epochs 2-6x longer: OpenMP workers wait for busy cores. The node trains in a job
+  thread, and the same engine fit in a non-main thread ran 6x faster than on the main
+  thread at load 9 (0.78 s against 4.7 s for the CNN32 epoch), so over HTTP it ran
+  faster than in-process. Every system therefore runs with `--threads` intra-op threads
+  (default 1, the node's process too); the JSON records it and the load average
+  before and after each model. Compare ratios within one run only.
 - Convolutions: each example's weight gradient is built by one `bmm` of backprops and
   unfolded patches (T (p + d) >= p d for these layers, so ghost norms would cost
   more), then summed with the clip factors. The unfold (`im2col`) and that `bmm` are
@@ -63,7 +67,7 @@ from _serve import free_port, login_when_up  # noqa: E402
 
 import veil  # noqa: E402
 from veil import nn  # noqa: E402
-from veil.engine import DPTrainer  # noqa: E402
+from veil.engine import DPTrainer, steps_per_epoch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
 SIGMA, CLIP, LR = 1.0, 1.0, 0.05
@@ -272,8 +276,11 @@ def run_http(
             model_ptr.fit(data["x"], data["y"], max_iter=1, batch_size=work.batch, wait=False)
             while (status := model_ptr.progress()["status"]) not in ("done", "failed", "cancelled"):
                 time.sleep(0.01)
-            if status != "done":
-                raise RuntimeError(f"the node's fit ended {status}")
+            progress = model_ptr.progress()
+            if status != "done" or progress["total_steps"] != steps_per_epoch(
+                work.rows, work.batch
+            ):
+                raise RuntimeError(f"the node's fit ended {status}: {progress}")
 
         return epoch
 
@@ -312,7 +319,16 @@ def main() -> None:
     size.add_argument("--tiny", action="store_true", help="seconds: a smoke test")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for every system, the node's included (default 1: "
+        "what a node's job thread got when measured; see the notes)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the node's process
     level = 0 if args.tiny else 1 if args.quick else 2
     repeats = args.repeats or (1, 2, 5)[level]
     warnings.filterwarnings("ignore")
