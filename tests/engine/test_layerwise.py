@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from veil import nn
-from veil.engine import DPTrainer, _layerwise, build_module
+from veil.engine import DPTrainer, build_module
 from veil.engine._data import input_tensor, target_tensor
 from veil.engine._dpsgd import clip_and_sum, per_example_grads
 from veil.engine._layerwise import backprops, clip_layerwise, supports
@@ -102,12 +102,7 @@ def _masks(spec: nn.ModelSpec, n: int) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("clip", [1e-3, 1e3])
-@pytest.mark.parametrize("grouped", [False, True], ids=["unfolded", "grouped"])
-def test_layerwise_sums_equal_the_vmap_reference(
-    name: str, clip: float, grouped: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every convolution once by unfolded patches (ghost or built), once grouped."""
-    monkeypatch.setattr(_layerwise, "_GROUPED_FROM_POSITIONS", 1 if grouped else 10**9)
+def test_layerwise_sums_equal_the_vmap_reference(name: str, clip: float) -> None:
     spec = SPECS[name]()
     module = build_module(spec, generator=torch.Generator().manual_seed(0))
     assert supports(module)
