@@ -190,13 +190,12 @@ def clip_layerwise(
     keep = norms.isfinite() if valid is None else norms.isfinite() & valid
     scale = clip_scale(norms, max_grad_norm, keep)
     sums: dict[str, torch.Tensor] = {}
+    rows = keep.reshape(-1, 1, 1)
     for t in terms.layers:
         if t.per_example is not None:
-            rows = keep.reshape(-1, 1, 1)
             total = torch.einsum("b,bpd->pd", scale, torch.where(rows, t.per_example, 0.0))
         else:
             assert t.inputs is not None and t.backprops is not None
-            rows = keep.reshape(-1, 1, 1)
             weighted = torch.where(rows, t.backprops * scale.reshape(-1, 1, 1), 0.0)
             inputs = torch.where(rows, t.inputs, 0.0)
             total = weighted.flatten(0, 1).T @ inputs.flatten(0, 1)
