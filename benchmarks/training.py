@@ -145,7 +145,7 @@ def _data(work: Workload) -> tuple[np.ndarray, np.ndarray]:
     if work.images:
         x = rng.integers(0, 256, size=(work.rows, *work.input_shape), dtype=np.uint8)
     else:
-        x = rng.normal(size=(work.rows, *work.input_shape)).astype(np.float32)
+        x = rng.normal(size=(work.rows, *work.input_shape)).clip(-5, 5).astype(np.float32)
     y = rng.integers(0, max(2, work.classes), size=work.rows).astype(np.int64)
     return x, y
 
@@ -370,6 +370,7 @@ def main() -> None:
                 }
             )
             loads.append(os.getloadavg())
+            print(f"{name}: {_line(results[-1])}", file=sys.stderr, flush=True)
     _print(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
@@ -401,11 +402,15 @@ def _print(results: list[dict]) -> None:
     head = ["model (batch)", *SYSTEMS, "engine/opacus", "http/opacus", "engine/torch"]
     print(" | ".join(head))
     for row in results:
-        rates = row["examples_per_second"]
-        cells = [f"{row['model']} ({row['batch']})", *(f"{rates[s]:,.0f}" for s in SYSTEMS)]
-        cells += [str(row["engine_over_opacus"]), str(row["http_over_opacus"])]
-        cells.append(str(row["engine_over_torch"]))
-        print(" | ".join(cells))
+        print(_line(row))
+
+
+def _line(row: dict) -> str:
+    rates = row["examples_per_second"]
+    cells = [f"{row['model']} ({row['batch']})", *(f"{rates[s]:,.0f}" for s in SYSTEMS)]
+    cells += [str(row["engine_over_opacus"]), str(row["http_over_opacus"])]
+    cells.append(str(row["engine_over_torch"]))
+    return " | ".join(cells)
 
 
 if __name__ == "__main__":
