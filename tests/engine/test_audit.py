@@ -50,11 +50,15 @@ def test_the_audit_catches_dp_sgd_without_noise(monkeypatch: pytest.MonkeyPatch)
 def test_the_audit_catches_dp_sgd_with_clipping_too_loose(monkeypatch: pytest.MonkeyPatch) -> None:
     """Clipping at 100 x the norm the noise and the charge assume: a canary's gradient
     then dwarfs the noise, as it would with no clipping at all (which would also make
-    this model diverge, leaving no scores to audit)."""
-    clip_and_sum = _trainer.clip_and_sum
-    monkeypatch.setattr(
-        _trainer, "clip_and_sum", lambda grads, clip, valid: clip_and_sum(grads, 100 * clip, valid)
-    )
+    this model diverge, leaving no scores to audit). Both ways of clipping are loosened:
+    the canary model takes the layer-wise one, vmap models the other."""
+    for name in ("clip_and_sum", "clip_layerwise"):
+        original = getattr(_trainer, name)
+        monkeypatch.setattr(
+            _trainer,
+            name,
+            lambda grads, clip, valid, original=original: original(grads, 100 * clip, valid),
+        )
     result, charged = _audit()
     assert result.epsilon > charged, result
 

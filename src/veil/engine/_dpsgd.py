@@ -18,7 +18,14 @@ from torch.func import functional_call, grad, vmap
 from veil.engine._modules import VeilModule
 from veil.engine._objective import Objective
 
-__all__ = ["PerExample", "add_by_subject", "clip_and_sum", "finite_examples", "per_example_grads"]
+__all__ = [
+    "PerExample",
+    "add_by_subject",
+    "clip_and_sum",
+    "clip_scale",
+    "finite_examples",
+    "per_example_grads",
+]
 
 # (grads {name: (B, *shape)}, losses (B,), outputs (B, *out)), outputs as per_example saw them
 PerExample = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]
@@ -74,12 +81,17 @@ def clip_and_sum(
         .sum(0)
         .sqrt()
     )
-    scale = torch.where(finite, (max_grad_norm / (norms + 1e-6)).clamp(max=1.0), 0.0)
+    scale = clip_scale(norms, max_grad_norm, finite)
     sums = {
         name: torch.einsum("b,b...->...", scale, torch.where(_expand(finite, g), g, 0.0))
         for name, g in grads.items()
     }
     return sums, norms
+
+
+def clip_scale(norms: torch.Tensor, max_grad_norm: float, keep: torch.Tensor) -> torch.Tensor:
+    """Each example's factor: min(1, C / norm), and 0 where `keep` is False."""
+    return torch.where(keep, (max_grad_norm / (norms + 1e-6)).clamp(max=1.0), 0.0)
 
 
 def finite_examples(

@@ -5,7 +5,10 @@
 works like any other. The engine also calls it with `logits=True`, which stops before
 the final activation when the loss is fused with it, and with `masks=`, one dropout
 mask per Dropout layer, drawn by the trainer from its own generator so that seeded
-runs repeat exactly and no global random state is touched.
+runs repeat exactly and no global random state is touched, and with `tape=`, a list
+that receives each Dense and Convolution layer's (layer, input, pre-activation): what
+layer-wise clipping (`veil.engine._layerwise`) needs to get per-example gradients
+from one ordinary backward pass.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 __all__ = [
     "ConvModule",
+    "Tape",
     "DenseModule",
     "DropoutModule",
     "NormalizationModule",
@@ -127,6 +131,9 @@ class NormalizationModule(nn.Module):
 
 _FINAL = (nn.Sigmoid, nn.Softmax)
 
+# (layer, its input, its pre-activation output), one per Dense / Convolution layer run
+Tape = list[tuple["DenseModule | ConvModule", torch.Tensor, torch.Tensor]]
+
 
 class VeilModule(nn.Module):
     """The layers of a spec in order; parameters are named `<layer index>.weight`."""
@@ -142,16 +149,22 @@ class VeilModule(nn.Module):
         x: torch.Tensor,
         masks: Sequence[torch.Tensor] | None = None,
         logits: bool = False,
+        tape: Tape | None = None,
     ) -> torch.Tensor:
         layers = list(self.children())
         pending = iter(masks) if masks is not None else None
         for index, layer in enumerate(layers):
-            if logits and self.fused and index == len(layers) - 1:
-                if isinstance(layer, _FINAL):
-                    return x
-                assert isinstance(layer, DenseModule | ConvModule)
-                return layer.pre_activation(x)
-            if isinstance(layer, DropoutModule):
+            last = logits and self.fused and index == len(layers) - 1
+            if last and isinstance(layer, _FINAL):
+                return x
+            if isinstance(layer, DenseModule | ConvModule):
+                z = layer.pre_activation(x)
+                if tape is not None:
+                    tape.append((layer, x, z))
+                if last:
+                    return z
+                x = activate(layer.activation, z)
+            elif isinstance(layer, DropoutModule):
                 x = layer(x, None if pending is None else next(pending))
             else:
                 x = layer(x)

@@ -16,6 +16,7 @@ from veil.engine._build import build_module
 from veil.engine._checkpoint import CHECKPOINT_FORMAT, optimizer_state, restore_optimizer_state
 from veil.engine._data import check_rows, check_shapes, input_tensor, target_tensor
 from veil.engine._dpsgd import add_by_subject, clip_and_sum, finite_examples, per_example_grads
+from veil.engine._layerwise import backprops, clip_layerwise, supports
 from veil.engine._objective import Objective
 from veil.engine._randomness import Randomness, SecureRandomness, SeededRandomness
 from veil.engine._results import EpochInfo, FitResult, RowMetrics, StepInfo, StepResult
@@ -108,6 +109,12 @@ class DPTrainer:
         self._names = [name for name, _ in self.module.named_parameters()]
         self.optimizer = _torch_optimizer(spec.optimizer, list(self.module.parameters()))
         self._per_example = per_example_grads(self.module, self.objective)
+        # Row-level steps clip layer by layer where every parameter allows it. Measured
+        # in `benchmarks/training.py` against vmap: 6x faster on the MLP, 2x on the
+        # CNN32, level on the IDC CNN (both spend it in the same per-example convolution
+        # gradients). GroupNorm models keep vmap, and so do subject-level steps: they
+        # need each example's gradient to sum by subject.
+        self._layerwise = supports(self.module)
         self._chunk = max(1, _GRAD_ELEMENTS // spec.param_count)
         inputs = (spec.input_shape, *spec.shapes[:-1])
         self._dropouts = [
@@ -196,10 +203,11 @@ class DPTrainer:
         sums = {name: torch.zeros_like(p) for name, p in params.items()}
         losses, outputs = [], []
 
+        def masks_of(part: slice) -> list[torch.Tensor]:
+            return [m[part] for m in masks]
+
         def per_example(part: slice) -> dict[str, torch.Tensor]:
-            grads, loss, out = self._per_example(
-                params, buffers, x[part], y[part], [m[part] for m in masks]
-            )
+            grads, loss, out = self._per_example(params, buffers, x[part], y[part], masks_of(part))
             losses.append(loss)
             outputs.append(out)
             return grads
@@ -208,7 +216,14 @@ class DPTrainer:
             for name in sums:
                 sums[name] += clipped[name]
 
-        if subjects is None:
+        if subjects is None and self._layerwise:
+            for start in range(0, x.shape[0], self._chunk):
+                part = slice(start, start + self._chunk)
+                terms = backprops(self.module, self.objective, x[part], y[part], masks_of(part))
+                losses.append(terms.losses)
+                outputs.append(terms.outputs)
+                add(clip_layerwise(terms, clip, valid[part])[0])
+        elif subjects is None:
             for start in range(0, x.shape[0], self._chunk):
                 part = slice(start, start + self._chunk)
                 add(clip_and_sum(per_example(part), clip, valid[part])[0])
