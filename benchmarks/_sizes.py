@@ -8,7 +8,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine", "size_flags"]
+import numpy as np
+
+__all__ = ["latency_summary", "machine", "size_flags"]
 
 
 def size_flags(parser: argparse.ArgumentParser, results: Path, *, quick: str, tiny: str) -> None:
@@ -26,4 +28,13 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load": os.getloadavg(),
+    }
+
+
+def latency_summary(times_ms: list[float]) -> dict[str, float]:
+    """The median and 95th percentile of some timings in milliseconds, and their count."""
+    return {
+        "p50_ms": float(np.percentile(times_ms, 50)),
+        "p95_ms": float(np.percentile(times_ms, 95)),
+        "n": len(times_ms),
     }

@@ -22,62 +22,29 @@ import argparse
 import json
 import os
 import platform
-import socket
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import uvicorn
-from _sizes import size_flags
+from _serve import ADMIN, node_in_thread
+from _sizes import latency_summary, size_flags
 from safetensors.numpy import save_file
 
 import veil
 from veil.privacy import Cart, RdpCurve
-from veil.server.app import create_app
 from veil.server.db.engine import Database
 from veil.server.db.tables.models import ModelRow
-from veil.server.settings import Settings
 from veil.server.storage.files import NodeFiles, atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results" / "publish_latency.json"
 STEPS = (10, 1_000, 100_000, 1_000_000)
-ADMIN = ("admin@veil.dev", "changethis")
 DS = ("bench@lab.org", "bench-password")
 SOURCE = "bench-dataset"
 BATCH = 100
 SIGMA = 1.0
 AGREE = 0.20
 LIMIT_MS = 50.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _node(data_dir: Path) -> Iterator[tuple[str, Database, NodeFiles]]:
-    port = _free_port()
-    settings = Settings(data_dir=data_dir, port=port, log_level="warning")
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("benchmark node did not start")
-        time.sleep(0.01)
-    try:
-        ctx = app.state.node
-        yield f"http://127.0.0.1:{port}", ctx.db, NodeFiles(settings.data_dir)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 def _cart(steps: int, rows: int) -> Cart:
@@ -127,14 +94,6 @@ def _publish_ms(client: veil.Client, model_id: str) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def _summary(times: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": float(np.percentile(times, 50)),
-        "p95_ms": float(np.percentile(times, 95)),
-        "n": len(times),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=300, help="re-publishes per size")
@@ -153,7 +112,8 @@ def main() -> None:
     elif args.quick:
         args.repeats, args.fresh = 100, 30
 
-    with tempfile.TemporaryDirectory() as tmp, _node(Path(tmp) / "node") as (url, db, files):
+    with tempfile.TemporaryDirectory() as tmp, node_in_thread(Path(tmp) / "node") as (url, ctx):
+        db, files = ctx.db, ctx.files
         admin = veil.login(*ADMIN, url=url, verbose=False)
         admin.users.create(email=DS[0], password=DS[1], budget=1e12)
         ds = veil.login(*DS, url=url, verbose=False)
@@ -187,8 +147,8 @@ def main() -> None:
             {
                 "steps": s,
                 "cart_epsilon": carts[s].epsilon(delta),
-                "first": _summary(first[s]),
-                "repeat": _summary(repeat[s]),
+                "first": latency_summary(first[s]),
+                "repeat": latency_summary(repeat[s]),
             }
         )
     print(f"publish latency over HTTP, loopback node on SQLite, dataset of {args.rows} rows")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from _serve import ADMIN, node_in_thread
-from _sizes import machine
+from _sizes import latency_summary, machine
 
 import veil
 from veil import nn
@@ -40,14 +40,6 @@ TARGET_MS = 3.0
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1e3
-
-
-def _summary(times: list[float]) -> dict[str, float]:
-    return {
-        "p50_ms": float(np.percentile(times, 50)),
-        "p95_ms": float(np.percentile(times, 95)),
-        "n": len(times),
-    }
 
 
 def main() -> None:
@@ -113,9 +105,9 @@ def main() -> None:
                 if i >= warmup:
                     times[kind].append(elapsed)
 
-    rows = {kind: _summary(t) for kind, t in times.items()}
+    rows = {kind: latency_summary(t) for kind, t in times.items()}
     overhead = [s - e for s, e in zip(times["step"], times["engine"], strict=True)]
-    rows["overhead"] = _summary(overhead)
+    rows["overhead"] = latency_summary(overhead)
     print(f"Flow III step latency, MLP 30-64-64-1, batch {BATCH}, loopback node on SQLite")
     print(f"{'':>12} {'p50':>9} {'p95':>9}")
     for kind, r in rows.items():
