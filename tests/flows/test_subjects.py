@@ -176,6 +176,11 @@ def test_rows_per_subject_is_for_datasets_of_people(node, admin, ds) -> None:
     visits = ds.datasets["Visits"]
     with pytest.raises(veil.ValidationError, match="rows_per_subject"):
         model_ptr.quote(visits["x"], visits["y"], max_iter=1, batch_size=4, rows_per_subject=0)
+    # padding every person to that many rows would multiply the work: refused up front
+    with pytest.raises(veil.ValidationError, match="rows_per_subject must be at most"):
+        model_ptr.quote(visits["x"], visits["y"], max_iter=1, batch_size=4, rows_per_subject=10**9)
+    with pytest.raises(veil.ValidationError, match="rows_per_subject: Input should be <="):
+        model_ptr.quote(visits["x"], visits["y"], max_iter=1, batch_size=4, rows_per_subject=2**62)
     with pytest.raises(veil.ValidationError, match="at most the 30 training subjects"):
         model_ptr.quote(visits["x"], visits["y"], max_iter=1, batch_size=31)
     final = model_ptr.fit(visits["x"], visits["y"], max_iter=1, batch_size=5, rows_per_subject=2)

@@ -120,8 +120,8 @@ def plan_fit(
             "fit samples rows from a pool in which each row appears once. Received: a "
             "slice that repeats rows"
         )
-    k = _rows_per_subject(rows_per_subject, pair)
     train_rows, val_rows, train_units, val_units = _split(pair, validation_split)
+    k = _rows_per_subject(rows_per_subject, pair, n_train_subjects=len(train_units))
     unit = pair.units.name
     if batch_size > len(train_units):
         raise ValidationError(
@@ -208,7 +208,13 @@ def plan_fit(
     )
 
 
-def _rows_per_subject(value: object, pair: Pair) -> int | None:
+# With rows_per_subject = k every sampled subject takes k slots, padded where it owns
+# fewer: an epoch then computes (training subjects x k) slots. Capped at this many times
+# the dataset's rows, so that padding cannot multiply the work of a fit.
+_MAX_PADDED_WORK = 4
+
+
+def _rows_per_subject(value: object, pair: Pair, *, n_train_subjects: int) -> int | None:
     if value is None:
         return None
     if not pair.units.by_subject:
@@ -222,6 +228,18 @@ def _rows_per_subject(value: object, pair: Pair) -> int | None:
             f"rows_per_subject must be an int in [1, {MAX_DB_INT}] or None (all of a "
             f"subject's rows). Received: rows_per_subject={value!r}",
             field="rows_per_subject",
+        )
+    # Public facts only: the dataset's rows and subjects, the fit's training subjects.
+    n_rows, n_subjects = pair.n_asset_rows, pair.units.n
+    most = min(n_rows - n_subjects + 1, _MAX_PADDED_WORK * n_rows // max(1, n_train_subjects))
+    if value > most:
+        raise ValidationError(
+            f"rows_per_subject must be at most {most} here: no subject of {n_subjects} owns "
+            f"more than {n_rows - n_subjects + 1} of the {n_rows} rows, and every sampled "
+            f"subject is padded to rows_per_subject rows, which may not make an epoch more "
+            f"than {_MAX_PADDED_WORK}x the dataset's rows. Received: rows_per_subject={value}",
+            field="rows_per_subject",
+            most=most,
         )
     return value
 
