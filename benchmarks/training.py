@@ -157,7 +157,12 @@ def _data(work: Workload) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+DEVICE = torch.device("cpu")  # --device sets it for every system
+
+
 def _torch_batch(work: Workload, x: torch.Tensor, y: torch.Tensor) -> tuple:
+    """A batch on the device, images as bytes turned to floats there (as Veil does)."""
+    x, y = x.to(DEVICE, non_blocking=True), y.to(DEVICE, non_blocking=True)
     xb = x.float() / 255 if work.images else x
     yb = y.float().unsqueeze(1) if work.classes == 1 else y
     return xb, yb
@@ -168,7 +173,7 @@ def _criterion(work: Workload) -> tnn.Module:
 
 
 def run_torch(work: Workload, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
-    model, criterion = _torch_model(work.name), _criterion(work)
+    model, criterion = _torch_model(work.name).to(DEVICE), _criterion(work)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
@@ -188,7 +193,7 @@ def run_opacus(mode: str) -> Callable[[Workload, np.ndarray, np.ndarray], Callab
     def make(work: Workload, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
         from opacus import PrivacyEngine
 
-        model = _torch_model(work.name)
+        model = _torch_model(work.name).to(DEVICE)
         optimizer = torch.optim.SGD(model.parameters(), lr=LR)
         dataset = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
         loader = torch.utils.data.DataLoader(dataset, batch_size=work.batch)
@@ -225,7 +230,7 @@ def run_veil(
     *, layerwise: bool
 ) -> Callable[[Workload, np.ndarray, np.ndarray], Callable[[], None]]:
     def make(work: Workload, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
-        trainer = DPTrainer(_spec(work))
+        trainer = DPTrainer(_spec(work), device=DEVICE)
         trainer._layerwise = trainer._layerwise and layerwise
         rows = np.arange(work.rows)
         return lambda: trainer.fit(x, y, train_rows=rows, epochs=1, batch_size=work.batch) and None
@@ -238,7 +243,12 @@ def _node() -> Iterator[tuple[veil.Client, veil.Client]]:
     """A fresh `veil serve` in its own process (embedded job runner): (admin, a DS)."""
     with tempfile.TemporaryDirectory() as data_dir:
         port = free_port()
-        env = {**os.environ, "VEIL_DATA_DIR": data_dir, "VEIL_LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            "VEIL_DATA_DIR": data_dir,
+            "VEIL_LOG_LEVEL": "warning",
+            "VEIL_DEVICE": str(DEVICE),
+        }
         node = subprocess.Popen(
             [sys.executable, "-m", "veil.cli", "serve", "--port", str(port)],
             env=env,
@@ -310,6 +320,8 @@ def _best(work: Workload, makers: dict[str, Callable], repeats: int) -> dict[str
             epoch = make(work, x, y)  # setup (model, Opacus wrapping, compile) untimed
             start = time.perf_counter()
             epoch()
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize()  # the epoch's last kernels, not only their launch
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -340,7 +352,17 @@ def main() -> None:
         help="torch intra-op threads for every system, the node's included (default 1: "
         "what a node's job thread got when measured; see the notes)",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for every system, the node's included (e.g. cuda); on CUDA "
+        "convolutions run in full float32 for all (a DP trainer needs it for exact clips)",
+    )
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the node's process
     level = 0 if args.tiny else 1 if args.quick else 2
@@ -396,6 +418,8 @@ def main() -> None:
                     "torch": torch.__version__,
                     "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
+                    "device": str(DEVICE),
+                    "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else None,
                     "loadavg": loads,
                 },
             },

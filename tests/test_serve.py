@@ -109,3 +109,16 @@ def test_trusted_proxies_are_explicit_addresses(tmp_path) -> None:
     assert behind["forwarded_allow_ips"] == "10.0.0.5,192.168.1.0/24"
     with pytest.raises(ValidationError, match="forwarded_allow_ips"):
         Settings(data_dir=tmp_path, forwarded_allow_ips="proxy.example")
+
+
+def test_a_node_refuses_a_device_it_cannot_train_on(tmp_path) -> None:
+    import pytest
+    import torch
+    from pydantic import ValidationError
+
+    assert Settings(data_dir=tmp_path, device="cpu").device == "cpu"
+    for bad in ("tpu", "gpu", "cuda:x"):
+        with pytest.raises(ValidationError, match="device expects 'cpu', 'cuda'"):
+            Settings(data_dir=tmp_path, device=bad)
+    with pytest.raises(ValidationError, match="CUDA device"):
+        Settings(data_dir=tmp_path, device=f"cuda:{torch.cuda.device_count()}")

@@ -61,8 +61,10 @@ class SecureRandomness:
         self._source = SecureNoise()
 
     def normal(self, count: int, device: torch.device) -> torch.Tensor:
+        """The keystream is made on the CPU (AES); the transform runs where the noise is
+        needed, so a GPU gets 8 bytes a word and does the float64 work itself."""
         words = torch.from_numpy(self._source.words(words_for_normals(count)).view(np.int64))
-        return normals_from_words(words, count).to(device=device, dtype=torch.float32)
+        return normals_from_words(words.to(device), count).to(torch.float32)
 
     def poisson(self, rows: np.ndarray, q: float) -> np.ndarray:
         return rows[self._source.bernoulli(len(rows), q)]

@@ -61,6 +61,11 @@ def _device(device: str | torch.device) -> torch.device:
         raise ValidationError(
             f"Expected device='cpu': CUDA is not available here. Received: device={device!r}"
         )
+    if resolved.type == "cuda":
+        # cuDNN would run convolutions in TF32 (10-bit mantissas): a per-example norm,
+        # and so the clip that bounds each example's sensitivity, would be off by about
+        # 1e-3. DP-SGD on this process's GPU keeps full float32.
+        torch.backends.cudnn.allow_tf32 = False
     return resolved
 
 
@@ -558,8 +563,17 @@ class DPTrainer:
                 params[name].copy_(tensors[f"param.{name}"])
         optim = {k: v for k, v in tensors.items() if k.startswith("optim.")}
         restore_optimizer_state(self.optimizer, self._names, optim, meta.get("optimizer", {}))
-        self._dropout.set_state(tensors["rng.dropout"])
-        self._random.load_state(dict(tensors), dict(meta))
+        try:
+            self._dropout.set_state(tensors["rng.dropout"])
+            self._random.load_state(dict(tensors), dict(meta))
+        except RuntimeError:  # a generator's state saved on another kind of device
+            if not self.secure:
+                raise ValidationError(
+                    f"This checkpoint's random-generator states were saved on another kind "
+                    f"of device: a seeded run repeats only on the device it started on. "
+                    f"Received: a checkpoint for a trainer on {self.device.type}"
+                ) from None
+            self._dropout.manual_seed(secrets.randbits(63))  # dropout masks need no replay
         self.steps_done = int(meta.get("steps_done", 0))
 
 

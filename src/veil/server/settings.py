@@ -121,6 +121,28 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _usable_device(cls, value: str) -> str:
+        """A node that cannot train on its device says so at start, not at its first job."""
+        import torch
+
+        try:
+            device = torch.device(value)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device expects 'cpu', 'cuda' or 'cuda:N'. Received: {value!r}"
+            ) from None
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device expects 'cpu', 'cuda' or 'cuda:N'. Received: {value!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={value!r}, but torch sees no CUDA device here; use 'cpu'")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={value!r}, but torch sees {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return value
+
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _addresses(cls, value: str) -> str:
