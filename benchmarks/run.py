@@ -28,6 +28,7 @@ SCRIPTS = (
     "subject_level.py",
     "accuracy.py",
     "per_sample_grads.py",
+    "profile_step.py",
     "secure_noise.py",
     "cart_ops.py",
     "privacy_audit.py",

@@ -23,6 +23,7 @@ RUNNABLE = [
     "per_sample_grads.py",
     "secure_noise.py",
     "privacy_audit.py",
+    "profile_step.py",
 ]
 
 

@@ -9,7 +9,13 @@ from veil import nn
 from veil.engine import DPTrainer, build_module
 from veil.engine._data import input_tensor, target_tensor
 from veil.engine._dpsgd import clip_and_sum, per_example_grads
-from veil.engine._layerwise import backprops, clip_layerwise, supports
+from veil.engine._layerwise import (
+    backprops,
+    clip_layerwise,
+    conv_grads_unfold,
+    conv_grads_vmap,
+    supports,
+)
 from veil.engine._objective import Objective
 
 from .conftest import make_spec
@@ -155,3 +161,18 @@ def test_layerwise_and_vmap_steps_agree(mlp_spec: nn.ModelSpec, table_data) -> N
         trainer.step(x[:40], y[:40])
     for key, value in reference.get_weights().items():
         np.testing.assert_allclose(fast.get_weights()[key], value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride, padding", [((1, 1), (1, 1)), ((2, 2), (0, 0))])
+def test_both_ways_of_building_conv_gradients_agree(stride: tuple, padding: tuple) -> None:
+    """The CPU builds a convolution's per-example gradients by vmap, a GPU by unfolded
+    patches: held equal here, on the CPU, so CI checks the GPU's arithmetic too."""
+    layer = build_module(_conv_built(), generator=torch.Generator().manual_seed(0)).get_submodule(
+        "1"
+    )
+    layer.stride, layer.padding = stride, padding
+    a = torch.randn(5, 2, 9, 9)
+    g = torch.randn_like(layer.pre_activation(a))
+    torch.testing.assert_close(
+        conv_grads_unfold(layer, a, g), conv_grads_vmap(layer, a, g), rtol=1e-4, atol=1e-5
+    )

@@ -155,11 +155,17 @@ def _built(
 
 
 def _conv_weight_grads(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Each example's weight gradient (B, p, C*kh*kw): the weight half of the
-    convolution's own backward, vmapped over the batch. Measured at batch 128-256 on
-    one thread, it beat unfolding the patches and a grouped convolution on every layer
-    of the benchmarked CNNs that builds its gradients (25 ms against 70-84 for 32
-    filters on 22x22 outputs)."""
+    """Each example's weight gradient (B, p, C*kh*kw), by the way measured faster on the
+    device (`benchmarks/profile_step.py`): on the CPU the weight half of the
+    convolution's own backward, vmapped over the batch (at batch 128-256 on one thread
+    it beat unfolding: 25 ms against 70-84 for 32 filters on 22x22 outputs); on a GPU
+    unfolded patches and one batched matrix product."""
+    if a.device.type == "cpu":
+        return conv_grads_vmap(layer, a, g)
+    return conv_grads_unfold(layer, a, g)
+
+
+def conv_grads_vmap(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     weight = layer.weight.detach()
 
     def one(a_i: torch.Tensor, g_i: torch.Tensor) -> torch.Tensor:
@@ -178,6 +184,11 @@ def _conv_weight_grads(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> t
         )[1]
 
     return torch.func.vmap(one)(a, g).flatten(2)
+
+
+def conv_grads_unfold(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    patches = F.unfold(a, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # type: ignore[arg-type]
+    return torch.bmm(g.flatten(2), patches.transpose(1, 2))
 
 
 def clip_layerwise(
