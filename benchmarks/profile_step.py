@@ -7,8 +7,8 @@ For each model of `training.py` (or `--model`), on `--device`:
   (`clip_layerwise`), secure noise for every parameter, the optimizer update; beside
   them the whole `trainer.step` and a non-private torch step of the same network;
 - for every convolution that builds per-example weight gradients, both ways of
-  building them (`conv_grads_vmap`, `conv_grads_unfold`): the engine takes vmap on the
-  CPU and unfolding on a GPU, by these figures;
+  building them (`conv_grads_vmap`, `conv_grads_unfold`); the engine times both once
+  per layer and device and keeps the faster;
 - the top operators of `--profile-steps` steps by self time (torch.profiler).
 
 Prints tables and writes JSON (by default ``benchmarks/results/profile_step.json``).

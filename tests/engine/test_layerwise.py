@@ -165,8 +165,9 @@ def test_layerwise_and_vmap_steps_agree(mlp_spec: nn.ModelSpec, table_data) -> N
 
 @pytest.mark.parametrize("stride, padding", [((1, 1), (1, 1)), ((2, 2), (0, 0))])
 def test_both_ways_of_building_conv_gradients_agree(stride: tuple, padding: tuple) -> None:
-    """The CPU builds a convolution's per-example gradients by vmap, a GPU by unfolded
-    patches: held equal here, on the CPU, so CI checks the GPU's arithmetic too."""
+    """A convolution's per-example gradients are built by vmap or by unfolded patches,
+    whichever is faster on the device (on an H200 both win on some layers): held equal
+    here, on the CPU, so CI checks both ways' arithmetic."""
     layer = build_module(_conv_built(), generator=torch.Generator().manual_seed(0)).get_submodule(
         "1"
     )
@@ -176,3 +177,33 @@ def test_both_ways_of_building_conv_gradients_agree(stride: tuple, padding: tupl
     torch.testing.assert_close(
         conv_grads_unfold(layer, a, g), conv_grads_vmap(layer, a, g), rtol=1e-4, atol=1e-5
     )
+
+
+def test_each_convolution_takes_the_faster_builder(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from veil.engine import _layerwise
+
+    clock, calls = [0.0], []
+
+    def slow(layer, a, g):  # noqa: ANN001, ANN202
+        clock[0] += 1.0
+        return conv_grads_vmap(layer, a, g)
+
+    def fast(layer, a, g):  # noqa: ANN001, ANN202
+        clock[0] += 0.001
+        calls.append(a.shape[0])
+        return conv_grads_unfold(layer, a, g)
+
+    monkeypatch.setattr(_layerwise, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(_layerwise, "BUILDERS", (slow, fast))
+    monkeypatch.setattr(_layerwise, "_FASTEST", {})
+    built = build_module(_conv_built(), generator=torch.Generator().manual_seed(0))
+    layer = built.get_submodule("1")
+    a = torch.randn(6, 2, 9, 9)
+    g = torch.randn_like(layer.pre_activation(a))
+    first = _layerwise._conv_weight_grads(layer, a, g)
+    assert len(calls) == 5  # a warm-up and three timed runs, then used
+    again = _layerwise._conv_weight_grads(layer, a[:4], g[:4])  # another batch size
+    assert len(calls) == 6  # the choice is kept: no second timing
+    torch.testing.assert_close(again, first[:4])

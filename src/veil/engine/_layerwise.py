@@ -15,9 +15,9 @@ unfolded patches, T = 1 for a Dense layer on flat inputs). Then:
 - its squared norm, without building it where that is cheaper ("ghost norm"):
   `|g_i|^2 |a_i|^2` when T = 1, else `sum_ts (a_i a_i^T)_ts (g_i g_i^T)_ts`, which costs
   T^2 (p + d) against p d T to build the p x d gradient; each layer takes the cheaper.
-  Where a convolution builds it, it takes the weight half of the convolution's own
-  backward, vmapped over the batch (measured faster than unfolding patches or a
-  grouped convolution);
+  Where a convolution builds it, it takes the faster, for its shapes on its device, of
+  the weight half of its own backward vmapped over the batch and unfolded patches
+  times backprops (timed once per process);
 - the clipped sum: each layer's scaled backprops times its inputs, one matrix product
   (or, where the per-example gradients were built, one weighted sum of them).
   Book-keeping: clip factors are known only once every layer's norm is, so the sum
@@ -29,7 +29,8 @@ and backprops are zeroed by `torch.where`: the same operations for every row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -155,14 +156,38 @@ def _built(
 
 
 def _conv_weight_grads(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Each example's weight gradient (B, p, C*kh*kw), by the way measured faster on the
-    device (`benchmarks/profile_step.py`): on the CPU the weight half of the
-    convolution's own backward, vmapped over the batch (at batch 128-256 on one thread
-    it beat unfolding: 25 ms against 70-84 for 32 filters on 22x22 outputs); on a GPU
-    unfolded patches and one batched matrix product."""
-    if a.device.type == "cpu":
-        return conv_grads_vmap(layer, a, g)
-    return conv_grads_unfold(layer, a, g)
+    """Each example's weight gradient (B, p, C*kh*kw), by whichever of two ways ran
+    faster for this layer's shapes on this device, measured once per process.
+
+    Neither wins everywhere (`benchmarks/profile_step.py`): on one CPU thread at batch
+    256 the vmapped backward took 25 ms against 70-84 unfolded for 32 filters on 22x22
+    outputs; on an H200 at batch 128 it took 0.36 ms against 0.92 for 3 -> 32 channels
+    on 32x32 inputs, but 3.9 ms against 0.95 for 32 -> 64 on 15x15. The choice depends
+    on shapes alone, never on the data, and both give the same sums."""
+    key = (a.device, tuple(a.shape[1:]), tuple(layer.weight.shape), layer.stride, layer.padding)
+    builder = _FASTEST.get(key)
+    if builder is None:
+        builder = _FASTEST[key] = _fastest(layer, a, g)
+    return builder(layer, a, g)
+
+
+def _fastest(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> ConvBuilder:
+    def seconds(builder: ConvBuilder) -> float:
+        """The best of three runs after a warm-up (kernels picked, memory cached): on
+        shared cores one run can wait for a busy one far longer than it computes."""
+        builder(layer, a, g)
+        best = float("inf")
+        for _ in range(3):
+            if a.device.type == "cuda":
+                torch.cuda.synchronize(a.device)
+            start = time.perf_counter()
+            builder(layer, a, g)
+            if a.device.type == "cuda":
+                torch.cuda.synchronize(a.device)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return min(BUILDERS, key=seconds)
 
 
 def conv_grads_vmap(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -189,6 +214,11 @@ def conv_grads_vmap(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torc
 def conv_grads_unfold(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     patches = F.unfold(a, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # type: ignore[arg-type]
     return torch.bmm(g.flatten(2), patches.transpose(1, 2))
+
+
+ConvBuilder = Callable[[ConvModule, torch.Tensor, torch.Tensor], torch.Tensor]
+BUILDERS: tuple[ConvBuilder, ...] = (conv_grads_vmap, conv_grads_unfold)
+_FASTEST: dict[tuple, ConvBuilder] = {}
 
 
 def clip_layerwise(
