@@ -177,18 +177,24 @@ def veil_accuracy(
     return float((guess == test_y).mean())
 
 
+def _sem(values: list[float]) -> float:
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size_flags(parser, RESULTS, quick="one seed, 20 epochs", tiny="a smoke run (used by the tests)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    parser.add_argument(
+        "--datasets", nargs="+", default=["BreastCancerWisconsin", "Digits"], help="demo names"
+    )
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs = 1, 20
     if args.tiny:
         args.seeds, args.epochs, args.epsilons = 1, 1, [8.0]
-    names = ["BreastCancerWisconsin", "Digits"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
@@ -199,7 +205,7 @@ def main() -> None:
         try:
             admin = login_when_up(node, port)
             run = 0
-            for name in names:
+            for name in args.datasets:
                 plain = [torch_accuracy(name, args.epochs, s, None, "") for s in range(args.seeds)]
                 for epsilon in args.epsilons:
                     scores: dict[str, list[float]] = {"veil": [], "opacus": [], "opacus rdp": []}
@@ -219,6 +225,8 @@ def main() -> None:
                             "dataset": name,
                             "epsilon": epsilon,
                             **{k: float(np.mean(v)) for k, v in scores.items()},
+                            # the standard error of each mean: is a gap more than seeds?
+                            **{f"{k} sem": _sem(v) for k, v in scores.items()},
                             "non-private": float(np.mean(plain)),
                         }
                     )
@@ -232,7 +240,8 @@ def main() -> None:
     for r in rows:
         print(
             f"{r['dataset']:24} {r['epsilon']:5g} {r['veil']:7.3f} {r['opacus']:7.3f} "
-            f"{r['opacus rdp']:11.3f} {r['non-private']:12.3f}"
+            f"{r['opacus rdp']:11.3f} {r['non-private']:12.3f}   (standard errors "
+            f"{r['veil sem']:.3f}, {r['opacus sem']:.3f}, {r['opacus rdp sem']:.3f})"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
