@@ -109,8 +109,7 @@ def _terms(
         if positions * (p + d) >= p * d:
             per_example = _conv_weight_grads(layer, a, g)
             return _built(name, layer, per_example, bias_grads)
-        patches = F.unfold(a, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # type: ignore[arg-type]
-        inputs, grads = patches.transpose(1, 2), g.flatten(2).transpose(1, 2)
+        inputs, grads = _patches(layer, a), g.flatten(2).transpose(1, 2)
     else:
         inputs = a.reshape(batch, -1, a.shape[-1])
         grads = g.reshape(batch, -1, g.shape[-1])
@@ -212,8 +211,18 @@ def conv_grads_vmap(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torc
 
 
 def conv_grads_unfold(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    patches = F.unfold(a, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # type: ignore[arg-type]
-    return torch.bmm(g.flatten(2), patches.transpose(1, 2))
+    return torch.bmm(g.flatten(2), _patches(layer, a))
+
+
+def _patches(layer: ConvModule, a: torch.Tensor) -> torch.Tensor:
+    """Each example's input patches (B, T, C*kh*kw), in the weight's (C, kh, kw) order:
+    `F.unfold(a).transpose(1, 2)`, from a strided view and one copy. (`F.unfold` loops
+    over the batch: on a GPU one kernel launch per example.)"""
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    padded = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
+    windows = padded.unfold(2, kh, sh).unfold(3, kw, sw)  # B, C, OH, OW, kh, kw
+    batch, channels, out_h, out_w = windows.shape[:4]
+    return windows.permute(0, 2, 3, 1, 4, 5).reshape(batch, out_h * out_w, channels * kh * kw)
 
 
 ConvBuilder = Callable[[ConvModule, torch.Tensor, torch.Tensor], torch.Tensor]
