@@ -111,7 +111,7 @@ class _Run:
     saved_step: int  # this job's steps in that checkpoint
     step: int = 0  # this job's steps in the trainer now
     started: float = field(default_factory=time.monotonic)
-    last_write: float = 0.0
+    last_write: float = field(default_factory=time.monotonic)  # the first after 0.5 s
     last_checkpoint: float = field(default_factory=time.monotonic)
     cancel: bool = False
 
@@ -210,7 +210,7 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
         raise LeaseLost(lease.claim.job_id)
     if run.step > run.saved_step:  # stopped mid-epoch: keep what was trained, and its cost
         _checkpoint(run)
-    _write_progress(run, epoch=None)
+    # Every step is now in a checkpoint, whose transaction recorded the job's progress.
     if result.stopped and not run.cancel:
         raise _Interrupted
     return "cancelled" if result.stopped else "done"
