@@ -25,6 +25,7 @@ SCRIPTS = (
     "step_latency.py",
     "publish_latency.py",
     "upload_memory.py",
+    "epoch_memory.py",
     "subject_level.py",
     "accuracy.py",
     "per_sample_grads.py",

@@ -21,25 +21,19 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+from _serve import ADMIN, free_port, node_env, proc_status, start_node, stop_node
 from _sizes import machine, size_flags
 
 RESULTS = Path(__file__).resolve().parent / "results" / "upload_memory.json"
-ADMIN = ("admin@veil.dev", "changethis")
 ROW_FLOATS = 1024
 CHUNK_BYTES = 64 * 1024**2
 WELL_BELOW = 0.5
-START_TIMEOUT_S = 120.0
 MIB = 1024**2
 
 # Runs in its own interpreter, so its memory is the client's and nothing else's.
@@ -67,20 +61,6 @@ print(json.dumps({
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _proc_status(pid: int, field: str) -> int:
-    """A /proc/<pid>/status memory field, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/status has no {field}")
-
-
 def _write_npy(path: Path, gib: float) -> tuple[tuple[int, int], int]:
     """A C-order float32 .npy of about `gib` GiB in [0, 1), written a chunk at a time."""
     rows = max(1, int(gib * 1024**3) // (ROW_FLOATS * 4))
@@ -101,52 +81,10 @@ def _write_npy(path: Path, gib: float) -> tuple[tuple[int, int], int]:
     return shape, path.stat().st_size
 
 
-def _node_env() -> dict[str, str]:
-    # Only this run's settings: no VEIL_* from the caller's shell (database, password...).
-    return {k: v for k, v in os.environ.items() if not k.startswith("VEIL_")}
-
-
-def _start_node(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        node = subprocess.Popen(
-            [sys.executable, "-m", "veil.cli", "serve", "--port", str(port)]
-            + ["--data-dir", str(data_dir)],
-            env=_node_env() | {"VEIL_LOG_LEVEL": "warning"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if node.poll() is not None:
-            raise RuntimeError(f"the node exited with {node.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/node", timeout=2):
-                return node
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            _stop(node)
-            raise RuntimeError(
-                f"the node did not answer in {START_TIMEOUT_S} s:\n{log.read_text()}"
-            )
-        time.sleep(0.2)
-
-
-def _stop(node: subprocess.Popen[bytes]) -> None:
-    if node.poll() is not None:
-        return
-    node.send_signal(signal.SIGINT)
-    try:
-        node.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        node.kill()
-        node.wait()
-
-
 def _upload(url: str, path: Path) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-c", CLIENT, url, str(path), *ADMIN],
-        env=_node_env(),
+        env=node_env(),
         capture_output=True,
         text=True,
     )
@@ -161,17 +99,17 @@ def run(gib: float) -> dict[str, object]:
     try:
         path = work / "x.npy"
         shape, size = _write_npy(path, gib)
-        port = _free_port()
-        node = _start_node(work / "node", port, work / "node.log")
-        node_before = _proc_status(node.pid, "VmRSS")
-        node_start_peak = _proc_status(node.pid, "VmHWM")
+        port = free_port()
+        node = start_node(work / "node", port, work / "node.log")
+        node_before = proc_status(node.pid, "VmRSS")
+        node_start_peak = proc_status(node.pid, "VmHWM")
         client = _upload(f"http://127.0.0.1:{port}", path)
-        node_peak = _proc_status(node.pid, "VmHWM")
+        node_peak = proc_status(node.pid, "VmHWM")
         if client["shape"] != list(shape):
             raise RuntimeError(f"uploaded shape {client['shape']}, expected {list(shape)}")
     finally:
         if node is not None:
-            _stop(node)
+            stop_node(node)
         shutil.rmtree(work, ignore_errors=True)
     seconds = float(client["seconds"])  # type: ignore[arg-type]
     client_peak = int(client["peak"])  # type: ignore[call-overload]

@@ -19,6 +19,7 @@ RUNNABLE = [
     "step_latency.py",
     "publish_latency.py",
     "upload_memory.py",
+    "epoch_memory.py",
     "cart_ops.py",
     "per_sample_grads.py",
     "secure_noise.py",

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from veil import ValidationError, nn
-from veil.engine import DPTrainer, EpochInfo, StepInfo
+from veil.engine import DPTrainer, EpochInfo, StepInfo, _trainer
 
 from .conftest import make_spec
 
@@ -138,6 +138,53 @@ def test_start_step_is_checked(mlp_spec: nn.ModelSpec, table_data) -> None:
             DPTrainer(mlp_spec, seed=0).fit(
                 x, y, train_rows=np.arange(100), epochs=2, batch_size=20, start_step=bad
             )
+
+
+def test_a_fit_reads_a_batch_and_computes_a_bounded_piece_at_a_time(monkeypatch) -> None:
+    """What keeps a node flat through an IDC-size epoch (`benchmarks/epoch_memory.py`):
+    a fit reads x one Poisson batch at a time (a memory-mapped dataset stays on disk),
+    and steps and validates on pieces whose layer outputs fit in `_ACTIVATION_BYTES`."""
+    monkeypatch.setattr(_trainer, "_ACTIVATION_BYTES", 1 << 16)
+    spec = make_spec(
+        [
+            nn.Rescaling(1 / 255, input_shape=(None, 2, 8, 8)),
+            nn.Convolution(4, 3, activation="relu"),
+            nn.MaxPool(2),
+            nn.Flatten(),
+            nn.Dense(1),
+            nn.Sigmoid(),
+        ],
+        (None, 2, 8, 8),
+    )
+    reads: list[int] = []
+
+    class Recorded(np.ndarray):
+        def __getitem__(self, key: object) -> np.ndarray:
+            out = np.asarray(super().__getitem__(key))
+            reads.append(len(out))
+            return out
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(600, 2, 8, 8), dtype=np.uint8).view(Recorded)
+    y = rng.integers(0, 2, size=600).astype(np.float32)
+    trainer = DPTrainer(spec, seed=0)
+    pieces: list[int] = []
+    trainer.module.register_forward_pre_hook(lambda _, args: pieces.append(len(args[0])))
+    steps: list[StepInfo] = []
+    trainer.fit(
+        x,
+        y,
+        train_rows=np.arange(500),
+        val_rows=np.arange(500, 600),
+        epochs=1,
+        batch_size=100,
+        on_step=steps.append,
+    )
+    floats = 2 * (2 * 8 * 8) + 4 * 6 * 6 + 2 * (4 * 3 * 3) + 2  # each layer's output
+    assert trainer._chunk == trainer._eval_rows == (1 << 16) // (4 * floats) < 100
+    assert reads[: len(steps)] == [s.batch_size_actual for s in steps]  # one read a step
+    assert max(reads) < 200 and sum(reads[len(steps) :]) == 100  # then validation
+    assert pieces and max(pieces) <= trainer._chunk
 
 
 def test_epoch_reports_raw_validation_metrics(mlp_spec: nn.ModelSpec, table_data) -> None:

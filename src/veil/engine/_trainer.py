@@ -34,6 +34,12 @@ __all__ = ["DPTrainer"]
 # Per-example gradients of one chunk hold chunk * params floats: cap that, so a large
 # Poisson batch of a large model is processed in pieces instead of exhausting memory.
 _GRAD_ELEMENTS = 1 << 26
+# And its layers' outputs at most this many bytes. Measured on the IDC CNN (3x50x50,
+# batch 256, `benchmarks/epoch_memory.py`): whole-batch tensors of 10 to 40 MB, of a new
+# size at every Poisson step, left glibc's arenas holding 2 GB of the node's heap by the
+# end of an epoch; chunks of 49 rows keep every tensor small and of one size from chunk
+# to chunk (the heap stayed near 500 MB), and stepped faster (cache-sized tensors).
+_ACTIVATION_BYTES = 1 << 24
 _EVAL_BATCH = 1024
 
 
@@ -120,7 +126,7 @@ class DPTrainer:
         # gradients). GroupNorm models keep vmap, and so do subject-level steps: they
         # need each example's gradient to sum by subject.
         self._layerwise = supports(self.module)
-        self._chunk = max(1, _GRAD_ELEMENTS // spec.param_count)
+        self._chunk, self._eval_rows = _chunk_rows(spec)
         inputs = (spec.input_shape, *spec.shapes[:-1])
         self._dropouts = [
             (layer.rate, tuple(int(d) for d in shape[1:]))  # type: ignore[arg-type]
@@ -411,8 +417,8 @@ class DPTrainer:
         losses = [torch.zeros(0, device=self.device)]
         correct = [] if self.objective.kind == "mse" else [torch.zeros(0, device=self.device)]
         with torch.no_grad():
-            for start in range(0, len(rows), _EVAL_BATCH):
-                idx = rows[start : start + _EVAL_BATCH]
+            for start in range(0, len(rows), self._eval_rows):
+                idx = rows[start : start + self._eval_rows]
                 xb, x_ok = input_tensor(x[idx], self.device)
                 yb, y_ok = target_tensor(self.objective, self.spec, y[idx], self.device)
                 valid = x_ok & y_ok
@@ -575,6 +581,16 @@ class DPTrainer:
                 ) from None
             self._dropout.manual_seed(secrets.randbits(63))  # dropout masks need no replay
         self.steps_done = int(meta.get("steps_done", 0))
+
+
+def _chunk_rows(spec: ModelSpec) -> tuple[int, int]:
+    """(rows per piece of a step, rows per piece of an evaluation): a step's piece bounds
+    its per-example gradients and its layers' outputs, an evaluation's its outputs."""
+    shapes = (spec.input_shape, *spec.shapes)
+    floats = sum(math.prod(int(d) for d in shape[1:]) for shape in shapes)  # type: ignore[arg-type]
+    by_outputs = max(1, _ACTIVATION_BYTES // (4 * floats))
+    step = min(_GRAD_ELEMENTS // spec.param_count, by_outputs)
+    return max(1, step), min(_EVAL_BATCH, by_outputs)
 
 
 def _start_step(value: object, total: int) -> int:
