@@ -126,7 +126,7 @@ class DPTrainer:
         # gradients). GroupNorm models keep vmap, and so do subject-level steps: they
         # need each example's gradient to sum by subject.
         self._layerwise = supports(self.module)
-        self._chunk, self._eval_rows = _chunk_rows(spec)
+        self._chunk, self._eval_rows = _chunk_rows(spec, self.device)
         inputs = (spec.input_shape, *spec.shapes[:-1])
         self._dropouts = [
             (layer.rate, tuple(int(d) for d in shape[1:]))  # type: ignore[arg-type]
@@ -583,12 +583,16 @@ class DPTrainer:
         self.steps_done = int(meta.get("steps_done", 0))
 
 
-def _chunk_rows(spec: ModelSpec) -> tuple[int, int]:
+def _chunk_rows(spec: ModelSpec, device: torch.device) -> tuple[int, int]:
     """(rows per piece of a step, rows per piece of an evaluation): a step's piece bounds
-    its per-example gradients and its layers' outputs, an evaluation's its outputs."""
+    its per-example gradients and, on the CPU, its layers' outputs, an evaluation's its
+    outputs. A GPU takes whole batches: its caching allocator keeps no glibc arenas, and
+    smaller pieces would multiply the kernel launches that bound its steps."""
     shapes = (spec.input_shape, *spec.shapes)
     floats = sum(math.prod(int(d) for d in shape[1:]) for shape in shapes)  # type: ignore[arg-type]
     by_outputs = max(1, _ACTIVATION_BYTES // (4 * floats))
+    if device.type != "cpu":
+        by_outputs = _EVAL_BATCH
     step = min(_GRAD_ELEMENTS // spec.param_count, by_outputs)
     return max(1, step), min(_EVAL_BATCH, by_outputs)
 
