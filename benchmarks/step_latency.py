@@ -78,7 +78,7 @@ def main() -> None:
             with ctx.live.lock(model_ptr.id):
                 with ctx.db.session() as session:
                     row = get_model(session, user=ds_user, model_id=model_ptr.id)
-                    trainer = ctx.live.get(row).trainer
+                    trainer = ctx.live.get(session, row).trainer
                 start = time.perf_counter()
                 trainer.step(x[a : a + BATCH], y[a : a + BATCH])
                 return _ms(start)

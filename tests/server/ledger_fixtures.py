@@ -17,7 +17,7 @@ from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
 from veil.server.db.tables.models import ModelRow
 from veil.server.services.checkpoints import save_cart_arrays
-from veil.server.services.private_objects import stage_object
+from veil.server.services.private_objects import pending_object
 from veil.server.storage.files import NodeFiles, atomic_write
 
 __all__ = [
@@ -140,8 +140,7 @@ def add_object(
     """Insert a private object of per-row `values` over `rows` of SOURCE, as a step does."""
     array = np.asarray(values, dtype=np.float64)
     shape = () if kind == "loss" else array.shape
-    pending = stage_object(
-        store.files,
+    pending = pending_object(
         kind=kind,
         source=SOURCE,
         rows=np.asarray(rows, dtype=np.int64),
@@ -151,7 +150,7 @@ def add_object(
     )
     with store.db.session() as session:
         owner, model = session.get(UserRow, owner_id), session.get(ModelRow, model_id)
-        row = pending.record(session, store.files, user=owner, model=model)
+        row = pending.record(session, user=owner, model=model)
         session.commit()
         return row.id
 

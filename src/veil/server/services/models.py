@@ -159,7 +159,7 @@ def create_model(
                     )
                 draft.compiled_model_id = model_id
             session.flush()
-            staged.commit(files, model)
+            staged.commit(session, files, model)
             session.commit()
     except BaseException:
         staged.discard()
