@@ -13,7 +13,6 @@ from tests.nodes import RunningNode
 from veil.nn import Dense, ModelSpec
 from veil.privacy import Bound, Cart, RdpCurve
 from veil.server.db.engine import Database
-from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
 from veil.server.db.tables.models import ModelRow
 from veil.server.services.checkpoints import save_cart_arrays
@@ -149,8 +148,7 @@ def add_object(
         bound=bound,
     )
     with store.db.session() as session:
-        owner, model = session.get(UserRow, owner_id), session.get(ModelRow, model_id)
-        row = pending.record(session, user=owner, model=model)
+        row = pending.record(session, owner_id=owner_id, model_id=model_id)
         session.commit()
         return row.id
 

@@ -240,7 +240,7 @@ def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None) -> None:
         raise
     run.saved_step, run.version = run.step, model.version
     run.last_checkpoint = time.monotonic()
-    prune_old_versions(ctx.files, model)
+    prune_old_versions(ctx.files, model.id, model.version)
 
 
 def _record_epoch(

@@ -27,6 +27,7 @@ import os
 import struct
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from safetensors.numpy import save as save_bytes
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save_file as save_torch
-from sqlalchemy import delete
+from sqlalchemy import ColumnElement, delete, insert, update
 from sqlalchemy.orm import Session
 
 from veil.engine import DPTrainer
@@ -113,13 +114,30 @@ def _state(session: Session, model: ModelRow) -> ModelStateRow | None:
 
 
 def commit_state(
-    session: Session, model: ModelRow, *, data: bytes, cart: Cart, steps_added: int
-) -> None:
-    """Make `data` (from `encode_state`, with `cart`) the model's version v+1; the
-    caller holds the row locked and commits."""
-    version = model.version + 1
-    session.add(ModelStateRow(model_id=model.id, version=version, data=data))
-    _point_at(session, model, version, cart, steps_added)
+    session: Session,
+    *,
+    model_id: str,
+    version: int,
+    data: bytes,
+    cart: Cart,
+    steps_added: int,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> bool:
+    """Make `data` (from `encode_state`, with `cart`) version+1 of the model, if its row
+    is still at `version` and matches `where`; False, with nothing written, if not. One
+    conditional UPDATE checks and locks the row; the caller commits."""
+    moved = session.execute(
+        update(ModelRow.__table__)
+        .where(ModelRow.id == model_id, ModelRow.version == version, *where)
+        .values(steps=ModelRow.steps + steps_added, **_pointer(version + 1, cart))
+    )
+    if moved.rowcount != 1:
+        return False
+    session.execute(
+        insert(ModelStateRow.__table__).values(model_id=model_id, version=version + 1, data=data)
+    )
+    _forget_states(session, model_id, version + 1)
+    return True
 
 
 def load_cart(session: Session, files: NodeFiles, model: ModelRow) -> Cart:
@@ -184,20 +202,33 @@ def save_weights(session: Session, files: NodeFiles, model: ModelRow, target: Pa
     return True
 
 
+def _pointer(version: int, cart: Cart) -> dict[str, Any]:
+    """The model row's columns that point it at `version` with `cart`."""
+    return {
+        "version": version,
+        "cart_state": dict(cart.state_dict()),
+        "cart_curve": cart.curve().to_list(),
+        "updated_at": utcnow(),
+    }
+
+
+def _forget_states(session: Session, model_id: str, version: int) -> None:
+    """Delete the states older than the one before `version`: the previous version
+    stays for a reader that saw it (as its files do)."""
+    session.execute(
+        delete(ModelStateRow.__table__).where(
+            ModelStateRow.model_id == model_id, ModelStateRow.version < version - 1
+        )
+    )
+
+
 def _point_at(
     session: Session, model: ModelRow, version: int, cart: Cart, steps_added: int
 ) -> None:
-    model.version = version
-    model.cart_state = dict(cart.state_dict())
-    model.cart_curve = cart.curve().to_list()
+    for column, value in _pointer(version, cart).items():
+        setattr(model, column, value)
     model.steps = model.steps + steps_added
-    model.updated_at = utcnow()
-    # The previous version stays for a reader that saw it (as its files do).
-    session.execute(
-        delete(ModelStateRow).where(
-            ModelStateRow.model_id == model.id, ModelStateRow.version < version - 1
-        )
-    )
+    _forget_states(session, model.id, version)
 
 
 @dataclass(frozen=True)
@@ -279,7 +310,7 @@ def save_cart_version(session: Session, files: NodeFiles, model: ModelRow, *, ca
     _point_at(session, model, version, cart, 0)
 
 
-def prune_old_versions(files: NodeFiles, model: ModelRow) -> None:
+def prune_old_versions(files: NodeFiles, model_id: str, version: int) -> None:
     """Remove checkpoints older than the previous version, and staged files a process
     that died left behind (call after commit).
 
@@ -288,7 +319,7 @@ def prune_old_versions(files: NodeFiles, model: ModelRow) -> None:
     newer one that committed meanwhile, so a late or repeated prune is harmless; one
     that never ran is made good by the next.
     """
-    _PRUNER.submit(_prune, files, model.id, model.version)
+    _PRUNER.submit(_prune, files, model_id, version)
 
 
 def _prune(files: NodeFiles, model_id: str, version: int) -> None:

@@ -45,14 +45,21 @@ class LiveModels:
         with self._guard:
             return self._locks.setdefault(model_id, threading.Lock())
 
+    def cached(self, model_id: str, version: int) -> LiveModel | None:
+        """The model kept in memory, if it is at `version`; call with its lock held."""
+        with self._guard:
+            live = self._cache.get(model_id)
+            if live is None or live.version != version:
+                return None
+            self._cache.move_to_end(model_id)
+            return live
+
     def get(self, session: Session, model: ModelRow) -> LiveModel:
         """The model at the row's version (read in `session` when not kept); call with
         `lock(model.id)` held."""
-        with self._guard:
-            live = self._cache.get(model.id)
-            if live is not None and live.version == model.version:
-                self._cache.move_to_end(model.id)
-                return live
+        live = self.cached(model.id, model.version)
+        if live is not None:
+            return live
         live = LiveModel(
             version=model.version,
             trainer=load_trainer(session, self._files, model, device=self._device),

@@ -8,6 +8,7 @@ written with no transaction open; its row appears in one short write after.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -37,6 +38,8 @@ __all__ = [
     "get_draft",
     "get_model",
     "list_models",
+    "ModelFacts",
+    "model_facts",
     "parse_spec",
     "unpaid",
 ]
@@ -179,8 +182,33 @@ def get_model(
         ModelRow, model_id, with_for_update=for_update, populate_existing=for_update
     )
     if model is None or model.owner_id != user.id:
-        raise NotFound(f"No model {model_id!r} of yours.", model_id=model_id)
+        raise _not_yours(model_id)
     return model
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """A model's version and the job training it, if any: what a step checks first."""
+
+    id: str
+    version: int
+    busy_job_id: str | None
+
+
+def model_facts(session: Session, *, user: UserRow, model_id: str) -> ModelFacts:
+    """`get_model`'s answer in three columns: one light query, no JSON to decode."""
+    found = session.execute(
+        select(ModelRow.owner_id, ModelRow.version, ModelRow.busy_job_id).where(
+            ModelRow.id == model_id
+        )
+    ).first()
+    if found is None or found.owner_id != user.id:
+        raise _not_yours(model_id)
+    return ModelFacts(id=model_id, version=found.version, busy_job_id=found.busy_job_id)
+
+
+def _not_yours(model_id: str) -> NotFound:
+    return NotFound(f"No model {model_id!r} of yours.", model_id=model_id)
 
 
 def list_models(session: Session, *, user: UserRow) -> list[ModelRow]:

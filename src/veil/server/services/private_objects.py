@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from safetensors.numpy import load as load_bytes
 from safetensors.numpy import save as save_bytes
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from veil._exceptions import NotFound
 from veil.privacy import Bound, bound_from_dict
-from veil.server.db.base import new_id
+from veil.server.db.base import new_id, utcnow
 from veil.server.db.tables.accounts import UserRow
-from veil.server.db.tables.models import ModelRow, PrivateObjectRow
+from veil.server.db.tables.models import PrivateObjectRow
 from veil.server.storage.files import NodeFiles
 
 __all__ = ["PendingObject", "StoredObject", "load_object", "pending_object"]
@@ -50,20 +50,24 @@ class PendingObject:
     n_rows: int
     data: bytes
 
-    def record(self, session: Session, *, user: UserRow, model: ModelRow) -> PrivateObjectRow:
-        """Insert the object's row; the caller commits."""
+    def record(self, session: Session, *, owner_id: str, model_id: str) -> PrivateObjectRow:
+        """Insert the object's row (one statement, no ORM flush); the caller commits.
+        Returns the row as inserted."""
         row = PrivateObjectRow(
             id=new_id(),
-            owner_id=user.id,
-            model_id=model.id,
+            owner_id=owner_id,
+            model_id=model_id,
             kind=self.kind,
             shape=list(self.shape),
             source=self.source,
             bound=None if self.bound is None else self.bound.to_dict(),
             n_rows=self.n_rows,
+            path=None,
             data=self.data,
+            created_at=utcnow(),
         )
-        session.add(row)
+        table = PrivateObjectRow.__table__
+        session.execute(insert(table).values({c.key: getattr(row, c.key) for c in table.columns}))
         return row
 
 

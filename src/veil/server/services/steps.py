@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -63,7 +64,7 @@ from veil.server.services.checkpoints import commit_state, encode_state, prune_o
 from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
 from veil.server.services.failpoints import failpoint
 from veil.server.services.live_models import LiveModel
-from veil.server.services.models import get_model
+from veil.server.services.models import ModelFacts, get_model, model_facts
 from veil.server.services.node import get_node
 from veil.server.services.private_objects import pending_object
 from veil.server.services.releases import metric_queries, noise_for, release_metrics
@@ -71,7 +72,7 @@ from veil.server.services.releases import metric_queries, noise_for, release_met
 __all__ = ["Batch", "evaluate", "prediction_bound", "step"]
 
 
-def _idle(model: ModelRow) -> None:
+def _idle(model: ModelRow | ModelFacts) -> None:
     if model.busy_job_id is not None:
         raise Conflict(
             f"Model {model.id} is training (job {model.busy_job_id}); wait for it or cancel it.",
@@ -126,13 +127,21 @@ class Batch:
 def _read(ctx: NodeContext, *, user: UserRow, model_id: str, batch: Batch) -> _Read:
     """Check the request against public facts and fetch the model (call under its lock)."""
     with ctx.db.session() as session:
-        model = get_model(session, user=user, model_id=model_id)
-        _idle(model)
-        live = ctx.live.get(session, model)
+        facts = model_facts(session, user=user, model_id=model_id)
+        _idle(facts)
+        live = ctx.live.cached(model_id, facts.version)
+        if live is None:  # first use, or it moved on elsewhere: load it at its version
+            live = ctx.live.get(session, get_model(session, user=user, model_id=model_id))
         spec = live.trainer.spec
         pair = resolve_pair(session, ctx.arrays, user=user, **vars(batch))
         check_public(spec, pair)
     return _Read(spec=spec, pair=pair, live=live)
+
+
+def _why_not(session: Session, *, user: UserRow, model_id: str, version: int) -> NoReturn:
+    """Raise what stopped a commit on the model at `version` (NotFound, Conflict)."""
+    _locked_unchanged(session, user=user, model_id=model_id, version=version)
+    raise Conflict(f"Model {model_id} changed meanwhile; nothing was kept. Try again.")
 
 
 def _locked_unchanged(session: Session, *, user: UserRow, model_id: str, version: int) -> ModelRow:
@@ -202,18 +211,25 @@ def step(
             )
             state = encode_state(live.trainer, cart)
             with ctx.db.write_session(durable=False) as session:
-                model = _locked_unchanged(
-                    session, user=user, model_id=model_id, version=live.version
-                )
-                commit_state(session, model, data=state, cart=cart, steps_added=1)
-                owned = {"user": user, "model": model}
+                if not commit_state(
+                    session,
+                    model_id=model_id,
+                    version=live.version,
+                    data=state,
+                    cart=cart,
+                    steps_added=1,
+                    where=(ModelRow.owner_id == user.id, ModelRow.busy_job_id.is_(None)),
+                ):
+                    _why_not(session, user=user, model_id=model_id, version=live.version)
+                owned = {"owner_id": user.id, "model_id": model_id}
                 rows_out = (loss.record(session, **owned), predictions.record(session, **owned))
                 failpoint("step.before_commit")
                 session.commit()
             failpoint("step.after_commit")
-        ctx.live.put(model_id, LiveModel(version=model.version, trainer=live.trainer, cart=cart))
-        if ctx.files.weights(model_id, model.version - 2).exists():
-            prune_old_versions(ctx.files, model)  # the files this model had before its steps
+        version = live.version + 1
+        ctx.live.put(model_id, LiveModel(version=version, trainer=live.trainer, cart=cart))
+        if ctx.files.weights(model_id, version - 2).exists():
+            prune_old_versions(ctx.files, model_id, version)  # files from before its steps
         return rows_out
 
 
@@ -260,5 +276,5 @@ def evaluate(
         ctx.live.put(
             model.id, LiveModel(version=model.version, trainer=live.trainer, cart=outcome.cart)
         )
-        prune_old_versions(ctx.files, model)
+        prune_old_versions(ctx.files, model.id, model.version)
         return outcome.release
