@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from veil._exceptions import AuthenticationError, PermissionDenied, ValidationError
@@ -142,12 +142,16 @@ def change_password(
     throttle.succeed(user.email, client_host)
 
 
+# Every request runs this; built once, it is looked up in SQLAlchemy's cache for free.
+_TOKEN_USER = (
+    select(UserRow, TokenRow.revoked_at, TokenRow.expires_at)
+    .join(TokenRow, TokenRow.user_id == UserRow.id)
+    .where(TokenRow.token_hash == bindparam("b_hash"))
+)
+
+
 def user_for_token(session: Session, token: str) -> UserRow:
-    found = session.execute(
-        select(UserRow, TokenRow.revoked_at, TokenRow.expires_at)
-        .join(TokenRow, TokenRow.user_id == UserRow.id)
-        .where(TokenRow.token_hash == hash_token(token))
-    ).first()
+    found = session.execute(_TOKEN_USER, {"b_hash": hash_token(token)}).first()
     now = datetime.now(UTC)
     if found is None:
         raise AuthenticationError("Unknown token; log in again.")

@@ -9,7 +9,7 @@ A version lives in one of two places:
   between leaves the row at v with v's files, so weights and cart always match, and no
   lock is held while tensors are written. Files two versions old are removed after the
   commit; the previous version stays for a publish that read it.
-- a row of `model_states` (flow III steps, `encode_state` and `commit_state`): one
+- a row of `model_states` (flow III steps, `encode_state` and `commit_step`): one
   safetensors blob inserted in the step's own transaction, which also points the model
   at it. A step is small and frequent; this way it writes and syncs no file at all, and
   the database alone makes weights, cart and results move together. States two
@@ -27,7 +27,6 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from safetensors.numpy import save as save_bytes
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save_file as save_torch
-from sqlalchemy import ColumnElement, delete, insert, update
+from sqlalchemy import JSON, bindparam, delete, insert, update
 from sqlalchemy.orm import Session
 
 from veil.engine import DPTrainer
@@ -51,7 +50,7 @@ from veil.server.db.tables.models import ModelRow, ModelStateRow
 from veil.server.storage.files import NodeFiles, atomic_write, link_into, sync_files
 
 __all__ = [
-    "commit_state",
+    "commit_step",
     "decode_state",
     "encode_state",
     "load_cart",
@@ -85,7 +84,7 @@ def _flat_cart(cart: Cart) -> dict[str, np.ndarray]:
 
 def encode_state(trainer: DPTrainer, cart: Cart) -> bytes:
     """The trainer's checkpoint and the cart's per-row arrays as one safetensors blob,
-    for `commit_state`; plain arrays and JSON, no pickle."""
+    for `commit_step`; plain arrays and JSON, no pickle."""
     tensors, meta = trainer.checkpoint()
     return _encode({k: t.detach().cpu().numpy() for k, t in tensors.items()}, meta, cart)
 
@@ -113,29 +112,54 @@ def _state(session: Session, model: ModelRow) -> ModelStateRow | None:
     return session.get(ModelStateRow, (model.id, model.version))
 
 
-def commit_state(
-    session: Session,
-    *,
-    model_id: str,
-    version: int,
-    data: bytes,
-    cart: Cart,
-    steps_added: int,
-    where: Sequence[ColumnElement[bool]] = (),
+# A step commits with statements built once: building and caching a statement per call
+# cost more than running it.
+_models, _states = ModelRow.__table__, ModelStateRow.__table__
+_STEP = (
+    update(_models)
+    .where(
+        _models.c.id == bindparam("b_id"),
+        _models.c.version == bindparam("b_version"),
+        _models.c.owner_id == bindparam("b_owner"),
+        _models.c.busy_job_id.is_(None),
+    )
+    .values(
+        version=bindparam("b_next"),
+        steps=_models.c.steps + 1,
+        cart_state=bindparam("b_cart_state", type_=JSON),
+        cart_curve=bindparam("b_cart_curve", type_=JSON),
+        updated_at=bindparam("b_now", type_=_models.c.updated_at.type),
+    )
+)
+_INSERT_STATE = insert(_states)
+_FORGET = delete(_states).where(
+    _states.c.model_id == bindparam("b_id"), _states.c.version < bindparam("b_below")
+)
+
+
+def commit_step(
+    session: Session, *, owner_id: str, model_id: str, version: int, data: bytes, cart: Cart
 ) -> bool:
-    """Make `data` (from `encode_state`, with `cart`) version+1 of the model, if its row
-    is still at `version` and matches `where`; False, with nothing written, if not. One
-    conditional UPDATE checks and locks the row; the caller commits."""
+    """Make `data` (from `encode_state`, with `cart`) version+1 of the model, one step
+    more, if its row is still at `version`, owned by `owner_id` and idle; False, with
+    nothing written, if not. One conditional UPDATE checks and locks the row; the
+    caller commits."""
+    pointer = _pointer(version + 1, cart)
     moved = session.execute(
-        update(ModelRow.__table__)
-        .where(ModelRow.id == model_id, ModelRow.version == version, *where)
-        .values(steps=ModelRow.steps + steps_added, **_pointer(version + 1, cart))
+        _STEP,
+        {
+            "b_id": model_id,
+            "b_version": version,
+            "b_owner": owner_id,
+            "b_next": version + 1,
+            "b_cart_state": pointer["cart_state"],
+            "b_cart_curve": pointer["cart_curve"],
+            "b_now": pointer["updated_at"],
+        },
     )
     if moved.rowcount != 1:
         return False
-    session.execute(
-        insert(ModelStateRow.__table__).values(model_id=model_id, version=version + 1, data=data)
-    )
+    session.execute(_INSERT_STATE, {"model_id": model_id, "version": version + 1, "data": data})
     _forget_states(session, model_id, version + 1)
     return True
 
@@ -215,11 +239,7 @@ def _pointer(version: int, cart: Cart) -> dict[str, Any]:
 def _forget_states(session: Session, model_id: str, version: int) -> None:
     """Delete the states older than the one before `version`: the previous version
     stays for a reader that saw it (as its files do)."""
-    session.execute(
-        delete(ModelStateRow.__table__).where(
-            ModelStateRow.model_id == model_id, ModelStateRow.version < version - 1
-        )
-    )
+    session.execute(_FORGET, {"b_id": model_id, "b_below": version - 1})
 
 
 def _point_at(

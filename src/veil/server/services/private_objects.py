@@ -39,6 +39,9 @@ class StoredObject:
         return None if self.row.bound is None else bound_from_dict(self.row.bound)
 
 
+_INSERT = insert(PrivateObjectRow.__table__)  # built once: a step records two per call
+
+
 @dataclass(frozen=True)
 class PendingObject:
     """An object encoded, before the transaction that records it (`record`)."""
@@ -66,8 +69,7 @@ class PendingObject:
             data=self.data,
             created_at=utcnow(),
         )
-        table = PrivateObjectRow.__table__
-        session.execute(insert(table).values({c.key: getattr(row, c.key) for c in table.columns}))
+        session.execute(_INSERT, {c.key: getattr(row, c.key) for c in _INSERT.table.columns})
         return row
 
 

@@ -14,7 +14,7 @@ charged and the caller gets a Conflict to retry.
 
 What a step stores, and how durably. The step's checkpoint (weights, optimizer and
 generator state, the cart with the batch's rows counted) and its two private objects
-are written in that one transaction, as rows (`checkpoints.commit_state`), with no
+are written in that one transaction, as rows (`checkpoints.commit_step`), with no
 file. So the model's weights, its cart and its step count move together or not at
 all, whatever kills the node: a restart never finds a step the cart did not count,
 nor a count without its step. The commit returns before it is on disk
@@ -60,7 +60,7 @@ from veil.server.context import NodeContext
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
-from veil.server.services.checkpoints import commit_state, encode_state, prune_old_versions
+from veil.server.services.checkpoints import commit_step, encode_state, prune_old_versions
 from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
 from veil.server.services.failpoints import failpoint
 from veil.server.services.live_models import LiveModel
@@ -211,14 +211,13 @@ def step(
             )
             state = encode_state(live.trainer, cart)
             with ctx.db.write_session(durable=False) as session:
-                if not commit_state(
+                if not commit_step(
                     session,
+                    owner_id=user.id,
                     model_id=model_id,
                     version=live.version,
                     data=state,
                     cart=cart,
-                    steps_added=1,
-                    where=(ModelRow.owner_id == user.id, ModelRow.busy_job_id.is_(None)),
                 ):
                     _why_not(session, user=user, model_id=model_id, version=live.version)
                 owned = {"owner_id": user.id, "model_id": model_id}
