@@ -145,7 +145,7 @@ def commit_step(
     nothing written, if not. One conditional UPDATE checks and locks the row; the
     caller commits."""
     pointer = _pointer(version + 1, cart)
-    moved = session.execute(
+    moved = session.connection().execute(
         _STEP,
         {
             "b_id": model_id,
@@ -159,7 +159,9 @@ def commit_step(
     )
     if moved.rowcount != 1:
         return False
-    session.execute(_INSERT_STATE, {"model_id": model_id, "version": version + 1, "data": data})
+    session.connection().execute(
+        _INSERT_STATE, {"model_id": model_id, "version": version + 1, "data": data}
+    )
     _forget_states(session, model_id, version + 1)
     return True
 
@@ -239,7 +241,7 @@ def _pointer(version: int, cart: Cart) -> dict[str, Any]:
 def _forget_states(session: Session, model_id: str, version: int) -> None:
     """Delete the states older than the one before `version`: the previous version
     stays for a reader that saw it (as its files do)."""
-    session.execute(_FORGET, {"b_id": model_id, "b_below": version - 1})
+    session.connection().execute(_FORGET, {"b_id": model_id, "b_below": version - 1})
 
 
 def _point_at(

@@ -281,7 +281,10 @@ def _remembered(session: Session, pointer_id: str) -> _Found | None:
         found = _FOUND.get(pointer_id)
         if found is not None:
             _FOUND.move_to_end(pointer_id)
-    if found is None or session.execute(_THERE, {"b_id": found.asset.dataset_id}).first():
+    if (
+        found is None
+        or session.connection().execute(_THERE, {"b_id": found.asset.dataset_id}).first()
+    ):
         return found
     with _FOUND_GUARD:
         _FOUND.pop(pointer_id, None)

@@ -202,7 +202,7 @@ _FACTS = select(ModelRow.owner_id, ModelRow.version, ModelRow.busy_job_id).where
 
 def model_facts(session: Session, *, user: UserRow, model_id: str) -> ModelFacts:
     """`get_model`'s answer in three columns: one light query, no JSON to decode."""
-    found = session.execute(_FACTS, {"b_id": model_id}).first()
+    found = session.connection().execute(_FACTS, {"b_id": model_id}).first()
     if found is None or found.owner_id != user.id:
         raise _not_yours(model_id)
     return ModelFacts(id=model_id, version=found.version, busy_job_id=found.busy_job_id)

@@ -69,7 +69,9 @@ class PendingObject:
             data=self.data,
             created_at=utcnow(),
         )
-        session.execute(_INSERT, {c.key: getattr(row, c.key) for c in _INSERT.table.columns})
+        session.connection().execute(
+            _INSERT, {c.key: getattr(row, c.key) for c in _INSERT.table.columns}
+        )
         return row
 
 
