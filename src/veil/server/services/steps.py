@@ -24,12 +24,14 @@ it:
 
 - A process that dies (crash, SIGKILL, OOM) loses nothing: the commit is in the
   operating system's hands (SQLite's WAL) or the database server's (PostgreSQL) before
-  `step` answers. `tests/flows/test_jobs.py` kills a node right after a step.
-- A power cut or kernel crash may lose the last steps (about a second's worth at
-  most: SQLite's WAL is flushed at its checkpoints, PostgreSQL's WAL writer flushes
-  within three `wal_writer_delay`). Both databases recover a prefix of the commits, so
-  such a step is lost whole: weights, cart count and private objects together, and
-  the model is as it was before it, which the cart counts exactly.
+  `step` answers.
+- A power cut or kernel crash may lose the steps committed since the last flush: on
+  SQLite the last durable commit or WAL checkpoint (one per thousand pages of WAL, a
+  few dozen steps of a small model), on PostgreSQL the last fraction of a second (its
+  WAL writer flushes within three `wal_writer_delay`). Both databases recover a
+  prefix of the commits, so such a step is lost whole: weights, cart count and private
+  objects together, and the model is as it was before it, which the cart counts
+  exactly.
 - Nothing a data scientist saw depended on a lost step: a step answers with ids and
   public shapes only. Anything computed from private data leaves through a release,
   which commits durably (the default `write_session`); a durable commit also makes
@@ -38,9 +40,10 @@ it:
   releases only, never by steps. After such a loss the step's objects are NotFound and
   the model's step count is back where it was: public facts, not private ones.
 
-`tests/server/test_step_durability.py` checks these: a kill right after a step keeps
-it, and a database cut back to any earlier commit (as a power cut leaves it) holds a
-model whose weights, cart and objects agree.
+`tests/server/test_step_durability.py` checks these: a node killed just before a
+step's commit keeps none of it and one killed just after keeps all of it; a database
+cut back to an earlier commit (as a power cut leaves it) holds a model whose weights,
+cart and objects agree; only steps commit lazily, and a release refuses to.
 """
 
 from __future__ import annotations
