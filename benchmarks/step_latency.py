@@ -7,7 +7,9 @@ tabular dataset, compiles a small MLP (30-64-64-1, sigmoid) and times, interleav
 - `step`: `model_ptr.step(x[a:a+32], y[a:a+32])` through the `veil` client, the slice
   named in the step request itself;
 - `step+slices`: the same with server-side slices made first (`x[a:b].id`), as each
-  step cost before a step could name its rows: two slice round trips plus the step.
+  step cost before a step could name its rows: two slice round trips plus the step;
+- `request`: an authenticated request that does next to nothing (`users.me()`): what
+  any request costs over HTTP, the floor under the overhead.
 
 The node's overhead is `step - engine`. Prints a table and writes JSON (by default
 ``benchmarks/results/step_latency.json``).
@@ -78,7 +80,7 @@ def main() -> None:
             with ctx.live.lock(model_ptr.id):
                 with ctx.db.session() as session:
                     row = get_model(session, user=ds_user, model_id=model_ptr.id)
-                    trainer = ctx.live.get(row).trainer
+                    trainer = ctx.live.get(session, row).trainer
                 start = time.perf_counter()
                 trainer.step(x[a : a + BATCH], y[a : a + BATCH])
                 return _ms(start)
@@ -95,9 +97,14 @@ def main() -> None:
             model_ptr.step(x_view, y_view)
             return _ms(start)
 
+        def request(_: int) -> float:
+            start = time.perf_counter()
+            ds.users.me()
+            return _ms(start)
+
         with ctx.db.session() as session:
             ds_user = session.get(UserRow, ds.user.id)
-        kinds = {"engine": engine, "step": named, "step+slices": sliced}
+        kinds = {"engine": engine, "step": named, "step+slices": sliced, "request": request}
         times: dict[str, list[float]] = {k: [] for k in kinds}
         for i, a in enumerate(starts):
             for kind, run in kinds.items():

@@ -7,6 +7,8 @@ so tests never share state and can run side by side.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
 import socket
 import threading
 import time
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 import uvicorn
 
@@ -22,7 +25,14 @@ from veil.server.app import create_app
 from veil.server.serving import uvicorn_options
 from veil.server.settings import Settings
 
-__all__ = ["PG_ADMIN_URL", "RunningNode", "fresh_postgres_url", "free_port", "running_node"]
+__all__ = [
+    "PG_ADMIN_URL",
+    "RunningNode",
+    "fresh_postgres_url",
+    "free_port",
+    "node_process",
+    "running_node",
+]
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -85,3 +95,49 @@ def running_node(
         finally:
             server.should_exit = True
             thread.join(timeout=20)
+
+
+# Node processes fork from a server that imported the node once, so each (re)start
+# takes a moment instead of the seconds the imports take.
+_PROCESSES = multiprocessing.get_context("forkserver")
+_PROCESSES.set_forkserver_preload(["veil.server.app"])
+
+
+def _serve(port: int, env: dict[str, str]) -> None:
+    """The launcher: a node configured by `VEIL_*` variables only, as `veil serve` does."""
+    for key in [k for k in os.environ if k.startswith("VEIL_")]:
+        del os.environ[key]
+    os.environ.update(env)
+    uvicorn.run(
+        "veil.server.app:create_app", factory=True, host="127.0.0.1", port=port, log_level="warning"
+    )
+
+
+@contextlib.contextmanager
+def node_process(data_dir: Path, database_url: str | None, failpoint: str | None) -> Iterator[str]:
+    """A node in a process of its own (so that a failpoint may kill it): its URL."""
+    port = free_port()
+    env = {"VEIL_DATA_DIR": str(data_dir)}
+    if database_url:
+        env["VEIL_DATABASE_URL"] = database_url
+    if failpoint:
+        env["VEIL_FAILPOINT"] = failpoint
+    process = _PROCESSES.Process(target=_serve, args=(port, env), daemon=True)
+    process.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/api/v1/node", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if not process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"node process did not start (exit code {process.exitcode})")
+            time.sleep(0.05)
+        yield url
+    finally:
+        if process.is_alive():
+            process.terminate()
+        process.join(timeout=30)

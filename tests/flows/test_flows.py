@@ -99,7 +99,7 @@ def test_flow_two_trains_remotely_and_predicts_locally(admin, ds, node) -> None:
         from veil.server.db.tables.models import ModelRow
         from veil.server.services.checkpoints import load_trainer
 
-        trainer = load_trainer(node.ctx.files, session.get(ModelRow, model_ptr.id))
+        trainer = load_trainer(session, node.ctx.files, session.get(ModelRow, model_ptr.id))
     np.testing.assert_allclose(model.predict(x), trainer.predict(x), rtol=1e-5, atol=1e-6)
 
 

@@ -225,7 +225,7 @@ def test_a_failed_step_keeps_no_uncounted_training(sqlite_node, monkeypatch) -> 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(steps, "stage_checkpoint", broken)
+    monkeypatch.setattr(steps, "encode_state", broken)
     with pytest.raises(veil.ServerError):
         model_ptr.step(x, y)
     monkeypatch.undo()

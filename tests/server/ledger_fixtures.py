@@ -13,11 +13,10 @@ from tests.nodes import RunningNode
 from veil.nn import Dense, ModelSpec
 from veil.privacy import Bound, Cart, RdpCurve
 from veil.server.db.engine import Database
-from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
 from veil.server.db.tables.models import ModelRow
 from veil.server.services.checkpoints import save_cart_arrays
-from veil.server.services.private_objects import stage_object
+from veil.server.services.private_objects import pending_object
 from veil.server.storage.files import NodeFiles, atomic_write
 
 __all__ = [
@@ -140,8 +139,7 @@ def add_object(
     """Insert a private object of per-row `values` over `rows` of SOURCE, as a step does."""
     array = np.asarray(values, dtype=np.float64)
     shape = () if kind == "loss" else array.shape
-    pending = stage_object(
-        store.files,
+    pending = pending_object(
         kind=kind,
         source=SOURCE,
         rows=np.asarray(rows, dtype=np.int64),
@@ -150,8 +148,7 @@ def add_object(
         bound=bound,
     )
     with store.db.session() as session:
-        owner, model = session.get(UserRow, owner_id), session.get(ModelRow, model_id)
-        row = pending.record(session, store.files, user=owner, model=model)
+        row = pending.record(session, owner_id=owner_id, model_id=model_id)
         session.commit()
         return row.id
 

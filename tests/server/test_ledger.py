@@ -3,21 +3,15 @@ without its charge, and never more spent than the budget."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 
 import veil
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DS_PASSWORD, login, make_ds
-from tests.nodes import free_port, fresh_postgres_url
+from tests.nodes import fresh_postgres_url, node_process
 from tests.server.ledger_fixtures import (
     NodeStore,
     add_model,
@@ -98,50 +92,6 @@ def test_concurrent_publishes_pay_for_exactly_what_the_budget_allows(node, admin
 
 # --- crash safety: a node in its own process, killed inside a publish ---------------
 
-# Node processes fork from a server that imported the node once, so each (re)start
-# takes a moment instead of the seconds the imports take.
-_PROCESSES = multiprocessing.get_context("forkserver")
-_PROCESSES.set_forkserver_preload(["veil.server.app"])
-
-
-def _serve(port: int, env: dict[str, str]) -> None:
-    """The launcher: a node configured by `VEIL_*` variables only, as `veil serve` does."""
-    for key in [k for k in os.environ if k.startswith("VEIL_")]:
-        del os.environ[key]
-    os.environ.update(env)
-    uvicorn.run(
-        "veil.server.app:create_app", factory=True, host="127.0.0.1", port=port, log_level="warning"
-    )
-
-
-@contextmanager
-def _node_process(data_dir: Path, database_url: str | None, failpoint: str | None) -> Iterator[str]:
-    port = free_port()
-    env = {"VEIL_DATA_DIR": str(data_dir)}
-    if database_url:
-        env["VEIL_DATABASE_URL"] = database_url
-    if failpoint:
-        env["VEIL_FAILPOINT"] = failpoint
-    process = _PROCESSES.Process(target=_serve, args=(port, env), daemon=True)
-    process.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/api/v1/node", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if not process.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"node process did not start (exit code {process.exitcode})")
-            time.sleep(0.05)
-        yield url
-    finally:
-        if process.is_alive():
-            process.terminate()
-        process.join(timeout=30)
-
 
 def _connect(url: str, email: str, password: str) -> veil.Client:
     return veil.login(email=email, password=password, url=url, verbose=False)
@@ -158,7 +108,7 @@ def test_a_crash_inside_publish_leaves_release_and_charge_together(tmp_path, bac
             files=NodeFiles(data_dir),
         )
         # Killed after linking the file, before the commit: neither release nor charge.
-        with _node_process(data_dir, database_url, "publish.before_commit") as url:
+        with node_process(data_dir, database_url, "publish.before_commit") as url:
             admin = _connect(url, ADMIN_EMAIL, ADMIN_PASSWORD)
             user = admin.users.create(email="crash@lab.org", password=DS_PASSWORD, budget=10.0)
             model_id = add_model(store, owner_id=user.id, cart=cart, weights=random_weights(0))
@@ -167,7 +117,7 @@ def test_a_crash_inside_publish_leaves_release_and_charge_together(tmp_path, bac
                 veil.WeightsPointer(ds._http, model_id).publish()
 
         # Killed right after the commit: release and charge both stand.
-        with _node_process(data_dir, database_url, "publish.after_commit") as url:
+        with node_process(data_dir, database_url, "publish.after_commit") as url:
             ds = _connect(url, user.email, DS_PASSWORD)
             state = ledger_of(store, user.id)
             assert (state.releases, state.curve) == (0, RdpCurve.zero())
@@ -177,7 +127,7 @@ def test_a_crash_inside_publish_leaves_release_and_charge_together(tmp_path, bac
             with pytest.raises(veil.TransportError):
                 veil.WeightsPointer(ds._http, model_id).publish()
 
-        with _node_process(data_dir, database_url, None) as url:
+        with node_process(data_dir, database_url, None) as url:
             ds = _connect(url, user.email, DS_PASSWORD)
             state = ledger_of(store, user.id)
             assert state.releases == 1 and state.curve == state.release_curves == cart.curve()

@@ -24,7 +24,9 @@ __all__ = [
 ]
 
 
-def get_context(request: Request) -> NodeContext:
+# Dependencies that only read the request are `async`: FastAPI runs a plain `def` one on
+# a worker thread, a hop (and, on a busy machine, a wait) per dependency per request.
+async def get_context(request: Request) -> NodeContext:
     return request.app.state.node
 
 
@@ -62,7 +64,7 @@ ReadSessionDep = Annotated[Session, Depends(get_read_session)]
 _bearer = HTTPBearer(auto_error=False, description="the token `POST /auth/login` returned")
 
 
-def get_token(
+async def get_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     if credentials is None or credentials.scheme.lower() != "bearer":
@@ -85,7 +87,7 @@ def get_current_user(ctx: ContextDep, token: TokenDep) -> UserRow:
 CurrentUser = Annotated[UserRow, Depends(get_current_user)]
 
 
-def get_admin(user: CurrentUser) -> UserRow:
+async def get_admin(user: CurrentUser) -> UserRow:
     if user.role != ROLE_ADMIN:
         raise PermissionDenied("Only the node's admin may do this.", role=user.role)
     return user

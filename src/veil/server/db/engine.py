@@ -1,6 +1,16 @@
 """Database engine and sessions: SQLite (WAL) by default, PostgreSQL at scale.
 
 Built by the app factory, never at import time.
+
+Durability. A write session's commit is on disk before `commit()` returns (SQLite
+`synchronous=FULL`, PostgreSQL's default `synchronous_commit=on`): a release, its charge
+and everything the node answers after a write survive a power cut. One kind of write
+opts out, `write_session(durable=False)`, for flow III steps: its commit is atomic and
+ordered like any other but may reach the disk a moment after it returns (SQLite
+`synchronous=NORMAL`, PostgreSQL `synchronous_commit=off`). What that may lose, and why
+no privacy or accounting property depends on it, is in `services.steps`. Both
+databases recover a prefix of the committed transactions, so a durable commit also
+makes durable every commit before it.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["Database"]
@@ -33,8 +43,12 @@ class Database:
             self._immediate = sessionmaker(
                 self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
             )
+            self._lazy = sessionmaker(
+                self.engine.execution_options(sqlite_begin="IMMEDIATE", sqlite_durable=False),
+                expire_on_commit=False,
+            )
         else:
-            self._immediate = self._sessions
+            self._immediate = self._lazy = self._sessions
 
     def _make_engine(self, url: str) -> Engine:
         if not self.is_sqlite:
@@ -48,13 +62,19 @@ class Database:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA synchronous=FULL")
             cur.close()
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
-            mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            options = conn.get_execution_options()
+            # Set per transaction (outside it, as SQLite requires), only when it changes.
+            synchronous = "FULL" if options.get("sqlite_durable", True) else "NORMAL"
+            info = conn.connection.info
+            if info.get("synchronous", "FULL") != synchronous:
+                conn.exec_driver_sql(f"PRAGMA synchronous={synchronous}")
+                info["synchronous"] = synchronous
+            conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'DEFERRED')}")
 
         return engine
 
@@ -72,9 +92,16 @@ class Database:
             yield session
 
     @contextmanager
-    def write_session(self) -> Iterator[Session]:
-        """A session whose transaction holds the write lock from its first statement."""
-        with self._immediate() as session:
+    def write_session(self, *, durable: bool = True) -> Iterator[Session]:
+        """A session whose transaction holds the write lock from its first statement.
+
+        `durable=False`: its commit may reach the disk after it returns (see above);
+        only for writes whose loss in a power cut breaks no promise (`services.steps`).
+        """
+        with (self._immediate if durable else self._lazy)() as session:
+            session.info["durable"] = durable  # `ledger.charge` refuses a lazy one
+            if not durable and not self.is_sqlite:
+                session.execute(text("SET LOCAL synchronous_commit TO OFF"))
             yield session
 
     def dispose(self) -> None:

@@ -155,8 +155,8 @@ def _load(ctx: NodeContext, claim: Claim) -> _Run | None:
             user_id=user.id,
             model_id=model.id,
             delta=get_node(session).delta,
-            trainer=load_trainer(ctx.files, model, device=ctx.settings.device),
-            cart=load_cart(ctx.files, model),
+            trainer=load_trainer(session, ctx.files, model, device=ctx.settings.device),
+            cart=load_cart(session, ctx.files, model),
             version=model.version,
             saved_step=job.checkpoint_step,
             step=job.checkpoint_step,
@@ -228,7 +228,7 @@ def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None) -> None:
             assert model is not None
             if model.version != run.version:  # nothing else may change a training model
                 raise Conflict(f"Model {model.id} changed during training.", model_id=model.id)
-            staged.commit(ctx.files, model, steps_added=run.step - run.saved_step)
+            staged.commit(session, ctx.files, model, steps_added=run.step - run.saved_step)
             job.checkpoint_step = job.step = run.step
             job.expected_samples = run.expected_samples
             if epoch is not None:
@@ -240,7 +240,7 @@ def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None) -> None:
         raise
     run.saved_step, run.version = run.step, model.version
     run.last_checkpoint = time.monotonic()
-    prune_old_versions(ctx.files, model)
+    prune_old_versions(ctx.files, model.id, model.version)
 
 
 def _record_epoch(

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from veil._exceptions import AuthenticationError, PermissionDenied, ValidationError
@@ -142,17 +142,25 @@ def change_password(
     throttle.succeed(user.email, client_host)
 
 
+# Every request runs this; built once, it is looked up in SQLAlchemy's cache for free.
+_TOKEN_USER = (
+    select(UserRow, TokenRow.revoked_at, TokenRow.expires_at)
+    .join(TokenRow, TokenRow.user_id == UserRow.id)
+    .where(TokenRow.token_hash == bindparam("b_hash"))
+)
+
+
 def user_for_token(session: Session, token: str) -> UserRow:
-    row = session.scalars(select(TokenRow).where(TokenRow.token_hash == hash_token(token))).first()
+    found = session.execute(_TOKEN_USER, {"b_hash": hash_token(token)}).first()
     now = datetime.now(UTC)
-    if row is None:
+    if found is None:
         raise AuthenticationError("Unknown token; log in again.")
-    if row.revoked_at is not None:
+    user, revoked_at, expires_at = found
+    if revoked_at is not None:
         raise AuthenticationError("This token was revoked (logged out); log in again.")
-    if as_utc(row.expires_at) <= now:
+    if as_utc(expires_at) <= now:
         raise AuthenticationError("This token has expired; log in again.")
-    user = session.get(UserRow, row.user_id)
-    if user is None or user.disabled:
+    if user.disabled:
         raise AuthenticationError("This account is disabled.")
     return user
 

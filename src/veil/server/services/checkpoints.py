@@ -1,12 +1,22 @@
 """Save and load a model's checkpoint: weights, optimizer state and cart, as one version.
 
-Files are written first, with no transaction open, under temporary names
-(`stage_checkpoint`); then, in the caller's short transaction with the model row locked,
-they are renamed to version v+1 and the row is pointed at v+1 with its cart curve
-(`StagedCheckpoint.commit`): a crash in between leaves the row at v with v's files, so
-weights and cart always match, and no lock is held while tensors are written. Files two
-versions old are removed after the commit; the previous version stays for a publish
-that read it.
+A version lives in one of two places:
+
+- files (fits, compiling, releases of a file version): written first, with no
+  transaction open, under temporary names (`stage_checkpoint`); then, in the caller's
+  short transaction with the model row locked, they are renamed to version v+1 and the
+  row is pointed at v+1 with its cart curve (`StagedCheckpoint.commit`): a crash in
+  between leaves the row at v with v's files, so weights and cart always match, and no
+  lock is held while tensors are written. Files two versions old are removed after the
+  commit; the previous version stays for a publish that read it.
+- a row of `model_states` (flow III steps, `encode_state` and `commit_step`): one
+  safetensors blob inserted in the step's own transaction, which also points the model
+  at it. A step is small and frequent; this way it writes and syncs no file at all, and
+  the database alone makes weights, cart and results move together. States two
+  versions old are deleted by the commit that makes a new version.
+
+Readers (`load_trainer`, `load_cart`, `save_weights`, `save_cart_version`) look for the
+model's version in `model_states` first, then in files.
 """
 
 from __future__ import annotations
@@ -14,31 +24,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from safetensors.numpy import load as load_bytes
+from safetensors.numpy import save as save_bytes
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save_file as save_torch
+from sqlalchemy import JSON, bindparam, delete, insert, update
+from sqlalchemy.orm import Session
 
 from veil.engine import DPTrainer
 from veil.nn.spec import ModelSpec
 from veil.privacy import Cart
 from veil.server.db.base import utcnow
-from veil.server.db.tables.models import ModelRow
+from veil.server.db.tables.models import ModelRow, ModelStateRow
 from veil.server.storage.files import NodeFiles, atomic_write, link_into, sync_files
 
 __all__ = [
+    "commit_step",
+    "decode_state",
+    "encode_state",
     "load_cart",
     "load_trainer",
     "prune_old_versions",
     "StagedCheckpoint",
     "save_cart_arrays",
     "save_cart_version",
+    "save_weights",
     "stage_checkpoint",
 ]
 
@@ -47,25 +68,124 @@ _STAGED_GRACE_S = 3600.0  # a staged file this old belongs to a process that die
 _PRUNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="veil-prune")
 
 
-def load_cart(files: NodeFiles, model: ModelRow) -> Cart:
+_CART = "cart."  # the cart's arrays in a state blob: cart.rho_i, cart.pool_i
+_PARAM = "param."  # the trainer's weights among its checkpoint tensors
+
+
+def _flat_cart(cart: Cart) -> dict[str, np.ndarray]:
+    """The cart's per-row arrays by flat name (`rho_i`, `pool_i` per source, sorted keys)."""
+    arrays = cart.arrays()
+    flat: dict[str, np.ndarray] = {}
+    for index, key in enumerate(sorted(arrays)):
+        flat[f"rho_{index}"] = arrays[key]["rho"]
+        flat[f"pool_{index}"] = arrays[key]["pool"]
+    return flat
+
+
+def encode_state(trainer: DPTrainer, cart: Cart) -> bytes:
+    """The trainer's checkpoint and the cart's per-row arrays as one safetensors blob,
+    for `commit_step`; plain arrays and JSON, no pickle."""
+    tensors, meta = trainer.checkpoint()
+    return _encode({k: t.detach().cpu().numpy() for k, t in tensors.items()}, meta, cart)
+
+
+def _encode(arrays: dict[str, np.ndarray], meta: dict[str, Any], cart: Cart) -> bytes:
+    blob = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    for name, array in _flat_cart(cart).items():
+        blob[_CART + name] = np.ascontiguousarray(array)
+    return save_bytes(blob, metadata={"veil": json.dumps(meta)})
+
+
+def decode_state(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(the trainer's arrays, and the cart's under `cart.`; the trainer's meta)."""
+    (header_size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_size])
+    return load_bytes(data), json.loads(header.get("__metadata__", {}).get("veil", "{}"))
+
+
+def _trainer_part(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: a for k, a in arrays.items() if not k.startswith(_CART)}
+
+
+def _state(session: Session, model: ModelRow) -> ModelStateRow | None:
+    """The model's current version, when a step stored it in the database."""
+    return session.get(ModelStateRow, (model.id, model.version))
+
+
+# A step commits with statements built once: building and caching a statement per call
+# cost more than running it.
+_models, _states = ModelRow.__table__, ModelStateRow.__table__
+_STEP = (
+    update(_models)
+    .where(
+        _models.c.id == bindparam("b_id"),
+        _models.c.version == bindparam("b_version"),
+        _models.c.owner_id == bindparam("b_owner"),
+        _models.c.busy_job_id.is_(None),
+    )
+    .values(
+        version=bindparam("b_next"),
+        steps=_models.c.steps + 1,
+        cart_state=bindparam("b_cart_state", type_=JSON),
+        cart_curve=bindparam("b_cart_curve", type_=JSON),
+        updated_at=bindparam("b_now", type_=_models.c.updated_at.type),
+    )
+)
+_INSERT_STATE = insert(_states)
+_FORGET = delete(_states).where(
+    _states.c.model_id == bindparam("b_id"), _states.c.version < bindparam("b_below")
+)
+
+
+def commit_step(
+    session: Session, *, owner_id: str, model_id: str, version: int, data: bytes, cart: Cart
+) -> bool:
+    """Make `data` (from `encode_state`, with `cart`) version+1 of the model, one step
+    more, if its row is still at `version`, owned by `owner_id` and idle; False, with
+    nothing written, if not. One conditional UPDATE checks and locks the row; the
+    caller commits."""
+    pointer = _pointer(version + 1, cart)
+    moved = session.connection().execute(
+        _STEP,
+        {
+            "b_id": model_id,
+            "b_version": version,
+            "b_owner": owner_id,
+            "b_next": version + 1,
+            "b_cart_state": pointer["cart_state"],
+            "b_cart_curve": pointer["cart_curve"],
+            "b_now": pointer["updated_at"],
+        },
+    )
+    if moved.rowcount != 1:
+        return False
+    session.connection().execute(
+        _INSERT_STATE, {"model_id": model_id, "version": version + 1, "data": data}
+    )
+    _forget_states(session, model_id, version + 1)
+    return True
+
+
+def load_cart(session: Session, files: NodeFiles, model: ModelRow) -> Cart:
     cart = Cart()
-    path = files.cart_arrays(model.id, model.version)
     arrays: dict[str, dict[str, np.ndarray]] = {}
     if model.cart_state["sources"]:
-        with np.load(path, allow_pickle=False) as stored:
-            for index, key in enumerate(sorted(model.cart_state["sources"])):
-                arrays[key] = {"rho": stored[f"rho_{index}"], "pool": stored[f"pool_{index}"]}
+        state = _state(session, model)
+        if state is not None:
+            parts, _ = decode_state(state.data)
+            stored = {k[len(_CART) :]: a for k, a in parts.items() if k.startswith(_CART)}
+        else:
+            with np.load(files.cart_arrays(model.id, model.version), allow_pickle=False) as npz:
+                stored = {name: npz[name] for name in npz.files}
+        for index, key in enumerate(sorted(model.cart_state["sources"])):
+            arrays[key] = {"rho": stored[f"rho_{index}"], "pool": stored[f"pool_{index}"]}
     cart.load_state_dict(model.cart_state, arrays)
     return cart
 
 
 def save_cart_arrays(path: Path, cart: Cart, *, sync: bool = True) -> None:
     """The cart's per-row arrays as one .npz (`rho_i`, `pool_i` per source, sorted keys)."""
-    arrays = cart.arrays()
-    flat: dict[str, np.ndarray] = {}
-    for index, key in enumerate(sorted(arrays)):
-        flat[f"rho_{index}"] = arrays[key]["rho"]
-        flat[f"pool_{index}"] = arrays[key]["pool"]
+    flat = _flat_cart(cart)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
@@ -74,23 +194,63 @@ def save_cart_arrays(path: Path, cart: Cart, *, sync: bool = True) -> None:
     atomic_write(path, write, sync=sync)
 
 
-def load_trainer(files: NodeFiles, model: ModelRow, *, device: str = "cpu") -> DPTrainer:
+def load_trainer(
+    session: Session, files: NodeFiles, model: ModelRow, *, device: str = "cpu"
+) -> DPTrainer:
     """The model at its current version. Never seeded: its noise and sampling are secure."""
     trainer = DPTrainer(ModelSpec.from_dict(model.spec), device=device)
-    path = files.optimizer(model.id, model.version)
-    tensors = load_file(path)
-    with safe_open(path, framework="pt") as handle:
-        meta = json.loads((handle.metadata() or {}).get("veil", "{}"))
+    state = _state(session, model)
+    if state is not None:
+        arrays, meta = decode_state(state.data)
+        tensors = {k: torch.from_numpy(a) for k, a in _trainer_part(arrays).items()}
+    else:
+        path = files.optimizer(model.id, model.version)
+        tensors = load_file(path)
+        with safe_open(path, framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("veil", "{}"))
     trainer.load_checkpoint(tensors, meta)
     return trainer
 
 
-def _point_at(model: ModelRow, version: int, cart: Cart, steps_added: int) -> None:
-    model.version = version
-    model.cart_state = dict(cart.state_dict())
-    model.cart_curve = cart.curve().to_list()
+def save_weights(session: Session, files: NodeFiles, model: ModelRow, target: Path) -> bool:
+    """Put the weights of the model's current version at `target`, on disk (safetensors
+    of {name: float32 array}, what publish hands out); False if that version has none."""
+    state = _state(session, model)
+    if state is None:
+        source = files.weights(model.id, model.version)
+        if not source.is_file():
+            return False
+        link_into(source, target)  # synced when it was written
+        return True
+    arrays, _ = decode_state(state.data)
+    weights = {k[len(_PARAM) :]: a for k, a in arrays.items() if k.startswith(_PARAM)}
+    atomic_write(target, lambda tmp: save_numpy(weights, str(tmp)))
+    return True
+
+
+def _pointer(version: int, cart: Cart) -> dict[str, Any]:
+    """The model row's columns that point it at `version` with `cart`."""
+    return {
+        "version": version,
+        "cart_state": dict(cart.state_dict()),
+        "cart_curve": cart.curve().to_list(),
+        "updated_at": utcnow(),
+    }
+
+
+def _forget_states(session: Session, model_id: str, version: int) -> None:
+    """Delete the states older than the one before `version`: the previous version
+    stays for a reader that saw it (as its files do)."""
+    session.connection().execute(_FORGET, {"b_id": model_id, "b_below": version - 1})
+
+
+def _point_at(
+    session: Session, model: ModelRow, version: int, cart: Cart, steps_added: int
+) -> None:
+    for column, value in _pointer(version, cart).items():
+        setattr(model, column, value)
     model.steps = model.steps + steps_added
-    model.updated_at = utcnow()
+    _forget_states(session, model.id, version)
 
 
 @dataclass(frozen=True)
@@ -102,14 +262,16 @@ class StagedCheckpoint:
     cart_arrays: Path
     cart: Cart
 
-    def commit(self, files: NodeFiles, model: ModelRow, *, steps_added: int = 0) -> None:
+    def commit(
+        self, session: Session, files: NodeFiles, model: ModelRow, *, steps_added: int = 0
+    ) -> None:
         """Rename the files to version v+1 and point the row at it; the caller holds the
         row locked and commits. Renames are O(1), whatever the model's size."""
         version = model.version + 1
         os.replace(self.weights, files.weights(model.id, version))
         os.replace(self.optimizer, files.optimizer(model.id, version))
         os.replace(self.cart_arrays, files.cart_arrays(model.id, version))
-        _point_at(model, version, self.cart, steps_added)
+        _point_at(session, model, version, self.cart, steps_added)
 
     @property
     def paths(self) -> tuple[Path, Path, Path]:
@@ -154,17 +316,23 @@ def stage_checkpoint(
     return staged
 
 
-def save_cart_version(files: NodeFiles, model: ModelRow, *, cart: Cart) -> None:
+def save_cart_version(session: Session, files: NodeFiles, model: ModelRow, *, cart: Cart) -> None:
     """Version v+1 with v's weights and optimizer state (linked: they did not change)
     and a new cart, for a release that charged rows; the caller commits."""
     version = model.version + 1
-    for path_of in (files.weights, files.optimizer):
-        link_into(path_of(model.id, model.version), path_of(model.id, version))
-    save_cart_arrays(files.cart_arrays(model.id, version), cart)
-    _point_at(model, version, cart, 0)
+    state = _state(session, model)
+    if state is not None:
+        arrays, meta = decode_state(state.data)
+        data = _encode(_trainer_part(arrays), meta, cart)
+        session.add(ModelStateRow(model_id=model.id, version=version, data=data))
+    else:
+        for path_of in (files.weights, files.optimizer):
+            link_into(path_of(model.id, model.version), path_of(model.id, version))
+        save_cart_arrays(files.cart_arrays(model.id, version), cart)
+    _point_at(session, model, version, cart, 0)
 
 
-def prune_old_versions(files: NodeFiles, model: ModelRow) -> None:
+def prune_old_versions(files: NodeFiles, model_id: str, version: int) -> None:
     """Remove checkpoints older than the previous version, and staged files a process
     that died left behind (call after commit).
 
@@ -173,7 +341,7 @@ def prune_old_versions(files: NodeFiles, model: ModelRow) -> None:
     newer one that committed meanwhile, so a late or repeated prune is harmless; one
     that never ran is made good by the next.
     """
-    _PRUNER.submit(_prune, files, model.id, model.version)
+    _PRUNER.submit(_prune, files, model_id, version)
 
 
 def _prune(files: NodeFiles, model_id: str, version: int) -> None:

@@ -74,8 +74,8 @@ def resolve_pair(
 ) -> Pair:
     """x and y, each the pointer's rows or, given `x_rows` (`y_rows`), `x[x_rows]` as
     slicing the pointer would select them."""
-    x = resolve_pointer(session, arrays, user=user, pointer_id=x_id, within=x_rows)
-    y = resolve_pointer(session, arrays, user=user, pointer_id=y_id, within=y_rows)
+    x = resolve_pointer(session, arrays, user=user, pointer_id=x_id, within=x_rows, known=True)
+    y = resolve_pointer(session, arrays, user=user, pointer_id=y_id, within=y_rows, known=True)
     if len(x.rows) != len(y.rows):
         raise ValidationError(
             f"x and y must have the same number of rows. Received: x has {len(x.rows)} "

@@ -7,7 +7,8 @@
 a publish, restart it on the same data and check that the release and its charge are
 either both there or both absent. Never set it on a node that serves real users.
 
-Points in use: `publish.before_commit`, `publish.after_commit`.
+Points in use: `publish.before_commit`, `publish.after_commit`, `step.before_commit`,
+`step.after_commit`.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def plan_fit(
             max_steps=max_steps,
         )
     check_public(spec, pair)
-    cart = load_cart(files, model)
+    cart = load_cart(session, files, model)
     cart.ensure_source(pair.key, pair.units.n)
     delta = get_node(session).delta
     spent = ledger.spent_curve(session, user_id=user.id)

@@ -148,6 +148,9 @@ def _check_write_session(session: Session) -> None:
     if connection.dialect.name == "sqlite" and not immediate:
         # A deferred SQLite transaction would let two releases read the same balance.
         raise RuntimeError("ledger.charge() must run inside Database.write_session()")
+    if session.info.get("durable") is False:
+        # A release must be on disk before it answers: a lost charge would refund it.
+        raise RuntimeError("ledger.charge() must run in a durable write session")
 
 
 def charge(

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 from veil.engine import DPTrainer
 from veil.privacy import Cart
 from veil.server.db.tables.models import ModelRow
@@ -43,17 +45,25 @@ class LiveModels:
         with self._guard:
             return self._locks.setdefault(model_id, threading.Lock())
 
-    def get(self, model: ModelRow) -> LiveModel:
-        """The model at the row's version; call with `lock(model.id)` held."""
+    def cached(self, model_id: str, version: int) -> LiveModel | None:
+        """The model kept in memory, if it is at `version`; call with its lock held."""
         with self._guard:
-            live = self._cache.get(model.id)
-            if live is not None and live.version == model.version:
-                self._cache.move_to_end(model.id)
-                return live
+            live = self._cache.get(model_id)
+            if live is None or live.version != version:
+                return None
+            self._cache.move_to_end(model_id)
+            return live
+
+    def get(self, session: Session, model: ModelRow) -> LiveModel:
+        """The model at the row's version (read in `session` when not kept); call with
+        `lock(model.id)` held."""
+        live = self.cached(model.id, model.version)
+        if live is not None:
+            return live
         live = LiveModel(
             version=model.version,
-            trainer=load_trainer(self._files, model, device=self._device),
-            cart=load_cart(self._files, model),
+            trainer=load_trainer(session, self._files, model, device=self._device),
+            cart=load_cart(session, self._files, model),
         )
         self.put(model.id, live)
         return live

@@ -2,26 +2,29 @@
 
 An object is the raw per-row values of one result (a step's per-example losses, its
 predictions) together with the rows of the data source they came from, and the bound
-its release will apply. Only its kind and released shape are public.
+its release will apply. Only its kind and released shape are public. Its arrays are
+stored on its row (a safetensors blob), in the transaction of the step that made it;
+objects made before that lived in a file (`path`), still read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from safetensors.numpy import load as load_bytes
+from safetensors.numpy import save as save_bytes
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from veil._exceptions import NotFound
 from veil.privacy import Bound, bound_from_dict
-from veil.server.db.base import new_id
+from veil.server.db.base import new_id, utcnow
 from veil.server.db.tables.accounts import UserRow
-from veil.server.db.tables.models import ModelRow, PrivateObjectRow
-from veil.server.storage.files import NodeFiles, atomic_write
+from veil.server.db.tables.models import PrivateObjectRow
+from veil.server.storage.files import NodeFiles
 
-__all__ = ["PendingObject", "StoredObject", "load_object", "stage_object"]
+__all__ = ["PendingObject", "StoredObject", "load_object", "pending_object"]
 
 
 @dataclass(frozen=True)
@@ -36,42 +39,43 @@ class StoredObject:
         return None if self.row.bound is None else bound_from_dict(self.row.bound)
 
 
+_INSERT = insert(PrivateObjectRow.__table__)  # built once: a step records two per call
+
+
 @dataclass(frozen=True)
 class PendingObject:
-    """An object's file, written before the transaction that records it (`record`)."""
+    """An object encoded, before the transaction that records it (`record`)."""
 
-    id: str
     kind: str
     shape: tuple[int, ...]
     source: str
     bound: Bound | None
     n_rows: int
-    path: Path
+    data: bytes
 
-    def record(
-        self, session: Session, files: NodeFiles, *, user: UserRow, model: ModelRow
-    ) -> PrivateObjectRow:
-        """Insert the object's row; the caller commits (or `discard`s on failure)."""
+    def record(self, session: Session, *, owner_id: str, model_id: str) -> PrivateObjectRow:
+        """Insert the object's row (one statement, no ORM flush); the caller commits.
+        Returns the row as inserted."""
         row = PrivateObjectRow(
-            id=self.id,
-            owner_id=user.id,
-            model_id=model.id,
+            id=new_id(),
+            owner_id=owner_id,
+            model_id=model_id,
             kind=self.kind,
             shape=list(self.shape),
             source=self.source,
             bound=None if self.bound is None else self.bound.to_dict(),
             n_rows=self.n_rows,
-            path=self.path.relative_to(files.root).as_posix(),
+            path=None,
+            data=self.data,
+            created_at=utcnow(),
         )
-        session.add(row)
+        session.connection().execute(
+            _INSERT, {c.key: getattr(row, c.key) for c in _INSERT.table.columns}
+        )
         return row
 
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
 
-
-def stage_object(
-    files: NodeFiles,
+def pending_object(
     *,
     kind: str,
     source: str,
@@ -80,30 +84,22 @@ def stage_object(
     shape: tuple[int, ...],
     bound: Bound | None,
     groups: np.ndarray | None = None,
-    sync: bool = True,
 ) -> PendingObject:
-    """Write `values` (one entry per row of `rows`, of data subjects `groups` where the
-    source's unit is the subject) as a private object's file. With `sync=False` the
-    caller syncs `path` (`sync_files`) before recording the object."""
-    object_id = new_id()
-    path = files.private_object(object_id)
-    arrays = {"values": np.asarray(values), "rows": np.asarray(rows, dtype=np.int64)}
+    """`values` (one entry per row of `rows`, of data subjects `groups` where the
+    source's unit is the subject) as a private object, to `record`."""
+    arrays = {
+        "values": np.ascontiguousarray(values),
+        "rows": np.ascontiguousarray(rows, dtype=np.int64),
+    }
     if groups is not None:
-        arrays["groups"] = np.asarray(groups, dtype=np.int64)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-
-    atomic_write(path, write, sync=sync)
+        arrays["groups"] = np.ascontiguousarray(groups, dtype=np.int64)
     return PendingObject(
-        id=object_id,
         kind=kind,
         shape=shape,
         source=source,
         bound=bound,
         n_rows=int(len(rows)),
-        path=path,
+        data=save_bytes(arrays),
     )
 
 
@@ -118,6 +114,12 @@ def load_object(
     ).first()
     if row is None:
         raise NotFound(f"No private object {object_id!r} among yours.", object_id=object_id)
-    with np.load(files.root / row.path, allow_pickle=False) as stored:
-        groups = stored["groups"] if "groups" in stored.files else None
-        return StoredObject(row=row, values=stored["values"], rows=stored["rows"], groups=groups)
+    if row.data is not None:
+        stored = load_bytes(row.data)
+    else:
+        assert row.path is not None
+        with np.load(files.root / row.path, allow_pickle=False) as npz:
+            stored = {name: npz[name] for name in npz.files}
+    return StoredObject(
+        row=row, values=stored["values"], rows=stored["rows"], groups=stored.get("groups")
+    )

@@ -56,11 +56,11 @@ from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
 from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.db.tables.models import ModelRow
 from veil.server.services import ledger
-from veil.server.services.checkpoints import load_cart, save_cart_version
+from veil.server.services.checkpoints import load_cart, save_cart_version, save_weights
 from veil.server.services.failpoints import failpoint
 from veil.server.services.node import get_node
 from veil.server.services.private_objects import load_object
-from veil.server.storage.files import NodeFiles, link_into
+from veil.server.storage.files import NodeFiles
 
 __all__ = [
     "KIND_METRICS",
@@ -198,7 +198,7 @@ def release(
     )
     if model is not None:
         if after is not None:
-            save_cart_version(files, model, cart=after)
+            save_cart_version(session, files, model, cart=after)
         model.charged_curve = curve.to_list()
     session.flush()
     return Outcome(release=row, cart=after)
@@ -301,35 +301,33 @@ def publish_weights(db: Database, files: NodeFiles, *, user: UserRow, model_id: 
     """Release the weights of the caller's model, charging its cart minus what was paid.
 
     Reads two curves from the model's row, never the training steps, so its time does
-    not grow with training. The release's file is linked before the commit: a crash in
+    not grow with training. The release's file is written before the commit: a crash in
     between leaves a file no release points to, which `sweep_orphans` removes.
     """
     with db.write_session() as session:
         delta = get_node(session).delta
         model = owned_model(session, user=user, model_id=model_id)
-        source = files.weights(model.id, model.version)
-        if not source.is_file():
-            raise Conflict(
-                f"Model {model_id!r} has no weights at version {model.version} yet.",
-                model_id=model_id,
-                version=model.version,
-            )
         release_id = new_id()
         target = files.release(release_id, _WEIGHTS_SUFFIX)
-        outcome = release(
-            session,
-            files,
-            user=user,
-            model=model,
-            kind=KIND_WEIGHTS,
-            mechanism="dp-sgd",
-            params={"version": model.version, "steps": model.steps},
-            delta=delta,
-            result_path=target.relative_to(files.root).as_posix(),
-            release_id=release_id,
-        )
         try:
-            link_into(source, target)
+            if not save_weights(session, files, model, target):
+                raise Conflict(
+                    f"Model {model_id!r} has no weights at version {model.version} yet.",
+                    model_id=model_id,
+                    version=model.version,
+                )
+            outcome = release(
+                session,
+                files,
+                user=user,
+                model=model,
+                kind=KIND_WEIGHTS,
+                mechanism="dp-sgd",
+                params={"version": model.version, "steps": model.steps},
+                delta=delta,
+                result_path=target.relative_to(files.root).as_posix(),
+                release_id=release_id,
+            )
             failpoint("publish.before_commit")
         except BaseException:
             target.unlink(missing_ok=True)
@@ -392,7 +390,7 @@ def publish_object(
         sigma = noise_for(sigma=sigma, epsilon=epsilon, count=1, delta=delta)
         model = owned_model(session, user=user, model_id=stored.row.model_id, lock=False)
         version = model.version
-        cart = load_cart(files, model)  # a step put the object's rows in it already
+        cart = load_cart(session, files, model)  # a step put the object's rows in it already
     query = Query(
         name=stored.row.kind,
         source=stored.row.source,

@@ -3,21 +3,54 @@
 A step has no sampling, so no amplification: it is a Gaussian mechanism for exactly
 the rows in its batch, and the cart adds 1/(2 sigma^2) to each of those rows. On a
 dataset whose unit is the subject, each subject's rows are clipped together and the
-charge goes to every subject (`services.units`). The step
-is checkpointed before it answers, so a restart never loses what the cart counted. Its
-per-row losses and predictions stay on the node as private objects until released.
+charge goes to every subject (`services.units`). Its per-row losses and predictions
+stay on the node as private objects until released.
 
 Neither holds a database lock while it computes: each reads what it needs, trains or
-evaluates with the model's in-memory lock only, writes its files, and then commits in
-one short write transaction that first checks the model is still idle and at the
-version it computed on. If it is not (a fit started, another node process stepped it),
-nothing is kept or charged and the caller gets a Conflict to retry.
+evaluates with the model's in-memory lock only, and then commits in one short write
+transaction that first checks the model is still idle and at the version it computed
+on. If it is not (a fit started, another node process stepped it), nothing is kept or
+charged and the caller gets a Conflict to retry.
+
+What a step stores, and how durably. The step's checkpoint (weights, optimizer and
+generator state, the cart with the batch's rows counted) and its two private objects
+are written in that one transaction, as rows (`checkpoints.commit_step`), with no
+file. So the model's weights, its cart and its step count move together or not at
+all, whatever kills the node: a restart never finds a step the cart did not count,
+nor a count without its step. The commit returns before it is on disk
+(`write_session(durable=False)`), which saves a disk flush per step, the bulk of what
+a step cost over the engine's own work. What that gives up, and why nothing depends on
+it:
+
+- A process that dies (crash, SIGKILL, OOM) loses nothing: the commit is in the
+  operating system's hands (SQLite's WAL) or the database server's (PostgreSQL) before
+  `step` answers.
+- A power cut or kernel crash may lose the steps committed since the last flush: on
+  SQLite the last durable commit or WAL checkpoint (one per thousand pages of WAL, a
+  few dozen steps of a small model), on PostgreSQL the last fraction of a second (its
+  WAL writer flushes within three `wal_writer_delay`). Both databases recover a
+  prefix of the commits, so such a step is lost whole: weights, cart count and private
+  objects together, and the model is as it was before it, which the cart counts
+  exactly.
+- Nothing a data scientist saw depended on a lost step: a step answers with ids and
+  public shapes only. Anything computed from private data leaves through a release,
+  which commits durably (the default `write_session`); a durable commit also makes
+  every earlier commit durable (the prefix again), so a release never survives
+  without the steps its model had, and no charge is lost: budgets are charged by
+  releases only, never by steps. After such a loss the step's objects are NotFound and
+  the model's step count is back where it was: public facts, not private ones.
+
+`tests/server/test_step_durability.py` checks these: a node killed just before a
+step's commit keeps none of it and one killed just after keeps all of it; a database
+cut back to an earlier commit (as a power cut leaves it) holds a model whose weights,
+cart and objects agree; only steps commit lazily, and a release refuses to.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -30,23 +63,19 @@ from veil.server.context import NodeContext
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
-from veil.server.services.checkpoints import (
-    StagedCheckpoint,
-    prune_old_versions,
-    stage_checkpoint,
-)
+from veil.server.services.checkpoints import commit_step, encode_state, prune_old_versions
 from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
+from veil.server.services.failpoints import failpoint
 from veil.server.services.live_models import LiveModel
-from veil.server.services.models import get_model
+from veil.server.services.models import ModelFacts, get_model, model_facts
 from veil.server.services.node import get_node
-from veil.server.services.private_objects import PendingObject, stage_object
+from veil.server.services.private_objects import pending_object
 from veil.server.services.releases import metric_queries, noise_for, release_metrics
-from veil.server.storage.files import sync_files
 
 __all__ = ["Batch", "evaluate", "prediction_bound", "step"]
 
 
-def _idle(model: ModelRow) -> None:
+def _idle(model: ModelRow | ModelFacts) -> None:
     if model.busy_job_id is not None:
         raise Conflict(
             f"Model {model.id} is training (job {model.busy_job_id}); wait for it or cancel it.",
@@ -85,7 +114,6 @@ class _Read:
     spec: ModelSpec
     pair: Pair
     live: LiveModel
-    delta: float
 
 
 @dataclass(frozen=True)
@@ -102,13 +130,21 @@ class Batch:
 def _read(ctx: NodeContext, *, user: UserRow, model_id: str, batch: Batch) -> _Read:
     """Check the request against public facts and fetch the model (call under its lock)."""
     with ctx.db.session() as session:
-        model = get_model(session, user=user, model_id=model_id)
-        _idle(model)
-        spec = ModelSpec.from_dict(model.spec)
+        facts = model_facts(session, user=user, model_id=model_id)
+        _idle(facts)
+        live = ctx.live.cached(model_id, facts.version)
+        if live is None:  # first use, or it moved on elsewhere: load it at its version
+            live = ctx.live.get(session, get_model(session, user=user, model_id=model_id))
+        spec = live.trainer.spec
         pair = resolve_pair(session, ctx.arrays, user=user, **vars(batch))
         check_public(spec, pair)
-        delta = get_node(session).delta
-    return _Read(spec=spec, pair=pair, live=ctx.live.get(model), delta=delta)
+    return _Read(spec=spec, pair=pair, live=live)
+
+
+def _why_not(session: Session, *, user: UserRow, model_id: str, version: int) -> NoReturn:
+    """Raise what stopped a commit on the model at `version` (NotFound, Conflict)."""
+    _locked_unchanged(session, user=user, model_id=model_id, version=version)
+    raise Conflict(f"Model {model_id} changed meanwhile; nothing was kept. Try again.")
 
 
 def _locked_unchanged(session: Session, *, user: UserRow, model_id: str, version: int) -> ModelRow:
@@ -160,52 +196,42 @@ def step(
                 rows = held_out
                 metrics = ctx.compute.run(lambda: live.trainer.evaluate_rows(x, y, rows=held_out))
                 preds = ctx.compute.run(lambda: live.trainer.predict(np.asarray(x[held_out])))
-            checkpoint = stage_checkpoint(
-                ctx.files, model_id, trainer=live.trainer, cart=cart, sync=False
+            common = {"source": pair.key, "rows": rows, "groups": units.subjects_of(rows)}
+            bound = spec.loss_bound
+            loss = pending_object(
+                kind="loss",
+                values=metrics.losses,
+                shape=(),
+                bound=MeanOf(high=bound, fill=bound),
+                **common,
             )
-            staged: list[StagedCheckpoint | PendingObject] = [checkpoint]
-            try:
-                common = {"source": pair.key, "rows": rows, "groups": units.subjects_of(rows)}
-                bound = spec.loss_bound
-                loss = stage_object(
-                    ctx.files,
-                    kind="loss",
-                    values=metrics.losses,
-                    shape=(),
-                    bound=MeanOf(high=bound, fill=bound),
-                    sync=False,
-                    **common,
-                )
-                staged.append(loss)
-                predictions = stage_object(
-                    ctx.files,
-                    kind="predictions",
-                    values=preds,
-                    shape=tuple(preds.shape),
-                    bound=prediction_bound(spec),
-                    sync=False,
-                    **common,
-                )
-                staged.append(predictions)
-                # On disk, all five files in one round, before any row points at them.
-                sync_files([*checkpoint.paths, loss.path, predictions.path])
-                with ctx.db.write_session() as session:
-                    model = _locked_unchanged(
-                        session, user=user, model_id=model_id, version=live.version
-                    )
-                    checkpoint.commit(ctx.files, model, steps_added=1)
-                    owned = {"user": user, "model": model}
-                    rows_out = (
-                        loss.record(session, ctx.files, **owned),
-                        predictions.record(session, ctx.files, **owned),
-                    )
-                    session.commit()
-            except BaseException:
-                for part in staged:
-                    part.discard()
-                raise
-        ctx.live.put(model_id, LiveModel(version=model.version, trainer=live.trainer, cart=cart))
-        prune_old_versions(ctx.files, model)
+            predictions = pending_object(
+                kind="predictions",
+                values=preds,
+                shape=tuple(preds.shape),
+                bound=prediction_bound(spec),
+                **common,
+            )
+            state = encode_state(live.trainer, cart)
+            with ctx.db.write_session(durable=False) as session:
+                if not commit_step(
+                    session,
+                    owner_id=user.id,
+                    model_id=model_id,
+                    version=live.version,
+                    data=state,
+                    cart=cart,
+                ):
+                    _why_not(session, user=user, model_id=model_id, version=live.version)
+                owned = {"owner_id": user.id, "model_id": model_id}
+                rows_out = (loss.record(session, **owned), predictions.record(session, **owned))
+                failpoint("step.before_commit")
+                session.commit()
+            failpoint("step.after_commit")
+        version = live.version + 1
+        ctx.live.put(model_id, LiveModel(version=version, trainer=live.trainer, cart=cart))
+        if ctx.files.weights(model_id, version - 2).exists():
+            prune_old_versions(ctx.files, model_id, version)  # files from before its steps
         return rows_out
 
 
@@ -221,6 +247,8 @@ def evaluate(
     with ctx.live.lock(model_id):
         read = _read(ctx, user=user, model_id=model_id, batch=batch)
         pair, live = read.pair, read.live
+        with ctx.db.session() as session:
+            delta = get_node(session).delta
         metrics = ctx.compute.run(
             lambda: live.trainer.evaluate_rows(pair.x.array, pair.y.array, rows=pair.rows)
         )
@@ -231,7 +259,7 @@ def evaluate(
             rows=pair.rows,
             groups=pair.units.subjects_of(pair.rows),
         )
-        sigma = noise_for(sigma=None, epsilon=epsilon, count=len(queries), delta=read.delta)
+        sigma = noise_for(sigma=None, epsilon=epsilon, count=len(queries), delta=delta)
         with ctx.db.write_session() as session:
             model = _locked_unchanged(session, user=user, model_id=model_id, version=live.version)
             outcome = release_metrics(
@@ -242,7 +270,7 @@ def evaluate(
                 cart=live.cart,
                 queries=queries,
                 sigma=sigma,
-                delta=read.delta,
+                delta=delta,
                 params={"epsilon": epsilon, "n_rows": metrics.n, "model_version": model.version},
             )
             session.commit()
@@ -250,5 +278,5 @@ def evaluate(
         ctx.live.put(
             model.id, LiveModel(version=model.version, trainer=live.trainer, cart=outcome.cart)
         )
-        prune_old_versions(ctx.files, model)
+        prune_old_versions(ctx.files, model.id, model.version)
         return outcome.release

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from veil._exceptions import NotFound
@@ -58,8 +59,13 @@ class Units:
             cart.add_gaussian_rows(key, rows, sigma=sigma)
 
 
+_UNITS = select(DatasetRow.n_subjects, DatasetRow.subject_asset).where(
+    DatasetRow.id == bindparam("b_id")
+)  # built once: every step reads it
+
+
 def dataset_units(session: Session, arrays: ArrayStore, dataset_id: str) -> Units:
-    dataset = session.get(DatasetRow, dataset_id)
+    dataset = session.connection().execute(_UNITS, {"b_id": dataset_id}).first()
     if dataset is None:
         raise NotFound(f"No dataset {dataset_id!r}.", dataset_id=dataset_id)
     if dataset.subject_asset is None:

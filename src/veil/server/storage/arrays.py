@@ -21,8 +21,10 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -39,6 +41,7 @@ __all__ = ["STALE_AFTER_SECONDS", "ArrayStore", "AtomicFile"]
 STALE_AFTER_SECONDS = 6 * 3600
 _ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _CHUNK = 8 * 1024**2
+_OPEN_MAPS = 64  # memory maps kept open (two per dataset a step uses, and its subjects)
 
 
 class AtomicFile:
@@ -74,6 +77,8 @@ class ArrayStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._open: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._guard = threading.Lock()
         self.datasets_dir = root / "datasets"
         self.staging_dir = root / "staging"
         self.datasets_dir.mkdir(parents=True, exist_ok=True)
@@ -92,8 +97,24 @@ class ArrayStore:
         return self.datasets_dir / _checked(dataset_id) / "subjects.npy"
 
     def open(self, path: Path) -> np.ndarray:
-        """The array memory-mapped read-only; never unpickles."""
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        """The array memory-mapped read-only; never unpickles.
+
+        Kept open for the next request (a flow III step opens the same two assets each
+        time): a file under its final name never changes, and `remove_dataset` forgets
+        the dataset's maps. Callers still look the asset up in the database first, so a
+        map kept here is never a way to read a dataset that was deleted.
+        """
+        with self._guard:
+            array = self._open.get(path)
+            if array is not None:
+                self._open.move_to_end(path)
+                return array
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        with self._guard:
+            self._open[path] = array
+            while len(self._open) > _OPEN_MAPS:
+                self._open.popitem(last=False)
+        return array
 
     def load(self, path: Path) -> np.ndarray:
         """A small array (a mock) read into memory; never unpickles."""
@@ -157,7 +178,11 @@ class ArrayStore:
         shutil.rmtree(path, ignore_errors=True)
 
     def remove_dataset(self, dataset_id: str) -> None:
-        self.remove(self.datasets_dir / _checked(dataset_id))
+        folder = self.datasets_dir / _checked(dataset_id)
+        with self._guard:
+            for path in [p for p in self._open if p.parent == folder]:
+                del self._open[path]
+        self.remove(folder)
 
     def dataset_ids(self) -> list[str]:
         return [p.name for p in self.datasets_dir.iterdir() if p.is_dir() and _ID.match(p.name)]

@@ -91,9 +91,5 @@ class NodeFiles:
         """The cart's per-row arrays of one checkpoint (.npz of plain arrays, no pickle)."""
         return self.model_dir(model_id) / f"cart-{version}.npz"
 
-    def private_object(self, object_id: str) -> Path:
-        """Per-row values and their rows (.npz of plain arrays, no pickle)."""
-        return self.root / "objects" / f"{object_id}.npz"
-
     def release(self, release_id: str, suffix: str) -> Path:
         return self.root / "releases" / f"{release_id}{suffix}"

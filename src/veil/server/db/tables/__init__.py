@@ -3,7 +3,14 @@
 from veil.server.db.tables.accounts import NodeRow, TokenRow, UserRow
 from veil.server.db.tables.datasets import AssetRow, AssetViewRow, DatasetRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
-from veil.server.db.tables.models import DraftRow, JobEpochRow, JobRow, ModelRow, PrivateObjectRow
+from veil.server.db.tables.models import (
+    DraftRow,
+    JobEpochRow,
+    JobRow,
+    ModelRow,
+    ModelStateRow,
+    PrivateObjectRow,
+)
 
 __all__ = [
     "AssetRow",
@@ -14,6 +21,7 @@ __all__ = [
     "JobRow",
     "LedgerRow",
     "ModelRow",
+    "ModelStateRow",
     "NodeRow",
     "PrivateObjectRow",
     "ReleaseRow",

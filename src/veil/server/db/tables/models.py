@@ -5,12 +5,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from veil.server.db.base import Base, IdColumn, TimestampColumn
 
-__all__ = ["DraftRow", "JobEpochRow", "JobRow", "ModelRow", "PrivateObjectRow"]
+__all__ = [
+    "DraftRow",
+    "JobEpochRow",
+    "JobRow",
+    "ModelRow",
+    "ModelStateRow",
+    "PrivateObjectRow",
+]
 
 
 class DraftRow(Base):
@@ -32,6 +49,7 @@ class ModelRow(Base):
     this model have charged so far: publishing charges their difference, read in O(1).
     `version` counts checkpoints; the weights file of a version and the cart stored
     with it are written together, so a publish never pairs new weights with an old cart.
+    A version a flow III step made lives in `model_states` instead of files.
     """
 
     __tablename__ = "models"
@@ -47,6 +65,23 @@ class ModelRow(Base):
     busy_job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_at: Mapped[datetime] = TimestampColumn()
     updated_at: Mapped[datetime] = TimestampColumn()
+
+
+class ModelStateRow(Base):
+    """One checkpoint of a model kept in the database: what a flow III step writes.
+
+    `data` is one safetensors blob (weights, optimizer and generator state, the cart's
+    per-row arrays; `services.checkpoints`). Written in the step's own transaction, so
+    the model's version, its cart and its weights can only move together.
+    """
+
+    __tablename__ = "model_states"
+
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
 
 
 class JobRow(Base):
@@ -107,10 +142,11 @@ class JobEpochRow(Base):
 class PrivateObjectRow(Base):
     """A private result on the node (a step's loss or predictions).
 
-    Its file holds the raw per-row values and the rows of data source `source` they
-    came from; they leave the node only through a release, which bounds them with
-    `bound` (`veil.privacy.bound_from_dict`; None when the model's output has no natural
-    bound, so the publish must name one) and charges those rows in the model's cart.
+    `data` (or, for objects made before it existed, the file at `path`) holds the raw
+    per-row values and the rows of data source `source` they came from; they leave the
+    node only through a release, which bounds them with `bound`
+    (`veil.privacy.bound_from_dict`; None when the model's output has no natural bound,
+    so the publish must name one) and charges those rows in the model's cart.
     """
 
     __tablename__ = "private_objects"
@@ -125,5 +161,6 @@ class PrivateObjectRow(Base):
     source: Mapped[str] = mapped_column(String(36), nullable=False)
     bound: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     n_rows: Mapped[int] = mapped_column(Integer, nullable=False)
-    path: Mapped[str] = mapped_column(String(500), nullable=False)
+    path: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = TimestampColumn()

@@ -1,0 +1,56 @@
+"""A step keeps what never changes in memory (its model, the facts of its pointers, the
+memory maps of their arrays) and still asks the database what may: whether the
+dataset is there, whose a view is, the model's version."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import veil
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
+from veil import nn
+
+
+def _upload(admin: veil.Client) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+    admin.datasets.upload(
+        name="Rows", assets={"x": x, "y": y}, bounds={"x": (-10, 10), "y": (0, 1)}
+    )
+
+
+def _model() -> nn.Model:
+    model = nn.Model()
+    model.add(nn.Dense(1, activation="sigmoid", input_shape=(None, 6)))
+    return model
+
+
+def test_a_deleted_dataset_is_gone_for_a_model_that_stepped_on_it(sqlite_node) -> None:
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    _upload(admin)
+    ds = make_ds(admin, sqlite_node)
+    data = ds.datasets["Rows"]
+    x, y = data["x"], data["y"]
+    model_ptr = _model().compile(to=ds)
+    model_ptr.step(x[0:8], y[0:8])
+    model_ptr.step(x[8:16], y[8:16])
+    admin.datasets.delete("Rows")
+    with pytest.raises(veil.NotFound, match="No asset or view"):
+        model_ptr.step(x[16:24], y[16:24])
+    assert model_ptr.refresh()._info["steps"] == 2
+
+
+def test_another_users_view_stays_invisible_after_its_owner_stepped_on_it(sqlite_node) -> None:
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    _upload(admin)
+    owner, other = make_ds(admin, sqlite_node), make_ds(admin, sqlite_node)
+    data = owner.datasets["Rows"]
+    x_view, y_view = data["x"][0:8], data["y"][0:8]
+    views = {"x": x_view.id, "y": y_view.id}  # stored on the node, the owner's
+    _model().compile(to=owner).step(x_view, y_view)  # their facts are now in memory
+    theirs = _model().compile(to=other)
+    with pytest.raises(veil.NotFound, match="No asset or view"):
+        other._http.post(f"/models/{theirs.id}/step", json=views)
+    assert theirs.refresh()._info["steps"] == 0
