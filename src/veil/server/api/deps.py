@@ -21,6 +21,7 @@ __all__ = [
     "ReadSessionDep",
     "SessionDep",
     "TokenDep",
+    "require_admin",
 ]
 
 
@@ -87,10 +88,15 @@ def get_current_user(ctx: ContextDep, token: TokenDep) -> UserRow:
 CurrentUser = Annotated[UserRow, Depends(get_current_user)]
 
 
-async def get_admin(user: CurrentUser) -> UserRow:
+def require_admin(user: UserRow) -> UserRow:
+    """`user` if it is the node's admin, else PermissionDenied (API and pages alike)."""
     if user.role != ROLE_ADMIN:
         raise PermissionDenied("Only the node's admin may do this.", role=user.role)
     return user
+
+
+async def get_admin(user: CurrentUser) -> UserRow:
+    return require_admin(user)
 
 
 AdminUser = Annotated[UserRow, Depends(get_admin)]

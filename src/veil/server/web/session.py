@@ -29,7 +29,7 @@ from fastapi import Depends, Form, Request
 from fastapi.responses import RedirectResponse
 
 from veil._exceptions import AuthenticationError, PermissionDenied
-from veil.server.api.deps import SessionDep, get_admin
+from veil.server.api.deps import SessionDep, require_admin
 from veil.server.db.tables.accounts import UserRow
 from veil.server.services.auth import user_for_token
 
@@ -71,7 +71,7 @@ PageUser = Annotated[UserRow, Depends(get_page_user)]
 
 
 def get_page_admin(user: PageUser) -> UserRow:
-    return get_admin(user)
+    return require_admin(user)
 
 
 PageAdmin = Annotated[UserRow, Depends(get_page_admin)]
@@ -103,7 +103,7 @@ FormUser = Annotated[UserRow, Depends(get_form_user)]
 
 
 def get_form_admin(user: FormUser) -> UserRow:
-    return get_admin(user)
+    return require_admin(user)
 
 
 FormAdmin = Annotated[UserRow, Depends(get_form_admin)]
