@@ -87,7 +87,7 @@ def get_current_user(ctx: ContextDep, token: TokenDep) -> UserRow:
 CurrentUser = Annotated[UserRow, Depends(get_current_user)]
 
 
-async def get_admin(user: CurrentUser) -> UserRow:
+def get_admin(user: CurrentUser) -> UserRow:
     if user.role != ROLE_ADMIN:
         raise PermissionDenied("Only the node's admin may do this.", role=user.role)
     return user
