@@ -99,11 +99,14 @@ class ArrayStore:
     def open(self, path: Path) -> np.ndarray:
         """The array memory-mapped read-only; never unpickles.
 
-        Kept open for the next request (a flow III step opens the same two assets each
-        time): a file under its final name never changes, and `remove_dataset` forgets
-        the dataset's maps. Callers still look the asset up in the database first, so a
-        map kept here is never a way to read a dataset that was deleted.
+        A dataset's file is kept open for the next request (a flow III step opens the
+        same two assets each time): a file under its final name never changes, and
+        `remove_dataset` forgets the dataset's maps. Callers still look the asset up in
+        the database first, so a map kept here is never a way to read a dataset that was
+        deleted. Anything else (an upload's staged parts) is opened afresh.
         """
+        if self.datasets_dir not in path.parents:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
         with self._guard:
             array = self._open.get(path)
             if array is not None:
