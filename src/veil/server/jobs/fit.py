@@ -101,7 +101,7 @@ class _Run:
     ctx: NodeContext
     claim: Claim
     params: dict[str, Any]
-    plan: fits.FitPlan
+    plan: fits.FitRows
     user_id: str
     model_id: str
     delta: float
@@ -121,7 +121,7 @@ class _Run:
 
 
 def _load(ctx: NodeContext, claim: Claim) -> _Run | None:
-    """The job's plan, and the model at its checkpoint; None if it was cancelled."""
+    """The job's rows, and the model at its checkpoint; None if it was cancelled."""
     with ctx.db.session() as session:
         job = session.get(JobRow, claim.job_id)
         assert job is not None
@@ -133,18 +133,14 @@ def _load(ctx: NodeContext, claim: Claim) -> _Run | None:
         if model.busy_job_id != job.id:
             raise Conflict(f"Model {model.id} is not held by this job.", model_id=model.id)
         p = dict(job.params)
-        plan = fits.plan_fit(
+        # Priced and checked when it was queued: the job needs only its rows again.
+        plan = fits.fit_rows(
             session,
-            ctx.files,
             ctx.arrays,
             user=user,
-            model=model,
             x_id=p["x"],
             y_id=p["y"],
-            max_iter=p["max_iter"],
-            batch_size=p["batch_size"],
             validation_split=p["validation_split"],
-            target_epsilon=None,
             rows_per_subject=p.get("rows_per_subject"),
         )
         return _Run(
@@ -173,7 +169,7 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
     run.cart.ensure_source(key, units.n)
     run.cart.mark_pool(key, plan.train_units)
     checkpoint_every = ctx.settings.checkpoint_every_seconds
-    per_epoch = plan.quote.steps // p["max_iter"]
+    per_epoch = p["steps"] // p["max_iter"]
 
     def should_stop() -> bool:
         return stopping.is_set() or lease.lost.is_set() or run.cancel

@@ -49,8 +49,10 @@ from veil.server.storage.files import NodeFiles
 
 __all__ = [
     "FitPlan",
+    "FitRows",
     "cancel",
     "cancel_fit",
+    "fit_rows",
     "latest_job",
     "plan_fit",
     "quote",
@@ -62,10 +64,8 @@ VAL_RELEASES_PER_EPOCH = 2  # validation loss and accuracy
 
 
 @dataclass(frozen=True)
-class FitPlan:
-    """A checked fit and its price, in the words the user sees: `spent` (the budget spent
-    now), `cart` (what publishing the model now would add to it), `cost` (what this fit
-    adds to that) and `cart_after` (what publishing right after the fit would add)."""
+class FitRows:
+    """What a fit trains and validates on: all a running job needs of its plan."""
 
     pair: Pair
     train_rows: np.ndarray  # rows the engine trains on (private where the unit is a subject)
@@ -73,6 +73,14 @@ class FitPlan:
     train_units: np.ndarray  # the Poisson pool in the cart: rows, or subject ranks (public)
     val_units: np.ndarray
     rows_per_subject: int | None
+
+
+@dataclass(frozen=True)
+class FitPlan(FitRows):
+    """A checked fit and its price, in the words the user sees: `spent` (the budget spent
+    now), `cart` (what publishing the model now would add to it), `cost` (what this fit
+    adds to that) and `cart_after` (what publishing right after the fit would add)."""
+
     quote: Quote
     params: dict[str, Any]
     spent: float
@@ -114,14 +122,16 @@ def plan_fit(
     """
     max_iter, batch_size = _count("max_iter", max_iter), _count("batch_size", batch_size)
     spec = ModelSpec.from_dict(model.spec)
-    pair = resolve_pair(session, arrays, user=user, x_id=x_id, y_id=y_id)
-    if len(np.unique(pair.rows)) != len(pair.rows):
-        raise ValidationError(
-            "fit samples rows from a pool in which each row appears once. Received: a "
-            "slice that repeats rows"
-        )
-    train_rows, val_rows, train_units, val_units = _split(pair, validation_split)
-    k = _rows_per_subject(rows_per_subject, pair, n_train_subjects=len(train_units))
+    rows = fit_rows(
+        session,
+        arrays,
+        user=user,
+        x_id=x_id,
+        y_id=y_id,
+        validation_split=validation_split,
+        rows_per_subject=rows_per_subject,
+    )
+    pair, train_units, val_units = rows.pair, rows.train_units, rows.val_units
     unit = pair.units.name
     if batch_size > len(train_units):
         raise ValidationError(
@@ -188,16 +198,11 @@ def plan_fit(
         "quoted_cost": quote.epsilon_added,
         "n_train": len(train_units),
         "unit": unit,
-        "rows_per_subject": k,
+        "rows_per_subject": rows.rows_per_subject,
     }
     spent_now = spent.epsilon(delta)
     return FitPlan(
-        pair=pair,
-        train_rows=train_rows,
-        val_rows=val_rows,
-        train_units=train_units,
-        val_units=val_units,
-        rows_per_subject=k,
+        **vars(rows),
         quote=quote,
         params=params,
         spent=spent_now,
@@ -206,6 +211,36 @@ def plan_fit(
         cart_after=quote.epsilon_after - spent_now,
         model_version=model.version,
     )
+
+
+def fit_rows(
+    session: Session,
+    arrays: ArrayStore,
+    *,
+    user: UserRow,
+    x_id: str,
+    y_id: str,
+    validation_split: float,
+    rows_per_subject: int | None = None,
+) -> FitRows:
+    """The rows of a planned fit, checked: a running job needs these, not a new quote."""
+    pair = resolve_pair(session, arrays, user=user, x_id=x_id, y_id=y_id)
+    if not _distinct(pair.rows):
+        raise ValidationError(
+            "fit samples rows from a pool in which each row appears once. Received: a "
+            "slice that repeats rows"
+        )
+    train_rows, val_rows, train_units, val_units = _split(pair, validation_split)
+    k = _rows_per_subject(rows_per_subject, pair, n_train_subjects=len(train_units))
+    return FitRows(pair, train_rows, val_rows, train_units, val_units, k)
+
+
+def _distinct(rows: np.ndarray) -> bool:
+    """Whether no row repeats: at once for increasing rows (any slice with a positive
+    step), by sorting otherwise."""
+    if len(rows) < 2 or bool(np.all(rows[1:] > rows[:-1])):
+        return True
+    return len(np.unique(rows)) == len(rows)
 
 
 # With rows_per_subject = k every sampled subject takes k slots, padded where it owns
@@ -392,7 +427,7 @@ def release_validation(
     cart: Cart,
     metrics: RowMetrics,
     params: dict[str, Any],
-    plan: FitPlan,
+    plan: FitRows,
     delta: float,
     epoch: int,
 ) -> tuple[dict[str, Any], Cart]:
