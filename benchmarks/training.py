@@ -298,13 +298,10 @@ def run_http(
 
         def epoch() -> None:
             model_ptr.fit(data["x"], data["y"], max_iter=1, batch_size=work.batch, wait=False)
-            while (status := model_ptr.progress()["status"]) not in ("done", "failed", "cancelled"):
-                time.sleep(0.05)  # a faster poll would take CPU from the node's job
-            progress = model_ptr.progress()
-            if status != "done" or progress["total_steps"] != steps_per_epoch(
-                work.rows, work.batch
-            ):
-                raise RuntimeError(f"the node's fit ended {status}: {progress}")
+            # Long polls: the fit's end is seen when it happens, as `fit(wait=True)` sees it.
+            progress = model_ptr.wait(show=False)
+            if progress["total_steps"] != steps_per_epoch(work.rows, work.batch):
+                raise RuntimeError(f"the node's fit ended {progress['status']}: {progress}")
 
         return epoch
 

@@ -6,7 +6,6 @@ returns private pointers whose values leave only through their own `publish()`.
 
 from __future__ import annotations
 
-import time
 import warnings
 from typing import Any
 
@@ -20,6 +19,8 @@ from veil.client._objects import PrivatePointer, WeightsPointer
 __all__ = ["DraftHandle", "MetricsWithheld", "ModelPointer", "ModelsAPI"]
 
 _DONE = ("done", "failed", "cancelled")
+
+_LONGEST_WAIT_S = 10.0  # the most a node holds one progress request (its MAX_WAIT_S)
 
 
 class MetricsWithheld(UserWarning):
@@ -134,7 +135,11 @@ class ModelPointer:
         return self.wait(poll_seconds=poll_seconds)
 
     def wait(self, *, poll_seconds: float = 0.5, show: bool = True) -> dict[str, Any]:
-        """Block until the current job ends, with a progress bar; raise if it failed."""
+        """Block until the current job ends, with a progress bar; raise if it failed.
+
+        Each poll waits on the node up to `poll_seconds` for the job to move, and returns
+        as soon as it does: the end of a fit is seen when it happens.
+        """
         state = self.progress()
         bar = tqdm(total=state.get("steps") or None, unit="step", disable=not show)
         try:
@@ -150,8 +155,7 @@ class ModelPointer:
                 bar.refresh()
                 if state["status"] in _DONE or state["status"] == "idle":
                     break
-                time.sleep(poll_seconds)
-                state = self.progress()
+                state = self.progress(wait=min(poll_seconds, _LONGEST_WAIT_S))
         finally:
             bar.close()
         if state["status"] == "failed":
@@ -168,10 +172,16 @@ class ModelPointer:
         self.refresh()
         return state
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self, *, wait: float = 0.0) -> dict[str, Any]:
         """Status, epoch, step, expected samples, elapsed, and released metrics; `spent`
-        (your epsilon spent) and `cart` (what publishing this model now would add)."""
-        return self._http.get(f"/models/{self.id}/progress")
+        (your epsilon spent) and `cart` (what publishing this model now would add).
+
+        With `wait` (seconds, at most 10), a queued or running job's progress is returned
+        once it moves (a step count written, an epoch ended, the job ended) or after
+        `wait` seconds, whichever comes first.
+        """
+        params = {"wait": wait} if wait else None
+        return self._http.get(f"/models/{self.id}/progress", params=params)
 
     def cancel(self) -> dict[str, Any]:
         return self._http.post(f"/models/{self.id}/cancel")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from veil.server.compute import ComputePool
 from veil.server.db.engine import Database
+from veil.server.jobs.signals import JobSignals
 from veil.server.services.releases import sweep_orphans
 from veil.server.services.throttle import LoginThrottle
 from veil.server.settings import Settings
@@ -37,6 +38,7 @@ class NodeContext:
     live: LiveModels
     runner: JobRunner
     compute: ComputePool
+    signals: JobSignals = field(default_factory=JobSignals)
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_stop: list[Callable[[], None]] = field(default_factory=list)
 

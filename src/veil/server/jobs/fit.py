@@ -91,7 +91,9 @@ def _finish(ctx: NodeContext, claim: Claim, status: str, error: str | None) -> N
         job.finished_at = utcnow()
         job.lease_expires_at = None
         job_queue.free_model(session, job)
+        model_id = job.model_id
         session.commit()
+    ctx.signals.notify(model_id)
 
 
 @dataclass
@@ -163,6 +165,7 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
     run = _load(ctx, lease.claim)
     if run is None:
         return "cancelled"
+    ctx.signals.notify(run.model_id)  # it runs
     p, plan, key = run.params, run.plan, run.plan.pair.key
     sigma, q = float(p["sigma"]), float(p["q"])
     units = plan.pair.units
@@ -236,6 +239,7 @@ def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None) -> None:
         raise
     run.saved_step, run.version = run.step, model.version
     run.last_checkpoint = time.monotonic()
+    ctx.signals.notify(run.model_id)
     prune_old_versions(ctx.files, model.id, model.version)
 
 
@@ -279,4 +283,6 @@ def _write_progress(run: _Run, *, epoch: int | None) -> bool:
         if epoch is not None:
             job.epoch = epoch
         session.commit()
-        return job.cancel_requested
+        cancel = job.cancel_requested
+    run.ctx.signals.notify(run.model_id)
+    return cancel

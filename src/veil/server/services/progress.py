@@ -4,26 +4,38 @@ Steps, epochs, the *expected* number of rows sampled (never the exact Poisson ba
 sizes), the job's place in the queue and how often it was resumed after losing its
 worker: all public, none depends on a private value. Metrics are released (noised,
 charged) values only.
+
+`progress_after` waits for the job to move before answering (a long poll): the caller
+sees the end of a fit when it happens, not at its next poll. It answers at the moments
+a job writes what `progress` shows (every `PROGRESS_EVERY_S` of training, each
+checkpoint, the end), which anyone polling sees too, so it tells nothing more.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from veil.server.db.base import as_utc
+from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import JobEpochRow
+from veil.server.jobs.signals import FALLBACK_POLL_S, JobSignals
 from veil.server.services import job_queue, ledger
 from veil.server.services.fits import latest_job
 from veil.server.services.models import cart_epsilon, get_model
 from veil.server.services.node import get_node
 
-__all__ = ["Progress", "expected_samples", "progress"]
+__all__ = ["MAX_WAIT_S", "Progress", "expected_samples", "progress", "progress_after"]
+
+MAX_WAIT_S = 10.0  # a long poll's longest wait: a node that stops waits this long at most
+_ACTIVE = ("queued", "running")
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,37 @@ def progress(session: Session, *, user: UserRow, model_id: str) -> Progress:
         restarts=max(0, job.attempt - 1),
         metrics=[{"epoch": e.epoch, **e.metrics} for e in epochs],
     )
+
+
+async def progress_after(
+    db: Database, signals: JobSignals, *, user: UserRow, model_id: str, wait: float
+) -> Progress:
+    """`progress` once the job moves (status, epoch, step, metrics or place in the queue
+    change), or after `wait` seconds; at once if no job is queued or running."""
+
+    def read() -> Progress:
+        with db.session() as session:
+            return progress(session, user=user, model_id=model_id)
+
+    deadline = time.monotonic() + wait
+    seen = signals.count(model_id)
+    first = await run_in_threadpool(read)  # NotFound here: another's model is never waited on
+    now = first
+    while now.status in _ACTIVE and not _moved(first, now):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        await signals.changed(model_id, since=seen, timeout=min(left, FALLBACK_POLL_S))
+        seen = signals.count(model_id)
+        now = await run_in_threadpool(read)
+    return now
+
+
+def _moved(before: Progress, after: Progress) -> bool:
+    def key(p: Progress) -> tuple:
+        return (p.job_id, p.status, p.epoch, p.step, p.queue_position, len(p.metrics))
+
+    return key(before) != key(after)
 
 
 def expected_samples(params: dict[str, Any], step: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
@@ -307,14 +307,30 @@ def fit(model_id: str, body: FitIn, ctx: ContextDep, user: CurrentUser) -> FitOu
 
 
 @router.get("/{model_id}/progress", responses=_MODEL)
-def read_progress(model_id: str, session: SessionDep, user: CurrentUser) -> ProgressOut:
-    found = progress.progress(session, user=user, model_id=model_id)
+async def read_progress(
+    model_id: str,
+    ctx: ContextDep,
+    user: CurrentUser,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=progress.MAX_WAIT_S,
+            description="seconds to wait for a queued or running job to move before "
+            "answering; 0 answers at once",
+        ),
+    ] = 0.0,
+) -> ProgressOut:
+    found = await progress.progress_after(
+        ctx.db, ctx.signals, user=user, model_id=model_id, wait=wait
+    )
     return ProgressOut.model_validate(asdict(found))
 
 
 @router.post("/{model_id}/cancel", responses=_MODEL)
-def cancel(model_id: str, session: SessionDep, user: CurrentUser) -> CancelOut:
+def cancel(model_id: str, session: SessionDep, user: CurrentUser, ctx: ContextDep) -> CancelOut:
     job = fits.cancel_fit(session, user=user, model_id=model_id)
+    ctx.signals.notify(model_id)
     return CancelOut(job_id=job.id, status=job.status, cancel_requested=job.cancel_requested)
 
 
