@@ -171,22 +171,27 @@ def _conv_weight_grads(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> t
 
 
 def _fastest(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> ConvBuilder:
-    def seconds(builder: ConvBuilder) -> float:
-        """The best of three runs after a warm-up (kernels picked, memory cached): on
-        shared cores one run can wait for a busy one far longer than it computes."""
-        builder(layer, a, g)
-        best = float("inf")
-        for _ in range(3):
-            if a.device.type == "cuda":
-                torch.cuda.synchronize(a.device)
-            start = time.perf_counter()
-            builder(layer, a, g)
-            if a.device.type == "cuda":
-                torch.cuda.synchronize(a.device)
-            best = min(best, time.perf_counter() - start)
-        return best
+    """The builder whose best of three runs, after a warm-up (kernels picked, memory
+    cached), was fastest. The builders take turns, so that a stretch of other work on
+    shared cores slows both rather than one: one run can wait for a busy core far longer
+    than it computes."""
 
-    return min(BUILDERS, key=seconds)
+    def seconds(builder: ConvBuilder) -> float:
+        if a.device.type == "cuda":
+            torch.cuda.synchronize(a.device)
+        start = time.perf_counter()
+        builder(layer, a, g)
+        if a.device.type == "cuda":
+            torch.cuda.synchronize(a.device)
+        return time.perf_counter() - start
+
+    for builder in BUILDERS:
+        builder(layer, a, g)
+    best = dict.fromkeys(BUILDERS, float("inf"))
+    for _ in range(3):
+        for builder in BUILDERS:
+            best[builder] = min(best[builder], seconds(builder))
+    return min(BUILDERS, key=best.__getitem__)
 
 
 def conv_grads_vmap(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
