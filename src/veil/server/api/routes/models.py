@@ -8,9 +8,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from veil.nn.spec import ModelSpec
-from veil.server.api.deps import ContextDep, CurrentUser, ReadSessionDep, SessionDep
+from veil.server.api.deps import (
+    ContextDep,
+    CurrentUser,
+    ReadSessionDep,
+    SessionDep,
+    TokenDep,
+    get_current_user,
+)
 from veil.server.api.errors import responses
 from veil.server.api.routes.assets import SliceIn
 from veil.server.api.schemas import MIN_POSITIVE, Integral, JsonInt, Strict
@@ -335,16 +343,21 @@ def cancel(model_id: str, session: SessionDep, user: CurrentUser, ctx: ContextDe
 
 
 @router.post("/{model_id}/step", responses=responses(404, 409))
-def step(model_id: str, body: StepIn, ctx: ContextDep, user: CurrentUser) -> StepOut:
-    loss, preds = steps.step(
-        ctx,
-        user=user,
-        model_id=model_id,
-        batch=body.batch(),
-        validation_split=body.validation_split,
-        batch_size=body.batch_size,
-    )
-    return StepOut(loss=_object_out(loss), predictions=_object_out(preds))
+async def step(model_id: str, body: StepIn, ctx: ContextDep, token: TokenDep) -> StepOut:
+    def run() -> StepOut:
+        loss, preds = steps.step(
+            ctx,
+            user=get_current_user(ctx, token),
+            model_id=model_id,
+            batch=body.batch(),
+            validation_split=body.validation_split,
+            batch_size=body.batch_size,
+        )
+        return StepOut(loss=_object_out(loss), predictions=_object_out(preds))
+
+    # Flow III steps come one after another: the whole request (who asks, the step, the
+    # answer) takes one hop to a worker thread, where each dependency would take its own.
+    return await run_in_threadpool(run)
 
 
 @router.post("/{model_id}/evaluate", responses=responses(402, 404, 409))
