@@ -46,6 +46,18 @@ Profile notes (torch.profiler on 2 shared CPU cores, torch 2.13, batch 256):
   weight gradient is not computed), a few element-wise passes for clipping, and secure
   noise; on the MLP, secure noise (0.25 ms) and the per-batch tensor bookkeeping (~1 ms
   in all) against a 0.4 ms non-private step.
+- Memory layout (torch.profiler, CNN32, one thread): `max_pool2d_with_indices` took
+  27% of an engine step, 5.7 ms a call: on NCHW tensors torch 2.13's CPU kernel ran 10x
+  slower than on channels-last ones (26 against 2.6 ms for 128 x 32 x 30 x 30). The
+  engine now lays images out channels-last on the CPU (`engine._data.input_tensor`), and
+  so does this benchmark for PyTorch and Opacus, so no row measures the layout alone.
+- Over HTTP, fixed costs per fit (an in-thread node, timed spans): the fit request
+  priced the fit (2 to 42 ms), the job priced it again and sorted the pool's rows to
+  check them distinct (`np.unique`, 20 ms for 65,536 rows), the final checkpoint took
+  11 to 22 ms, and the client saw the end at its next poll (this benchmark polled every
+  50 ms; `fit(wait=True)` every 0.5 s). The job now reads its rows without a new quote,
+  increasing rows are known distinct without sorting, and `wait()` long-polls
+  (`progress(wait=...)`), so the end is seen when it happens.
 - Over HTTP (full size, best of 2, load 3-5): the node's fit took 10.8 s for the IDC
   epoch against 7.2 s for the same engine in-process (+115 ms a step), 1.20 s against
   0.61 s for the MLP (+2.3 ms a step) and 4.4 s against 4.1 s for the CNN32. The same
