@@ -183,6 +183,16 @@ def test_a_data_scientist_cannot_touch_another_users_model(admin, ds, node) -> N
         stolen.weights().publish()
     with pytest.raises(veil.NotFound):
         stolen.progress()
+    data = other.datasets["Patches"]
+    x, y = data["train_images"][0:8], data["train_labels"][0:8]
+    with pytest.raises(veil.NotFound):
+        stolen.step(x, y)  # checked in the step's own thread, before anything is read
+    token = other._http.token
+    other.logout()
+    other._http.token = token  # revoked now: the step's thread checks it, and refuses
+    with pytest.raises(veil.AuthenticationError, match="revoked"):
+        veil.client._models.ModelPointer(other._http, model_ptr._info).step(x, y)
+    assert model_ptr.refresh()._info["steps"] == 0
 
 
 def test_bad_training_input_fails_before_training(admin, ds) -> None:
