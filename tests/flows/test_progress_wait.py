@@ -12,6 +12,7 @@ import pytest
 import veil
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
 from tests.flows.data import image_mlp, upload_images
+from veil.client._models import ModelPointer
 
 
 def _key(state: dict) -> tuple:
@@ -25,13 +26,20 @@ def _key(state: dict) -> tuple:
     )
 
 
-def test_each_answer_is_a_move_and_the_last_is_the_end(sqlite_node) -> None:
-    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+def _fitting(node, *, max_iter: int) -> tuple[veil.Client, ModelPointer]:  # noqa: ANN001
+    """(the admin, a data scientist's model) whose fit of `max_iter` epochs is queued."""
+    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
     upload_images(admin, n=400)
-    ds = make_ds(admin, sqlite_node, budget=1e6)
+    ds = make_ds(admin, node, budget=1e6)
     data = ds.datasets["Patches"]
     model_ptr = image_mlp().compile(to=ds)
-    model_ptr.fit(data["train_images"], data["train_labels"], max_iter=10, batch_size=8, wait=False)
+    x, y = data["train_images"], data["train_labels"]
+    model_ptr.fit(x, y, max_iter=max_iter, batch_size=8, wait=False)
+    return admin, model_ptr
+
+
+def test_each_answer_is_a_move_and_the_last_is_the_end(sqlite_node) -> None:
+    _, model_ptr = _fitting(sqlite_node, max_iter=10)
     state, answers = model_ptr.progress(), 0
     while state["status"] in ("queued", "running"):
         after = model_ptr.progress(wait=10)
@@ -58,12 +66,7 @@ def test_an_ended_or_absent_job_answers_before_the_wait(sqlite_node) -> None:
 
 
 def test_another_users_model_is_not_found_and_never_waited_on(sqlite_node) -> None:
-    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    upload_images(admin, n=400)
-    owner = make_ds(admin, sqlite_node, budget=1e6)
-    data = owner.datasets["Patches"]
-    model_ptr = image_mlp().compile(to=owner)
-    model_ptr.fit(data["train_images"], data["train_labels"], max_iter=50, batch_size=8, wait=False)
+    admin, model_ptr = _fitting(sqlite_node, max_iter=50)
     other = make_ds(admin, sqlite_node)
     response = httpx.get(
         f"{sqlite_node.url}/api/v1/models/{model_ptr.id}/progress",
