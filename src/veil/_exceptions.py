@@ -24,6 +24,7 @@ that body back into the same class, so `except veil.BudgetExceeded` works on bot
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 __all__ = [
@@ -117,6 +118,17 @@ class JobFailed(VeilError):
 
 class ServerError(VeilError):
     status_code = 500
+
+    @classmethod
+    def unexpected(cls) -> ServerError:
+        """An unexpected fault, told by a random reference only: its text, or even its
+        type, could depend on a private value (privacy contract 5). The node logs the
+        whole of it under `detail["reference"]`."""
+        reference = secrets.token_hex(6)
+        return cls(
+            f"Internal error on the node (reference {reference}); its log has the details.",
+            reference=reference,
+        )
 
 
 _BY_NAME: dict[str, type[VeilError]] = {

@@ -165,11 +165,11 @@ class _FaultBarrier:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            log.exception("unhandled error")
+        except Exception:
+            error = ServerError.unexpected()
+            log.exception("unhandled error (reference %s)", error.detail["reference"])
             if started:
                 raise
-            error = ServerError(f"Internal error on the node ({type(exc).__name__}).")
             await _respond(error)(scope, receive, send)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from veil._exceptions import Conflict, VeilError
+from veil._exceptions import Conflict, ServerError, VeilError
 from veil.engine import DPTrainer, EpochInfo, StepInfo
 from veil.privacy import Cart
 from veil.server.context import NodeContext
@@ -72,11 +72,12 @@ def run_fit_job(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> No
             _finish(ctx, claim, "failed", f"{type(exc).__name__}: {exc}")
         except LeaseLost:
             raise
-        except Exception as exc:  # the job must end recorded, whatever happened
-            log.exception("fit job %s failed", claim.job_id)
-            # The text of an unexpected error could quote a value; the data scientist
-            # gets its type only, the node's log the whole of it.
-            _finish(ctx, claim, "failed", f"Internal error on the node ({type(exc).__name__}).")
+        except Exception:  # the job must end recorded, whatever happened
+            error = ServerError.unexpected()
+            log.exception(
+                "fit job %s failed (reference %s)", claim.job_id, error.detail["reference"]
+            )
+            _finish(ctx, claim, "failed", str(error))
         else:
             _finish(ctx, claim, outcome, None)
     except LeaseLost:
