@@ -10,10 +10,13 @@ A version lives in one of two places:
   lock is held while tensors are written. Files two versions old are removed after the
   commit; the previous version stays for a publish that read it.
 - a row of `model_states` (flow III steps, `encode_state` and `commit_step`): one
-  safetensors blob inserted in the step's own transaction, which also points the model
-  at it. A step is small and frequent; this way it writes and syncs no file at all, and
-  the database alone makes weights, cart and results move together. States two
-  versions old are deleted by the commit that makes a new version.
+  safetensors blob of the trainer inserted in the step's own transaction, which also
+  points the model at it and stores its cart as the rows the step changed
+  (`services.cart_changes`). A step is small and frequent; this way it writes and
+  syncs no file at all, and the database alone makes weights, cart and results move
+  together. States two versions old are deleted by the commit that makes a new
+  version. (A release that charges rows of a step's version stores its new version's
+  cart whole in its state, `save_cart_version`.)
 
 Readers (`load_trainer`, `load_cart`, `save_weights`, `save_cart_version`) look for the
 model's version in `model_states` first, then in files.
@@ -24,9 +27,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import struct
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import load as load_bytes
-from safetensors.numpy import save as save_bytes
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save_file as save_torch
@@ -44,9 +45,11 @@ from sqlalchemy.orm import Session
 
 from veil.engine import DPTrainer
 from veil.nn.spec import ModelSpec
-from veil.privacy import Cart
+from veil.privacy import Cart, SourceArrays
 from veil.server.db.base import utcnow
 from veil.server.db.tables.models import ModelRow, ModelStateRow
+from veil.server.services.cart_changes import CartChain, CartChange, load_chain, record_change
+from veil.server.storage import blobs
 from veil.server.storage.files import NodeFiles, atomic_write, link_into, sync_files
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "decode_state",
     "encode_state",
     "load_cart",
+    "load_cart_chain",
     "load_trainer",
     "prune_old_versions",
     "StagedCheckpoint",
@@ -82,25 +86,22 @@ def _flat_cart(cart: Cart) -> dict[str, np.ndarray]:
     return flat
 
 
-def encode_state(trainer: DPTrainer, cart: Cart) -> bytes:
-    """The trainer's checkpoint and the cart's per-row arrays as one safetensors blob,
-    for `commit_step`; plain arrays and JSON, no pickle."""
+def encode_state(trainer: DPTrainer) -> bytes:
+    """The trainer's checkpoint as one blob, for `commit_step` (whose cart goes to
+    `cart_changes`, as the rows the step changed)."""
     tensors, meta = trainer.checkpoint()
-    return _encode({k: t.detach().cpu().numpy() for k, t in tensors.items()}, meta, cart)
+    return blobs.pack({k: t.detach().cpu().numpy() for k, t in tensors.items()}, meta)
 
 
 def _encode(arrays: dict[str, np.ndarray], meta: dict[str, Any], cart: Cart) -> bytes:
-    blob = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
-    for name, array in _flat_cart(cart).items():
-        blob[_CART + name] = np.ascontiguousarray(array)
-    return save_bytes(blob, metadata={"veil": json.dumps(meta)})
+    flat = {_CART + name: array for name, array in _flat_cart(cart).items()}
+    return blobs.pack(arrays | flat, meta)
 
 
 def decode_state(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(the trainer's arrays, and the cart's under `cart.`; the trainer's meta)."""
-    (header_size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + header_size])
-    return load_bytes(data), json.loads(header.get("__metadata__", {}).get("veil", "{}"))
+    """(the trainer's arrays, and the cart's under `cart.` if it holds it; the trainer's
+    meta)."""
+    return blobs.unpack(data)
 
 
 def _trainer_part(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -138,12 +139,19 @@ _FORGET = delete(_states).where(
 
 
 def commit_step(
-    session: Session, *, owner_id: str, model_id: str, version: int, data: bytes, cart: Cart
+    session: Session,
+    *,
+    owner_id: str,
+    model_id: str,
+    version: int,
+    data: bytes,
+    cart: Cart,
+    change: CartChange,
 ) -> bool:
-    """Make `data` (from `encode_state`, with `cart`) version+1 of the model, one step
-    more, if its row is still at `version`, owned by `owner_id` and idle; False, with
-    nothing written, if not. One conditional UPDATE checks and locks the row; the
-    caller commits."""
+    """Make `data` (from `encode_state`) with `cart` (stored as `change`) version+1 of
+    the model, one step more, if its row is still at `version`, owned by `owner_id` and
+    idle; False, with nothing written, if not. One conditional UPDATE checks and locks
+    the row; the caller commits."""
     pointer = _pointer(version + 1, cart)
     moved = session.connection().execute(
         _STEP,
@@ -162,25 +170,46 @@ def commit_step(
     session.connection().execute(
         _INSERT_STATE, {"model_id": model_id, "version": version + 1, "data": data}
     )
+    record_change(session, model_id=model_id, change=change)
     _forget_states(session, model_id, version + 1)
     return True
 
 
 def load_cart(session: Session, files: NodeFiles, model: ModelRow) -> Cart:
-    cart = Cart()
-    arrays: dict[str, dict[str, np.ndarray]] = {}
+    """The cart of the model's current version."""
+    return load_cart_chain(session, files, model)[0]
+
+
+def load_cart_chain(
+    session: Session, files: NodeFiles, model: ModelRow
+) -> tuple[Cart, CartChain | None]:
+    """The cart of the model's current version, and its chain in `cart_changes` when a
+    step made that version (None when the cart is kept whole in a state or files)."""
+    cart, chain = Cart(), None
+    arrays: Mapping[str, SourceArrays] = {}
     if model.cart_state["sources"]:
-        state = _state(session, model)
-        if state is not None:
-            parts, _ = decode_state(state.data)
-            stored = {k[len(_CART) :]: a for k, a in parts.items() if k.startswith(_CART)}
+        found = load_chain(session, model_id=model.id, version=model.version)
+        if found is not None:
+            arrays, chain = found
         else:
-            with np.load(files.cart_arrays(model.id, model.version), allow_pickle=False) as npz:
-                stored = {name: npz[name] for name in npz.files}
-        for index, key in enumerate(sorted(model.cart_state["sources"])):
-            arrays[key] = {"rho": stored[f"rho_{index}"], "pool": stored[f"pool_{index}"]}
+            arrays = _whole_cart(session, files, model)
     cart.load_state_dict(model.cart_state, arrays)
-    return cart
+    return cart, chain
+
+
+def _whole_cart(session: Session, files: NodeFiles, model: ModelRow) -> dict[str, SourceArrays]:
+    """The cart's arrays kept whole with the version: in its state, or in its files."""
+    state = _state(session, model)
+    if state is not None:
+        parts, _ = decode_state(state.data)
+        stored = {k[len(_CART) :]: a for k, a in parts.items() if k.startswith(_CART)}
+    else:
+        with np.load(files.cart_arrays(model.id, model.version), allow_pickle=False) as npz:
+            stored = {name: npz[name] for name in npz.files}
+    return {
+        key: {"rho": stored[f"rho_{index}"], "pool": stored[f"pool_{index}"]}
+        for index, key in enumerate(sorted(model.cart_state["sources"]))
+    }
 
 
 def save_cart_arrays(path: Path, cart: Cart, *, sync: bool = True) -> None:

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from veil.engine import DPTrainer
 from veil.privacy import Cart
 from veil.server.db.tables.models import ModelRow
-from veil.server.services.checkpoints import load_cart, load_trainer
+from veil.server.services.cart_changes import CartChain
+from veil.server.services.checkpoints import load_cart_chain, load_trainer
 from veil.server.storage.files import NodeFiles
 
 __all__ = ["LiveModel", "LiveModels"]
@@ -30,6 +31,7 @@ class LiveModel:
     version: int
     trainer: DPTrainer
     cart: Cart
+    chain: CartChain | None = None  # where a step keeps this version's cart, if one made it
 
 
 class LiveModels:
@@ -60,10 +62,12 @@ class LiveModels:
         live = self.cached(model.id, model.version)
         if live is not None:
             return live
+        cart, chain = load_cart_chain(session, self._files, model)
         live = LiveModel(
             version=model.version,
             trainer=load_trainer(session, self._files, model, device=self._device),
-            cart=load_cart(session, self._files, model),
+            cart=cart,
+            chain=chain,
         )
         self.put(model.id, live)
         return live

@@ -13,9 +13,9 @@ on. If it is not (a fit started, another node process stepped it), nothing is ke
 charged and the caller gets a Conflict to retry.
 
 What a step stores, and how durably. The step's checkpoint (weights, optimizer and
-generator state, the cart with the batch's rows counted) and its two private objects
-are written in that one transaction, as rows (`checkpoints.commit_step`), with no
-file. So the model's weights, its cart and its step count move together or not at
+generator state; the cart with the batch's rows counted, as the rows it changed,
+`services.cart_changes`) and its two private objects are written in that one
+transaction, as rows (`checkpoints.commit_step`), with no file. So the model's weights, its cart and its step count move together or not at
 all, whatever kills the node: a restart never finds a step the cart did not count,
 nor a count without its step. The commit returns before it is on disk
 (`write_session(durable=False)`), which saves a disk flush per step, the bulk of what
@@ -63,6 +63,7 @@ from veil.server.context import NodeContext
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
+from veil.server.services.cart_changes import cart_change
 from veil.server.services.checkpoints import commit_step, encode_state, prune_old_versions
 from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
 from veil.server.services.failpoints import failpoint
@@ -190,7 +191,7 @@ def step(
                     np.asarray(x[train]), np.asarray(y[train]), subjects=units.subjects_of(train)
                 )
             )
-            units.charge_rows(cart, pair.key, train, sigma=spec.noise_multiplier)
+            changed = units.charge_rows(cart, pair.key, train, sigma=spec.noise_multiplier)
             rows, metrics, preds = train, result.metrics, result.preds
             if len(held_out):
                 rows = held_out
@@ -212,7 +213,10 @@ def step(
                 bound=prediction_bound(spec),
                 **common,
             )
-            state = encode_state(live.trainer, cart)
+            state = encode_state(live.trainer)
+            change = cart_change(
+                cart, version=live.version + 1, changed={pair.key: changed}, chain=live.chain
+            )
             with ctx.db.write_session(durable=False) as session:
                 if not commit_step(
                     session,
@@ -221,6 +225,7 @@ def step(
                     version=live.version,
                     data=state,
                     cart=cart,
+                    change=change,
                 ):
                     _why_not(session, user=user, model_id=model_id, version=live.version)
                 owned = {"owner_id": user.id, "model_id": model_id}
@@ -229,7 +234,8 @@ def step(
                 session.commit()
             failpoint("step.after_commit")
         version = live.version + 1
-        ctx.live.put(model_id, LiveModel(version=version, trainer=live.trainer, cart=cart))
+        live = LiveModel(version=version, trainer=live.trainer, cart=cart, chain=change.chain)
+        ctx.live.put(model_id, live)
         if ctx.files.weights(model_id, version - 2).exists():
             prune_old_versions(ctx.files, model_id, version)  # files from before its steps
         return rows_out

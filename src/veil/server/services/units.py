@@ -49,14 +49,18 @@ class Units:
         """The subjects of `rows` (private), or None when each row is its own."""
         return None if self.ranks is None else np.asarray(self.ranks[rows], dtype=np.int64)
 
-    def charge_rows(self, cart: Cart, key: str, rows: np.ndarray, *, sigma: float) -> None:
+    def charge_rows(
+        self, cart: Cart, key: str, rows: np.ndarray, *, sigma: float
+    ) -> np.ndarray | None:
         """Charge one Gaussian release over the chosen `rows`: to those rows, or, by
-        subject, to every subject (which ones hold the rows is private)."""
+        subject, to every subject (which ones hold the rows is private). Returns the
+        cart's rows it changed: `rows`, or None for all of them."""
         cart.ensure_source(key, self.n)
         if self.by_subject:
             cart.add_gaussian_all(key, sigma=sigma)
-        else:
-            cart.add_gaussian_rows(key, rows, sigma=sigma)
+            return None
+        cart.add_gaussian_rows(key, rows, sigma=sigma)
+        return rows
 
 
 _UNITS = select(DatasetRow.n_subjects, DatasetRow.subject_asset).where(

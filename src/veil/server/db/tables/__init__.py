@@ -4,6 +4,7 @@ from veil.server.db.tables.accounts import NodeRow, TokenRow, UserRow
 from veil.server.db.tables.datasets import AssetRow, AssetViewRow, DatasetRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
 from veil.server.db.tables.models import (
+    CartChangeRow,
     DraftRow,
     JobEpochRow,
     JobRow,
@@ -15,6 +16,7 @@ from veil.server.db.tables.models import (
 __all__ = [
     "AssetRow",
     "AssetViewRow",
+    "CartChangeRow",
     "DatasetRow",
     "DraftRow",
     "JobEpochRow",

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from veil.server.db.base import Base, IdColumn, TimestampColumn
 
 __all__ = [
+    "CartChangeRow",
     "DraftRow",
     "JobEpochRow",
     "JobRow",
@@ -81,6 +82,21 @@ class ModelStateRow(Base):
         ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
     )
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class CartChangeRow(Base):
+    """The cart of a version a flow III step made, as the rows it changed (`full` is
+    False) or whole (`full`); `services.cart_changes` says how a version's cart is read
+    back from the newest full row before it. Written in the step's own transaction."""
+
+    __tablename__ = "cart_changes"
+
+    model_id: Mapped[str] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    full: Mapped[bool] = mapped_column(Boolean, nullable=False)
     data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
 
 
