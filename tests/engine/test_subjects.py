@@ -153,7 +153,6 @@ def _index() -> SubjectIndex:
 def test_gather_takes_every_row_of_the_chosen_subjects() -> None:
     rng = np.random.default_rng(0)
     batch = _index().gather(np.array([1, 3]), rows_per_subject=None, uniform=rng.random)
-    assert batch.count == 2
     assert sorted(batch.rows.tolist()) == [10, 11, 12, 13, 14, 18]
     assert batch.groups.tolist() == [0] * 6 and batch.real.all()
 
@@ -177,3 +176,44 @@ def test_gather_picks_a_subjects_rows_uniformly() -> None:
             counts[int(row)] += 1
     # each of the six rows is kept with probability 2/6: 1000 of 3000 expected
     assert all(900 < c < 1100 for c in counts.values()), counts
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4])
+def test_a_subject_whose_rows_span_chunks_is_clipped_once(chunk: int) -> None:
+    """Rows go through in fixed chunks whoever owns them; a subject whose rows go on
+    into the next chunks (subject 0 over two, subject 3 over three or more) is summed
+    whole before its one clip, as with every row in one chunk."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(16, 4)).astype(np.float32) * 5
+    y = rng.normal(size=(16, 1)).astype(np.float32) * 50  # every gradient far above the clip
+    subjects = np.array([9, 9, 9, 9, 9, 4, 2, 2, 7, 7, 7, 7, 7, 7, 7, 1])
+
+    def weights(rows_per_chunk: int) -> np.ndarray:
+        trainer = DPTrainer(_linear_spec(4), seed=4)
+        trainer._chunk = rows_per_chunk
+        trainer.step(x, y, subjects=subjects)
+        return np.concatenate([w.ravel() for w in trainer.get_weights().values()])
+
+    np.testing.assert_allclose(weights(chunk), weights(64), rtol=1e-5, atol=1e-6)
+
+
+def test_a_steps_work_does_not_depend_on_who_owns_its_rows(monkeypatch) -> None:
+    import veil.engine._trainer as trainer_module
+
+    clipped: list[tuple[int, ...]] = []
+    original = trainer_module.clip_and_sum
+
+    def counting(grads, max_grad_norm, valid=None):  # noqa: ANN001, ANN202
+        clipped.append(tuple(g.shape[0] for g in grads.values()))
+        return original(grads, max_grad_norm, valid)
+
+    monkeypatch.setattr(trainer_module, "clip_and_sum", counting)
+    x, y, _ = _data(people=16, rows_of_first=1)
+    work = []
+    for subjects in (np.zeros(16, np.int64), np.arange(16), np.repeat(np.arange(4), 4)):
+        clipped.clear()
+        trainer = DPTrainer(_linear_spec(4), seed=1)
+        trainer._chunk = 5
+        trainer.step(x[:16], y[:16], subjects=subjects)
+        work.append(list(clipped))
+    assert work[0] == work[1] == work[2]

@@ -238,6 +238,9 @@ def test_dp_cannot_be_switched_off(mlp_spec: nn.ModelSpec, table_data) -> None:
     ):
         with pytest.raises(ValidationError, match="cannot be switched off"):
             trainer.step(x[:4], y[:4], **kwargs)
+    # Nor made so small that float32 flushes it to zero: no noise at all.
+    with pytest.raises(ValidationError, match="flushes a smaller one to zero"):
+        trainer.step(x[:4], y[:4], noise_multiplier=0.3, max_grad_norm=3.9e-38)
 
 
 def test_device_is_checked(mlp_spec: nn.ModelSpec) -> None:

@@ -26,7 +26,19 @@ from veil import SpecError, nn
         (lambda: nn.Dense(3, input_shape=(1, 28, 28)), "batch axis first as None"),
         (lambda: nn.Dense(3, input_shape=(None,)), "Received: input_shape=(None,)"),
         (lambda: nn.SGD(momentum=1.0), "SGD expects momentum"),
-        (lambda: nn.Adam(lr=0), "Adam expects lr of a finite number > 0.0. Received: lr=0"),
+        (
+            lambda: nn.Adam(lr=0),
+            "Adam expects lr of a finite number > 0.0 and <= 1000000.0. Received: lr=0",
+        ),
+        (
+            lambda: nn.SGD(lr=1e308),
+            "SGD expects lr of a finite number > 0.0 and <= 1000000.0. Received: lr=1e+308",
+        ),
+        (
+            lambda: nn.LeakyReLU(slope=1e39),
+            "LeakyReLU expects slope of a finite number >= -1000000.0 and <= 1000000.0. "
+            "Received: slope=1e+39",
+        ),
     ],
 )
 def test_arguments_are_validated_with_expected_and_received(make, message: str) -> None:

@@ -67,7 +67,10 @@ def test_defaults_when_loss_optimizer_and_bound_are_absent() -> None:
         ({"noise_multiplier": float("nan")}, "Received: noise_multiplier=nan"),
         ({"max_grad_norm": float("inf")}, "Received: max_grad_norm=inf"),
         ({"max_grad_norm": "1.0"}, "Received: max_grad_norm='1.0'"),
-        ({"loss_bound": -1.0}, "loss_bound of a finite number > 0"),
+        ({"loss_bound": -1.0}, "loss_bound of a finite number >= 1e-06"),
+        # Under float's normal range times sigma, the noise would be flushed to zero.
+        ({"loss_bound": 7e-308}, "loss_bound of a finite number >= 1e-06"),
+        ({"max_grad_norm": 3.9e-38}, "max_grad_norm of a finite number >= 1e-06"),
         ({"input_shape": [1, 28, 28]}, "batch axis first as None"),
         ({"layers": []}, "list of 1 to 256 layers"),
         ({"layers": {"0": {}}}, "list of 1 to 256 layers"),

@@ -77,6 +77,14 @@ def test_release_value_noise_has_the_stated_std() -> None:
     assert out.std == 1.0 and abs((out.value - 0.1).std() - 1.0) < 0.03
 
 
+@pytest.mark.parametrize("high", [7e-308, 1e-200, 1e-101])
+def test_a_noise_std_too_small_for_floating_point_is_refused(high: float) -> None:
+    """A bound this small would make the std a number that floating point flushes to
+    zero (or adds to nothing): a release without noise. Refused, on public numbers."""
+    with pytest.raises(ValidationError, match="too small for floating point"):
+        release_value(np.zeros(1), bound=MeanOf(high, high), sigma=0.3, noise=SecureNoise())
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -26,13 +26,12 @@ __all__ = ["SubjectBatch", "SubjectIndex", "check_rows_per_subject", "check_subj
 
 @dataclass(frozen=True)
 class SubjectBatch:
-    """The rows of some sampled subjects: `groups[i]` is row i's subject (0..count-1,
-    in sampling order) and `real[i]` False marks a padding slot."""
+    """The rows of some sampled subjects: `groups[i]` is row i's subject (0, 1, ...
+    in sampling order, so sorted) and `real[i]` False marks a padding slot."""
 
     rows: np.ndarray
     groups: np.ndarray
     real: np.ndarray
-    count: int
 
 
 def check_subjects(subjects: object, n: int) -> np.ndarray:
@@ -106,7 +105,7 @@ class SubjectIndex:
         positions = np.repeat(self._start[chosen], counts) + np.arange(groups.size) - first
         rows = self._rows[positions]
         if rows_per_subject is None:
-            return SubjectBatch(rows, groups, np.ones(rows.size, bool), int(chosen.size))
+            return SubjectBatch(rows, groups, np.ones(rows.size, bool))
         k = rows_per_subject
         order = np.lexsort((uniform(rows.size), groups))  # a random order within each subject
         rows, rank = rows[order], np.arange(groups.size) - first
@@ -119,4 +118,4 @@ class SubjectIndex:
         placed = np.argsort(slots, kind="stable")
         all_rows = np.concatenate([rows, np.repeat(filler, pad_groups.size)])[placed]
         real = np.concatenate([np.ones(rows.size, bool), np.zeros(pad_groups.size, bool)])
-        return SubjectBatch(all_rows, slots[placed], real[placed], int(chosen.size))
+        return SubjectBatch(all_rows, slots[placed], real[placed])

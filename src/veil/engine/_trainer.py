@@ -41,6 +41,9 @@ _GRAD_ELEMENTS = 1 << 26
 # to chunk (the heap stayed near 500 MB), and stepped faster (cache-sized tensors).
 _ACTIVATION_BYTES = 1 << 24
 _EVAL_BATCH = 1024
+# The least DP-SGD noise std: far over float32's normal range (1.2e-38, under which the
+# node's threads flush numbers to zero), far under what a spec allows (0.3 x 1e-6).
+_MIN_NOISE_STD = 1e-20
 
 
 def _torch_optimizer(
@@ -174,7 +177,14 @@ class DPTrainer:
                     f"Received: {name}={value!r}"
                 )
             values.append(float(value))
-        return values[0], values[1]
+        sigma, clip = values
+        if sigma * clip < _MIN_NOISE_STD:
+            raise ValidationError(
+                f"Expected a noise std noise_multiplier x max_grad_norm >= {_MIN_NOISE_STD:g}: "
+                "float32 flushes a smaller one to zero, which is no noise at all. Received: "
+                f"{sigma:g} x {clip:g}"
+            )
+        return sigma, clip
 
     # One DP-SGD update ----------------------------------------------------------------
 
@@ -184,6 +194,51 @@ class DPTrainer:
             keep = torch.full((rows, *shape), 1.0 - rate, device=self.device)
             masks.append(torch.bernoulli(keep, generator=self._dropout) / (1.0 - rate))
         return masks
+
+    def _by_subject(
+        self,
+        per_example: Callable[[slice], dict[str, torch.Tensor]],
+        rows: int,
+        valid: torch.Tensor,
+        groups: np.ndarray,
+        clip: float,
+    ) -> dict[str, torch.Tensor]:
+        """The sum over subjects of each one's rows' summed gradient, clipped.
+
+        Which rows share a subject is private, so the work must not depend on it: the
+        rows go in the same fixed chunks as without subjects, each chunk's gradients are
+        summed into `_chunk` slots by subject (counted from the chunk's first subject:
+        each row starts at most one new one), and the slots are clipped and summed, the
+        empty ones adding zero. A subject whose rows go on into the next chunk is
+        carried over into that chunk's first slot; the same operations run whether one
+        is or not. `groups` (row i's subject) must be sorted.
+        """
+        ids = torch.as_tensor(groups, device=self.device)
+        params = dict(self.module.named_parameters())
+        carry = {name: torch.zeros_like(p) for name, p in params.items()}
+        sums = {name: torch.zeros_like(p) for name, p in params.items()}
+        for start in range(0, rows, self._chunk):
+            part = slice(start, min(start + self._chunk, rows))
+            grads = per_example(part)
+            slots = {
+                name: torch.zeros((self._chunk, *p.shape), device=p.device)
+                for name, p in params.items()
+            }
+            for name in slots:
+                slots[name][0] += carry[name]
+            local = ids[part] - ids[start]
+            add_by_subject(slots, grads, finite_examples(grads, valid[part]), local)
+            last = int(local[-1])
+            going_on = float(
+                part.stop < rows and groups[min(part.stop, rows - 1)] == groups[part.stop - 1]
+            )
+            for name, slot in slots.items():
+                carry[name] = slot[last] * going_on
+                slot[last] *= 1.0 - going_on
+            clipped, _ = clip_and_sum(slots, clip, None)
+            for name in sums:
+                sums[name] += clipped[name]
+        return sums
 
     def _update(
         self,
@@ -239,22 +294,7 @@ class DPTrainer:
                 part = slice(start, start + self._chunk)
                 add(clip_and_sum(per_example(part), clip, valid[part])[0])
         else:
-            groups = torch.as_tensor(subjects.groups, device=self.device)
-            # Subjects in blocks of at most `_chunk` (their summed gradients take as much
-            # memory as a chunk's per-example ones), each block's rows in chunks.
-            edges = np.searchsorted(subjects.groups, np.arange(0, subjects.count, self._chunk))
-            edges = [*edges.tolist(), int(x.shape[0])]
-            for block, first in enumerate(range(0, subjects.count, self._chunk)):
-                size = min(self._chunk, subjects.count - first)
-                totals = {
-                    n: torch.zeros((size, *p.shape), device=p.device) for n, p in params.items()
-                }
-                for start in range(edges[block], edges[block + 1], self._chunk):
-                    part = slice(start, min(start + self._chunk, edges[block + 1]))
-                    grads = per_example(part)
-                    keep = finite_examples(grads, valid[part])
-                    add_by_subject(totals, grads, keep, groups[part] - first)
-                add(clip_and_sum(totals, clip, None)[0])
+            add(self._by_subject(per_example, x.shape[0], valid, subjects.groups, clip))
         noise = self._random.normal(self.spec.param_count, self.device) * (sigma * clip)
         offset = 0
         for name, p in self.module.named_parameters():
@@ -401,7 +441,7 @@ class DPTrainer:
             _, groups = np.unique(ranks, return_inverse=True)
             order = np.argsort(groups, kind="stable")
             x_batch, y_batch = x_batch[order], y_batch[order]
-            batch = SubjectBatch(order, groups[order], np.ones(n, bool), int(groups.max()) + 1)
+            batch = SubjectBatch(order, groups[order], np.ones(n, bool))
         losses, outputs = self._update(x_batch, y_batch, sigma, clip, float(n), batch)
         if batch is not None:  # back in the caller's row order
             back = np.argsort(batch.rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from veil.nn._config import Shape, check_float
+from veil.nn._config import Shape, check_constant
 from veil.nn._layer import ACTIVATION_FLOPS, Layer, elements
 
 __all__ = ["LeakyReLU", "ReLU", "Sigmoid", "Softmax", "Tanh"]
@@ -34,7 +34,7 @@ class LeakyReLU(_Activation):
         self, slope: float = 0.01, *, input_shape: Sequence[int | None] | None = None
     ) -> None:
         super().__init__(input_shape=input_shape)
-        self.slope = check_float(self.name, "slope", slope)
+        self.slope = check_constant(self.name, "slope", slope)
 
     def _config(self) -> dict[str, Any]:
         return {"slope": self.slope}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
-from veil.nn._config import Configurable, check_float, deserialize, serialize
+from veil.nn._config import CONSTANT_LIMIT, Configurable, check_float, deserialize, serialize
 
 __all__ = [
     "OPTIMIZERS",
@@ -26,7 +26,7 @@ class Optimizer(Configurable):
     """Base of the whitelisted optimizers."""
 
     def __init__(self, lr: float) -> None:
-        self.lr = check_float(self.name, "lr", lr, low=0.0, low_open=True)
+        self.lr = check_float(self.name, "lr", lr, low=0.0, high=CONSTANT_LIMIT, low_open=True)
 
     def get_config(self) -> dict[str, Any]:
         return {"lr": self.lr}

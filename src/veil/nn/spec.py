@@ -17,8 +17,10 @@ the optimizer is `Adamax()`, and `loss_bound` is `DEFAULT_LOSS_BOUND` (10.0, for
 loss, MeanSquaredError included). Per-example losses are clipped to [0, loss_bound]
 wherever a loss is reported, which gives a released mean loss the sensitivity
 loss_bound / n. `noise_multiplier` (in [0.3, 1000], the noise the node allows) and
-`max_grad_norm` (> 0) are required: DP-SGD cannot be switched off. `max_grad_norm` and
-`loss_bound` are at most `MAX_BOUND`.
+`max_grad_norm` are required: DP-SGD cannot be switched off. `max_grad_norm` and
+`loss_bound` are in [`MIN_BOUND`, `MAX_BOUND`]: a smaller one would make the noise std
+(sigma times it, over a batch) a number floating point cannot hold (float32 flushes
+what is under 1.2e-38 to zero), and a release without noise.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from veil.privacy.calibration import SIGMA_MAX, SIGMA_MIN
 __all__ = [
     "DEFAULT_LOSS_BOUND",
     "MAX_BOUND",
+    "MIN_BOUND",
     "MAX_LAYERS",
     "SPEC_FORMAT",
     "ModelSpec",
@@ -52,6 +55,7 @@ MAX_LAYERS = 256
 # Bounds are public numbers a release multiplies noise by: kept where float64 stays exact
 # enough and a noised value can never overflow.
 MAX_BOUND = 1e6
+MIN_BOUND = 1e-6
 
 _REQUIRED = ("format", "input_shape", "layers", "noise_multiplier", "max_grad_norm")
 _OPTIONAL = ("loss", "optimizer", "loss_bound")
@@ -169,9 +173,10 @@ class ModelSpec:
         set_(self, "layers", layers)
         noise = _in_range("noise_multiplier", self.noise_multiplier, SIGMA_MIN, SIGMA_MAX, _NO_OFF)
         set_(self, "noise_multiplier", noise)
-        clip = _in_range("max_grad_norm", self.max_grad_norm, 0.0, MAX_BOUND, _NO_OFF)
+        clip = _in_range("max_grad_norm", self.max_grad_norm, MIN_BOUND, MAX_BOUND, _NO_OFF)
         set_(self, "max_grad_norm", clip)
-        set_(self, "loss_bound", _in_range("loss_bound", self.loss_bound, 0.0, MAX_BOUND))
+        bound = _in_range("loss_bound", self.loss_bound, MIN_BOUND, MAX_BOUND)
+        set_(self, "loss_bound", bound)
         set_(self, "shapes", tuple(shapes))
         set_(self, "param_count", params)
         set_(self, "flops_per_example", flops)

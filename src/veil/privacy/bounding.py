@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from veil._exceptions import ValidationError
-from veil.privacy.noise import SecureNoise, snap
+from veil.privacy.noise import MIN_STD, SecureNoise, snap
 
 __all__ = [
     "Bound",
@@ -240,6 +240,11 @@ def release_value(
         raise ValidationError(
             f"The noise std sigma x sensitivity = {sigma} x {sensitivity} is not a finite "
             "number; ask for less noise."
+        )
+    if std < MIN_STD:
+        raise ValidationError(
+            f"The noise std sigma x sensitivity = {sigma} x {sensitivity} is under {MIN_STD:g}, "
+            "too small for floating point to add; ask for more noise or a larger bound."
         )
     noised = snap(aggregate + noise.gaussian(aggregate.shape, std), std)
     return Released(value=noised, std=std, sensitivity=sensitivity)

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from veil._exceptions import ValidationError
 
 __all__ = [
+    "MIN_STD",
     "SNAP_BITS",
     "SUMMANDS",
     "SecureNoise",
@@ -42,6 +43,10 @@ SUMMANDS = 4
 _U53 = np.uint64((1 << 53) - 1)
 # Released values are rounded to a grid 2^SNAP_BITS times finer than their noise std.
 SNAP_BITS = 20
+# The least noise std a release takes. Far under any std public bounds give (a bound
+# >= 1e-6 over at most 2^53 rows, times sigma >= 0.3), and far over float64's normal
+# range, so neither the noise nor the snapping grid is ever flushed to zero.
+MIN_STD = 1e-100
 
 
 def words_for_normals(count: int) -> int:

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from veil import __version__
 from veil.server.api.errors import install_error_handlers, truthful_openapi
-from veil.server.api.limits import BodyLimit
+from veil.server.api.limits import BodyLimit, NoNulInUrl
 from veil.server.api.router import api_router
 from veil.server.context import NodeContext
 from veil.server.services.node import bootstrap
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.node = ctx
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(NoNulInUrl)
     app.include_router(api_router)
     install_dashboard(app)
     app.openapi = truthful_openapi(app)  # type: ignore[method-assign]

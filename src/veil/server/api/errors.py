@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -120,6 +121,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             return _respond(error, {"Allow": ", ".join(_allowed_methods(request))})
         return _respond(error, exc.headers)
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_: Request, exc: DataError) -> JSONResponse:
+        # What a check before the database missed: its text may quote the value.
+        log.warning("the database refused a value: %s", exc.orig)
+        return _respond(
+            ValidationError(
+                "Invalid input: a value the database cannot store (a NUL character in "
+                "text, or a number outside its column's range)."
+            )
+        )
 
     app.add_middleware(_FaultBarrier)
 

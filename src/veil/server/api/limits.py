@@ -15,9 +15,9 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from veil._exceptions import RequestTooLarge
+from veil._exceptions import RequestTooLarge, ValidationError
 
-__all__ = ["BodyLimit"]
+__all__ = ["BodyLimit", "NoNulInUrl"]
 
 _UPLOAD_PART = re.compile(r"^/api/v1/datasets/uploads/[^/]+/[^/]+/[^/]+$")
 
@@ -61,3 +61,24 @@ class BodyLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class NoNulInUrl:
+    """Refuse a path or query with a NUL character (`%00`): no id or name holds one,
+    and PostgreSQL cannot even compare one, so it is refused the same on every
+    database, before any route reads it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"")
+        ):
+            error = ValidationError(
+                "Invalid request: the URL holds a NUL character (%00), which no id, name "
+                f"or parameter does. Received: {scope['path']!r}"
+            )
+            await JSONResponse(error.to_body(), status_code=422)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, model_validator
 
 from veil.server.db.base import as_utc
 
@@ -44,6 +44,27 @@ class Strict(BaseModel):
     type (`false` for a budget, `"3"` or `2.0` for a count)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> Strict:
+        """Nor text with a NUL character, which no name, id or address holds (and which
+        PostgreSQL cannot store)."""
+        for name, value in self:
+            if _holds_nul(value):
+                raise ValueError(f"{name} may not hold a NUL character (\\u0000)")
+        return self
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(v) for v in value)
+    if isinstance(value, BaseModel):
+        return any(_holds_nul(v) for _, v in value)
+    return False
 
 
 class UserOut(BaseModel):

@@ -71,7 +71,7 @@ def find_releases(
         query = query.where(ReleaseRow.model_id == filters.model_id)
     if filters.since is not None:
         query = query.where(ReleaseRow.created_at >= datetime.combine(filters.since, time(), UTC))
-    if filters.until is not None:
+    if filters.until is not None and filters.until < date.max:  # date.max: no end
         end = datetime.combine(filters.until + timedelta(days=1), time(), UTC)
         query = query.where(ReleaseRow.created_at < end)
     query = query.order_by(ReleaseRow.created_at.desc(), ReleaseRow.id.desc()).limit(limit)

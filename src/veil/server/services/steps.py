@@ -15,9 +15,10 @@ charged and the caller gets a Conflict to retry.
 What a step stores, and how durably. The step's checkpoint (weights, optimizer and
 generator state; the cart with the batch's rows counted, as the rows it changed,
 `services.cart_changes`) and its two private objects are written in that one
-transaction, as rows (`checkpoints.commit_step`), with no file. So the model's weights, its cart and its step count move together or not at
-all, whatever kills the node: a restart never finds a step the cart did not count,
-nor a count without its step. The commit returns before it is on disk
+transaction, as rows (`checkpoints.commit_step`), with no file. So the model's
+weights, its cart and its step count move together or not at all, whatever kills the
+node: a restart never finds a step the cart did not count, nor a count without its
+step. The commit returns before it is on disk
 (`write_session(durable=False)`), which saves a disk flush per step, the bulk of what
 a step cost over the engine's own work. What that gives up, and why nothing depends on
 it:
