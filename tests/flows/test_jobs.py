@@ -232,6 +232,10 @@ def test_a_failed_step_keeps_no_uncounted_training(sqlite_node, monkeypatch) -> 
     # Told by a random reference only: not the error's text nor its type.
     assert "disk" not in str(failed.value) and "OSError" not in str(failed.value)
     assert failed.value.detail["reference"] in str(failed.value)
+    # The step charged the model's cart in memory: the failure forgot the whole model,
+    # so the next step reloads the stored cart rather than count this batch twice.
+    version = model_ptr.refresh()._info["version"]
+    assert sqlite_node.ctx.live.cached(model_ptr.id, version) is None
     monkeypatch.undo()
     after = model_ptr.weights().publish()
     assert after.cost == 0.0  # nothing new was trained as far as the node knows

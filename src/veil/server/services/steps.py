@@ -183,9 +183,9 @@ def step(
         train, held_out = _split_batch(pair.rows, validation_split, batch_size)
         x, y = pair.x.array, pair.y.array
         units = pair.units
-        cart = live.cart.copy()
-        # From here the in-memory weights move ahead of the stored cart: if anything
-        # fails before the commit, forget them so no uncounted step is ever kept.
+        cart = live.cart  # charged in place (a copy would cost O(rows of the dataset))
+        # From here the in-memory weights and cart move ahead of the stored ones: if
+        # anything fails before the commit, forget them so no uncounted step is kept.
         with ctx.live.evicted_on_error(model_id):
             result = ctx.compute.run(
                 lambda: live.trainer.step(
