@@ -217,3 +217,36 @@ def test_a_steps_work_does_not_depend_on_who_owns_its_rows(monkeypatch) -> None:
         trainer.step(x[:16], y[:16], subjects=subjects)
         work.append(list(clipped))
     assert work[0] == work[1] == work[2]
+
+
+def test_validation_by_subject_evaluates_k_slots_per_held_out_subject(monkeypatch) -> None:
+    """How many validation rows the held-out people own is private: with
+    rows_per_subject k, validation evaluates k slots for each, padded or sampled."""
+    evaluated: list[int] = []
+    original = DPTrainer._evaluate
+
+    def counting(self, x, y, rows):  # noqa: ANN001, ANN202
+        evaluated.append(len(rows))
+        return original(self, x, y, rows)
+
+    monkeypatch.setattr(DPTrainer, "_evaluate", counting)
+    x, y, _ = _data(people=12, rows_of_first=1)
+    train, val = np.arange(8), np.arange(8, 12)
+    kept = []
+    for val_subjects_rows in ([20, 20, 20, 20], [20, 21, 22, 23]):  # one person, or four
+        subjects = np.concatenate([np.arange(8), val_subjects_rows]).astype(np.int64)
+        trainer = DPTrainer(_linear_spec(4), seed=0)
+        result = trainer.fit(
+            x[:12],
+            y[:12],
+            train_rows=train,
+            val_rows=val,
+            epochs=1,
+            batch_size=4,
+            subjects=subjects,
+            rows_per_subject=2,
+            val_subjects=np.array([20, 21, 22, 23]),
+        )
+        kept.append(result.history[-1].validation_rows)
+    assert evaluated == [8, 8]  # 4 held-out subjects x 2 slots, whoever owns the rows
+    assert len(kept[0]) == 2 and len(kept[1]) == 4  # the real slots, for the release

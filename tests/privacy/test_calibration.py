@@ -144,6 +144,30 @@ def test_calibrate_fit_meets_the_target_with_the_least_noise() -> None:
     assert less_noise.epsilon_added > 1.0
 
 
+def test_calibrate_fit_prices_validation_rows_that_cost_something_already() -> None:
+    """Held-out rows pooled by an earlier fit: its validation releases add to their own
+    cost, so a target calibrated without them is missed; with them, it holds."""
+    from veil.privacy import dominated_gaussian_sigma, poisson_gaussian
+
+    cart = Cart()
+    cart.ensure_source("d", N)
+    cart.mark_pool("d", np.arange(N))  # every row, the held-out ones too
+    cart.add_sampled("d", q=0.1, sigma=1.0, steps=30)
+    plan = _plan(epochs=1)
+    steps = math.ceil(900 / 64)
+
+    def val_sigma_of(sigma: float) -> float:
+        return dominated_gaussian_sigma(poisson_gaussian(64 / 900, sigma, steps), count=2)
+
+    blind = calibrate_fit(cart, "d", target_epsilon=0.5, **_plan(epochs=1, val_rows=None))
+    missed = quote_fit(cart, "d", sigma=blind.sigma, val_sigma=val_sigma_of(blind.sigma), **plan)
+    assert missed.epsilon_added > 0.5  # what fits.plan_fit once ran
+    quote = calibrate_fit(cart, "d", target_epsilon=0.5, val_sigma_of=val_sigma_of, **plan)
+    assert quote.epsilon_added <= 0.5
+    run = quote_fit(cart, "d", sigma=quote.sigma, val_sigma=val_sigma_of(quote.sigma), **plan)
+    assert run.epsilon_added == pytest.approx(quote.epsilon_added)
+
+
 def test_dominated_gaussian_sigma_stays_under_the_curve_at_every_order() -> None:
     from veil.privacy import dominated_gaussian_sigma, gaussian, poisson_gaussian
 

@@ -60,10 +60,13 @@ class RowMetrics:
 
 @dataclass(frozen=True)
 class EpochInfo:
-    """After each full epoch: raw per-row validation metrics (None without val rows)."""
+    """After each full epoch: raw per-row validation metrics (None without val rows),
+    and the rows they are of (`val_rows`, or by subject with `rows_per_subject`, the
+    rows validation took of each held-out subject)."""
 
     epoch: int
     validation: RowMetrics | None
+    validation_rows: np.ndarray | None = None
 
     @property
     def val_loss(self) -> float | None:

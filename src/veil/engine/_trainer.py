@@ -329,6 +329,7 @@ class DPTrainer:
         subjects: np.ndarray | None = None,
         train_subjects: np.ndarray | None = None,
         rows_per_subject: int | None = None,
+        val_subjects: np.ndarray | None = None,
     ) -> FitResult:
         """DP-SGD with Poisson sampling over `train_rows` of x, y (memmaps welcome).
 
@@ -355,6 +356,9 @@ class DPTrainer:
         sampled subject's training rows (at most `rows_per_subject` of them, at random),
         clips the subject's summed gradient to max_grad_norm and divides by the expected
         number of subjects; an epoch is ceil(len(train_subjects) / batch_size) steps.
+        With `rows_per_subject` k, validation takes k random rows of each subject of
+        `val_subjects` (by default those owning a validation row), padded to exactly k,
+        so that its work is public too: len(val_subjects) x k rows evaluated.
         """
         sigma, clip = self._dp(noise_multiplier, max_grad_norm)
         epochs = _positive_int("epochs", epochs)
@@ -371,13 +375,17 @@ class DPTrainer:
                 "Expected val_rows disjoint from train_rows. Received: rows in both"
             )
         k = check_rows_per_subject(rows_per_subject)
-        by_subject = None
+        by_subject = held_out = None
         if subjects is not None:
             ranks = np.asarray(check_subjects(subjects, n)[train])
             pool = np.unique(ranks) if train_subjects is None else train_subjects
             by_subject = SubjectIndex(train, ranks, pool)
             if len(by_subject) == 0:
                 raise ValidationError("Expected at least one training subject. Received: none")
+            if k is not None:
+                val_ranks = np.asarray(subjects[val])
+                val_pool = np.unique(val_ranks) if val_subjects is None else val_subjects
+                held_out = SubjectIndex(val, val_ranks, val_pool)
         units = len(train) if by_subject is None else len(by_subject)
         q = sampling_rate(units, batch_size)
         per_epoch = steps_per_epoch(units, batch_size)
@@ -408,7 +416,11 @@ class DPTrainer:
             if stopped:
                 break
             validate = val.size > 0 or (subjects is not None and val_rows is not None)
-            info = EpochInfo(epoch, self._evaluate(x, y, val) if validate else None)
+            info = (
+                self._validation(epoch, x, y, val, held_out, k)
+                if validate
+                else EpochInfo(epoch, None)
+            )
             history.append(info)
             if on_epoch is not None:
                 on_epoch(info)
@@ -416,6 +428,31 @@ class DPTrainer:
                 stopped = True
                 break
         return FitResult(done, total, len(history), stopped, q, per_epoch, tuple(history))
+
+    def _validation(
+        self,
+        epoch: int,
+        x: np.ndarray,
+        y: np.ndarray,
+        val: np.ndarray,
+        held_out: SubjectIndex | None,
+        k: int | None,
+    ) -> EpochInfo:
+        """An epoch's validation metrics: of the `val` rows, or with `held_out` (by
+        subject, `rows_per_subject` k), of k padded slots per held-out subject, of which
+        only the real ones are kept: the rows evaluated are a public count."""
+        if held_out is None or k is None:
+            return EpochInfo(epoch, self._evaluate(x, y, val), val)
+        slots = held_out.gather(
+            np.arange(len(held_out)), rows_per_subject=k, uniform=self._random.uniform
+        )
+        metrics, real = self._evaluate(x, y, slots.rows), slots.real
+        kept = RowMetrics(
+            losses=metrics.losses[real],
+            correct=None if metrics.correct is None else metrics.correct[real],
+            loss_bound=metrics.loss_bound,
+        )
+        return EpochInfo(epoch, kept, slots.rows[real])
 
     def step(
         self,

@@ -217,11 +217,13 @@ def calibrate_fit(
     val_releases_per_epoch: int = 2,
     delta: float,
     base: RdpCurve | None = None,
+    val_sigma_of: Callable[[float], float] | None = None,
 ) -> Quote:
     """The quote of the least-noise fit adding at most `target_epsilon` to `cart`.
 
-    Validation releases use the same sigma. The cart's rows are scanned once, not
-    once per trial sigma.
+    Validation releases on `val_rows` use `val_sigma_of(sigma)` (by default the same
+    sigma), priced at every trial sigma with what those rows already cost in the cart:
+    the fit as it will run. The cart's rows are scanned once, not once per trial sigma.
     """
     plan = _plan_fit(
         cart,
@@ -235,8 +237,11 @@ def calibrate_fit(
         delta=delta,
         base=base,
     )
-    sigma = calibrate_sigma(target_epsilon, lambda s: plan.quote(s).epsilon_added)
-    return plan.quote(sigma)
+
+    def quote(sigma: float) -> Quote:
+        return plan.quote(sigma, None if val_sigma_of is None else val_sigma_of(sigma))
+
+    return quote(calibrate_sigma(target_epsilon, lambda s: quote(s).epsilon_added))
 
 
 def dominated_gaussian_sigma(curve: RdpCurve, *, count: int) -> float:

@@ -193,7 +193,8 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
         plan.pair.x.array,
         plan.pair.y.array,
         train_rows=plan.train_rows,
-        # Whether to validate is public (held-out units), never how many rows they own.
+        # Whether to validate is public (held-out units); by subject with
+        # rows_per_subject, so is how many rows validation evaluates.
         val_rows=plan.val_rows if len(plan.val_units) else None,
         epochs=p["max_iter"],
         batch_size=p["batch_size"],
@@ -205,6 +206,7 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
         subjects=units.ranks,
         train_subjects=plan.train_units if units.by_subject else None,
         rows_per_subject=plan.rows_per_subject,
+        val_subjects=plan.val_units if units.by_subject else None,
     )
     if lease.lost.is_set():
         raise LeaseLost(lease.claim.job_id)
@@ -258,6 +260,7 @@ def _record_epoch(
             model=model,
             cart=run.cart,
             metrics=epoch.validation,
+            rows=epoch.validation_rows,
             params=run.params,
             plan=run.plan,
             delta=run.delta,

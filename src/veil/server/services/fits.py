@@ -164,26 +164,30 @@ def plan_fit(
         # figures say what the fit adds to the epsilon spent.
         base=spent - RdpCurve.from_list(model.charged_curve),
     )
+    q = batch_size / len(train_units)
+
+    def val_sigma_of(sigma: float) -> float:
+        # Each validation release no costlier than training, per row: held-out rows that
+        # cost nothing yet add nothing beside the pool (parallel composition); rows that
+        # were pooled or released before add to their own cost, which the quote counts.
+        training = poisson_gaussian(q, sigma, steps)
+        return dominated_gaussian_sigma(training, count=VAL_RELEASES_PER_EPOCH * max_iter)
+
+    val_rows = val_units if len(val_units) else None
+    rule = val_sigma_of if val_rows is not None else None
     if target_epsilon is None:
         sigma = spec.noise_multiplier
-    else:  # validation rows are priced under the training rows, so they do not move sigma
+    else:  # priced as the fit will run: with its validation releases on their rows
         sigma = calibrate_fit(
-            cart, pair.key, target_epsilon=target_epsilon, val_rows=None, **common
+            cart,
+            pair.key,
+            target_epsilon=target_epsilon,
+            val_rows=val_rows,
+            val_sigma_of=rule,
+            **common,
         ).sigma
-    q = batch_size / len(train_units)
-    val_sigma = None
-    if len(val_units):
-        val_sigma = dominated_gaussian_sigma(
-            poisson_gaussian(q, sigma, steps), count=VAL_RELEASES_PER_EPOCH * max_iter
-        )
-    quote = quote_fit(
-        cart,
-        pair.key,
-        sigma=sigma,
-        val_sigma=val_sigma,
-        val_rows=val_units if len(val_units) else None,
-        **common,
-    )
+    val_sigma = None if rule is None else rule(sigma)
+    quote = quote_fit(cart, pair.key, sigma=sigma, val_sigma=val_sigma, val_rows=val_rows, **common)
     params = {
         "x": x_id,
         "y": y_id,
@@ -426,6 +430,7 @@ def release_validation(
     model: ModelRow,
     cart: Cart,
     metrics: RowMetrics,
+    rows: np.ndarray | None,
     params: dict[str, Any],
     plan: FitRows,
     delta: float,
@@ -433,15 +438,17 @@ def release_validation(
 ) -> tuple[dict[str, Any], Cart]:
     """Release one epoch's validation loss and accuracy, or withhold them.
 
-    `cart` is the model's cart as just checkpointed. The metrics are released at the
-    fit's `val_sigma`, which keeps the held-out rows' cost under the training rows'
-    (so validating adds nothing to the model's cost); if the budget cannot pay for the
+    `metrics` are of `rows` (the plan's validation rows, or some of each held-out
+    subject's); `cart` is the model's cart as just checkpointed. The metrics are
+    released at the fit's `val_sigma`, which keeps each release's cost per held-out row
+    under the training rows' (held-out rows that cost nothing before add nothing to the
+    model's cost; the quote counts those that did); if the budget cannot pay for the
     model's cart, they are withheld and training goes on. Returns the progress entry
     and the model's cart after it.
     """
     pair, units = plan.pair, plan.pair.units
     if units.by_subject:  # one value per held-out subject: the mean of its rows
-        ranks = units.subjects_of(plan.val_rows)
+        ranks = units.subjects_of(plan.val_rows if rows is None else rows)
         assert ranks is not None
         metrics = per_subject(metrics, ranks, plan.val_units)
     queries = metric_queries(
