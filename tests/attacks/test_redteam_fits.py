@@ -1,8 +1,7 @@
 """Red-team round two: what a data scientist can reach through `fit` (progress, long
 polls, failures, quotes, validation, cancel), DP statistics, the dashboard, publishing
 and the ledger. Each test is an attack run against a real node with the public client
-(or raw HTTP with its token or cookie); passing tests document what the node resists,
-`xfail(strict=True)` tests document defects found."""
+(or raw HTTP with its token or cookie) that the node must resist."""
 
 from __future__ import annotations
 

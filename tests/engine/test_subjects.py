@@ -178,6 +178,26 @@ def test_gather_picks_a_subjects_rows_uniformly() -> None:
     assert all(900 < c < 1100 for c in counts.values()), counts
 
 
+def test_gather_draws_k_per_subject_whatever_they_own() -> None:
+    """With rows_per_subject, gathering a subject of a million rows is the same work as
+    one of a single row: k uniforms each, k distinct rows (or all, padded)."""
+    rows = np.arange(1_000_001)
+    subjects = np.concatenate([np.zeros(1_000_000, np.int64), [1]])
+    index = SubjectIndex(rows, subjects, pool=np.array([0, 1]))
+    drawn: list[int] = []
+
+    def uniform(n: int) -> np.ndarray:
+        drawn.append(n)
+        return np.random.default_rng(len(drawn)).random(n)
+
+    for chosen in ([0], [1], [0, 1]):
+        batch = index.gather(np.array(chosen), rows_per_subject=5, uniform=uniform)
+        assert batch.rows.size == 5 * len(chosen)
+        heavy = batch.rows[batch.groups == 0] if 0 in chosen else np.array([])
+        assert len(set(heavy.tolist())) == heavy.size  # distinct rows of the big subject
+    assert drawn == [5, 5, 10]
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 4])
 def test_a_subject_whose_rows_span_chunks_is_clipped_once(chunk: int) -> None:
     """Rows go through in fixed chunks whoever owns them; a subject whose rows go on

@@ -8,6 +8,8 @@ private), and the releases.
 
 from __future__ import annotations
 
+import math
+
 import dp_accounting
 import numpy as np
 import pytest
@@ -185,6 +187,26 @@ def test_rows_per_subject_is_for_datasets_of_people(node, admin, ds) -> None:
         model_ptr.quote(visits["x"], visits["y"], max_iter=1, batch_size=31)
     final = model_ptr.fit(visits["x"], visits["y"], max_iter=1, batch_size=5, rows_per_subject=2)
     assert final["status"] == "done" and final["step"] == 6
+
+
+def test_a_fit_by_subject_takes_k_rows_of_each_person_by_default(node, admin, ds, monkeypatch):
+    """All of each person's rows would make a step's work follow how many rows the
+    people it drew own: by default k is the dataset's rows per person, rounded up."""
+    from veil.engine._subjects import SubjectIndex
+
+    data = _upload(admin)
+    taken: list[int | None] = []
+    original = SubjectIndex.gather
+
+    def recording(self, chosen, *, rows_per_subject, uniform):  # noqa: ANN001, ANN202
+        taken.append(rows_per_subject)
+        return original(self, chosen, rows_per_subject=rows_per_subject, uniform=uniform)
+
+    monkeypatch.setattr(SubjectIndex, "gather", recording)
+    visits = ds.datasets["Visits"]
+    final = _mlp().compile(to=ds).fit(visits["x"], visits["y"], max_iter=1, batch_size=5)
+    assert final["status"] == "done"
+    assert set(taken) == {math.ceil(len(data["person"]) / PEOPLE)}
 
 
 def test_a_fit_does_not_say_whose_rows_a_slice_holds(node, admin, ds) -> None:

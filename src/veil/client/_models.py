@@ -118,7 +118,8 @@ class ModelPointer:
         On a dataset whose privacy unit is the data subject (`dataset.unit`), the steps
         sample subjects: `batch_size` is the expected number of subjects per step,
         `validation_split` holds out the last fraction of the subjects, and
-        `rows_per_subject` caps how many of a subject's rows one step takes.
+        `rows_per_subject` is how many of a subject's rows one step takes (at random,
+        padded where it owns fewer; by default the dataset's rows per subject).
         """
         body = self._fit_body(
             x_ptr,

@@ -97,25 +97,43 @@ class SubjectIndex:
     ) -> SubjectBatch:
         """The rows of the pool subjects at positions `chosen`; with `rows_per_subject`
         k, k random rows of each (all of a subject's rows when it has k or fewer),
-        padded to exactly k slots per subject."""
+        padded to exactly k slots per subject. With k, the work is the same whatever
+        the subjects own: k uniforms and k slots per subject, and no subject's other
+        rows are read."""
         chosen = np.asarray(chosen, np.int64)
-        counts = self._stop[chosen] - self._start[chosen]
-        groups = np.repeat(np.arange(chosen.size), counts)
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        positions = np.repeat(self._start[chosen], counts) + np.arange(groups.size) - first
-        rows = self._rows[positions]
+        start, counts = self._start[chosen], self._stop[chosen] - self._start[chosen]
         if rows_per_subject is None:
-            return SubjectBatch(rows, groups, np.ones(rows.size, bool))
+            groups = np.repeat(np.arange(chosen.size), counts)
+            first = np.repeat(np.cumsum(counts) - counts, counts)
+            positions = np.repeat(start, counts) + np.arange(groups.size) - first
+            return SubjectBatch(self._rows[positions], groups, np.ones(groups.size, bool))
         k = rows_per_subject
-        order = np.lexsort((uniform(rows.size), groups))  # a random order within each subject
-        rows, rank = rows[order], np.arange(groups.size) - first
-        keep = rank < k
-        rows, kept_groups = rows[keep], groups[keep]
-        missing = k - np.minimum(counts, k)
-        pad_groups = np.repeat(np.arange(chosen.size), missing)
-        filler = self._rows[:1] if self._rows.size else np.zeros(1, np.int64)
-        slots = np.concatenate([kept_groups, pad_groups])
-        placed = np.argsort(slots, kind="stable")
-        all_rows = np.concatenate([rows, np.repeat(filler, pad_groups.size)])[placed]
-        real = np.concatenate([np.ones(rows.size, bool), np.zeros(pad_groups.size, bool)])
-        return SubjectBatch(all_rows, slots[placed], real[placed])
+        offsets = _distinct_offsets(counts, k, uniform)
+        real = offsets >= 0
+        source = self._rows if self._rows.size else np.zeros(1, np.int64)
+        # A padding slot holds some row (the first), evaluated and then masked out.
+        rows = source[np.where(real, start[:, None] + offsets, 0)]
+        groups = np.repeat(np.arange(chosen.size), k)
+        return SubjectBatch(rows.ravel(), groups, real.ravel())
+
+
+def _distinct_offsets(
+    counts: np.ndarray, k: int, uniform: Callable[[int], np.ndarray]
+) -> np.ndarray:
+    """Per subject, min(count, k) distinct offsets in [0, count), then -1s: (subjects, k).
+
+    A subject of k rows or fewer gives all of them; a larger one a uniformly random k of
+    them, by Floyd's algorithm (for j = c-k .. c-1: draw t in [0, j], keep it unless
+    already kept, else keep j), run on every subject at once: exactly k uniforms per
+    subject, k^2 comparisons, whatever the counts."""
+    drawn = counts.size
+    u = uniform(drawn * k).reshape(drawn, k)
+    slot = np.arange(k)
+    small = counts <= k
+    out = np.where(small[:, None] & (slot < counts[:, None]), slot, -1)
+    for step in range(k):
+        j = counts - k + step  # >= 0 for the subjects Floyd's algorithm samples
+        t = np.minimum((u[:, step] * (j + 1)).astype(np.int64), j)  # u is in (0, 1]
+        kept = (out[:, :step] == t[:, None]).any(axis=1)
+        out[:, step] = np.where(small, out[:, step], np.where(kept, j, t))
+    return out

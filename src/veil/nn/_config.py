@@ -48,7 +48,7 @@ def _is_int(value: object) -> bool:
 def check_int(owner: str, name: str, value: object, *, minimum: int = 1) -> int:
     if not _is_int(value) or value < minimum:
         what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise SpecError(f"{owner} expects {name} of {what}. Received: {name}={value!r}")
+        raise SpecError(f"{owner} expects {name} of {what}. Received: {name}={_short(value)}")
     return int(value)
 
 
@@ -68,6 +68,12 @@ def check_pair(owner: str, name: str, value: object, *, minimum: int = 1) -> tup
     )
 
 
+def _short(value: object) -> str:
+    """`value`'s repr, cut to 40 characters (a JSON integer may have thousands of digits)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
 def check_float(
     owner: str,
     name: str,
@@ -82,7 +88,7 @@ def check_float(
     ok = (
         isinstance(value, int | float)
         and not isinstance(value, bool)
-        and math.isfinite(value)
+        and (isinstance(value, int) or math.isfinite(value))  # an int may pass float's range
         and (low is None or (value > low if low_open else value >= low))
         and (high is None or (value < high if high_open else value <= high))
     )
@@ -91,7 +97,7 @@ def check_float(
         hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
         bounds = " and ".join(b for b in (lo, hi) if b)
         what = f"a finite number {bounds}".rstrip()
-        raise SpecError(f"{owner} expects {name} of {what}. Received: {name}={value!r}")
+        raise SpecError(f"{owner} expects {name} of {what}. Received: {name}={_short(value)}")
     return float(value)
 
 

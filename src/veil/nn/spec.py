@@ -87,7 +87,7 @@ def _in_range(name: str, value: object, low: float, high: float, why: str = "") 
     if (
         isinstance(value, int | float)
         and not isinstance(value, bool)
-        and math.isfinite(value)
+        and (isinstance(value, int) or math.isfinite(value))  # an int may pass float's range
         and value > 0
         and low <= value <= high
     ):

@@ -178,15 +178,17 @@ Bound = MeanOf | EachRow | MeanOfRows
 
 
 def _group_index(groups: np.ndarray, n_rows: int) -> tuple[np.ndarray, int]:
-    """Each row's subject as 0..count-1, and the count of subjects."""
+    """Each row's subject as 0, 1, ..., and the number of slots to sum them in: `n_rows`
+    (public), not the number of subjects the rows hold (private), so that a grouped
+    release does the same work whoever owns its rows; the empty slots add zero."""
     groups = np.asarray(groups)
     if groups.shape != (n_rows,) or groups.dtype.kind not in "iu":
         raise ValidationError(
             f"Expected one integer subject per row, shape ({n_rows},). "
             f"Received: {groups.dtype} of shape {groups.shape}"
         )
-    subjects, index = np.unique(groups, return_inverse=True)
-    return index, int(subjects.size)
+    _, index = np.unique(groups, return_inverse=True)
+    return index, n_rows
 
 
 def bound_from_dict(data: Mapping[str, Any]) -> Bound:

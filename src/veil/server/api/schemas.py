@@ -56,14 +56,21 @@ class Strict(BaseModel):
 
 
 def _holds_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_holds_nul(v) for v in value)
-    if isinstance(value, BaseModel):
-        return any(_holds_nul(v) for _, v in value)
+    """Whether any text in `value` holds a NUL; a loop, not recursion: JSON may nest
+    deeper than Python's stack."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, BaseModel):
+            pending.extend(v for _, v in item)
     return False
 
 

@@ -254,8 +254,16 @@ _MAX_PADDED_WORK = 4
 
 
 def _rows_per_subject(value: object, pair: Pair, *, n_train_subjects: int) -> int | None:
-    if value is None:
+    """k rows per sampled subject (None on a dataset whose unit is the row). By default
+    the dataset's rows per subject, rounded up: every step's work, and validation's,
+    then depends on public counts only, where all of each subject's rows would make it
+    follow how many rows the drawn subjects own (private)."""
+    if value is None and not pair.units.by_subject:
         return None
+    n_rows, n_subjects = pair.n_asset_rows, pair.units.n
+    most = min(n_rows - n_subjects + 1, _MAX_PADDED_WORK * n_rows // max(1, n_train_subjects))
+    if value is None:
+        return max(1, min(most, math.ceil(n_rows / n_subjects)))
     if not pair.units.by_subject:
         raise ValidationError(
             "rows_per_subject applies to datasets whose privacy unit is the data subject; "
@@ -264,13 +272,11 @@ def _rows_per_subject(value: object, pair: Pair, *, n_train_subjects: int) -> in
         )
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DB_INT:
         raise ValidationError(
-            f"rows_per_subject must be an int in [1, {MAX_DB_INT}] or None (all of a "
-            f"subject's rows). Received: rows_per_subject={value!r}",
+            f"rows_per_subject must be an int in [1, {MAX_DB_INT}] or None (the dataset's "
+            f"rows per subject). Received: rows_per_subject={value!r}",
             field="rows_per_subject",
         )
     # Public facts only: the dataset's rows and subjects, the fit's training subjects.
-    n_rows, n_subjects = pair.n_asset_rows, pair.units.n
-    most = min(n_rows - n_subjects + 1, _MAX_PADDED_WORK * n_rows // max(1, n_train_subjects))
     if value > most:
         raise ValidationError(
             f"rows_per_subject must be at most {most} here: no subject of {n_subjects} owns "

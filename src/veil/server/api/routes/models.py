@@ -62,8 +62,9 @@ class FitIn(DataIn):
         default=None,
         ge=1,
         le=MAX_DB_INT,
-        description="where the dataset's unit is the data subject: at most this many of a "
-        "sampled subject's rows per step (all of them by default)",
+        description="where the dataset's unit is the data subject: this many of a sampled "
+        "subject's rows per step, at random, padded where it owns fewer (by default the "
+        "dataset's rows per subject, rounded up), so that a step's work is public",
     )
 
     def plan_args(self) -> dict[str, Any]:
