@@ -81,8 +81,9 @@ def cart_change(
     version before only in the listed rows (None: in any row); `chain` is where the
     version before keeps its cart here (None: somewhere else)."""
     total = sum(cart.n_rows(key) for key in cart.sources)
-    entries = sum(len(rows) for rows in changed.values() if rows is not None)
     whole = any(rows is None for rows in changed.values())
+    rows = {} if whole else {k: np.unique(np.asarray(r, np.int64)) for k, r in changed.items()}
+    entries = sum(len(picked) for picked in rows.values())  # as `load_chain` counts them
     if chain is None or whole or chain.entries + entries > FULL_AFTER * total:
         return CartChange(
             version=version,
@@ -91,7 +92,6 @@ def cart_change(
             chain=CartChain(base=version, entries=0),
             forget_below=version if chain is None else chain.base,
         )
-    rows = {key: np.unique(np.asarray(r, dtype=np.int64)) for key, r in changed.items()}
     return CartChange(
         version=version,
         full=False,

@@ -29,7 +29,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +40,10 @@ import torch
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, safe_open
 from safetensors.torch import save_file as save_torch
-from sqlalchemy import JSON, bindparam, delete, insert, update
+from sqlalchemy import JSON, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from veil._exceptions import Conflict
 from veil.engine import DPTrainer
 from veil.nn.spec import ModelSpec
 from veil.privacy import Cart, SourceArrays
@@ -58,6 +59,7 @@ __all__ = [
     "encode_state",
     "load_cart",
     "load_cart_chain",
+    "loading_version",
     "load_trainer",
     "prune_old_versions",
     "StagedCheckpoint",
@@ -173,6 +175,28 @@ def commit_step(
     record_change(session, model_id=model_id, change=change)
     _forget_states(session, model_id, version + 1)
     return True
+
+
+@contextlib.contextmanager
+def loading_version(session: Session, *, model_id: str, version: int) -> Iterator[None]:
+    """Load version `version` of a model (read in `session`) in the block. Nothing keeps
+    a version a reader saw from being pruned once two newer ones exist (another node
+    process may step the model meanwhile): its files or state then being gone is a
+    Conflict to retry, not a fault, if the model moved on (asked on a connection of its
+    own, which sees what `session`'s snapshot may not)."""
+    try:
+        yield
+    except FileNotFoundError:
+        with session.get_bind().connect() as connection:
+            query = select(ModelRow.version).where(ModelRow.id == model_id)
+            now = connection.execute(query).scalar_one_or_none()
+        if now == version:
+            raise
+        raise Conflict(
+            f"Model {model_id} changed while this request read it (version {version} -> "
+            f"{now}); nothing was trained or charged. Try again.",
+            model_id=model_id,
+        ) from None
 
 
 def load_cart(session: Session, files: NodeFiles, model: ModelRow) -> Cart:

@@ -37,7 +37,7 @@ from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import JobRow, ModelRow
 from veil.server.services import job_queue, ledger
-from veil.server.services.checkpoints import load_cart
+from veil.server.services.checkpoints import load_cart, loading_version
 from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
@@ -149,7 +149,8 @@ def plan_fit(
             max_steps=max_steps,
         )
     check_public(spec, pair)
-    cart = load_cart(session, files, model)
+    with loading_version(session, model_id=model.id, version=model.version):
+        cart = load_cart(session, files, model)
     cart.ensure_source(pair.key, pair.units.n)
     delta = get_node(session).delta
     spent = ledger.spent_curve(session, user_id=user.id)

@@ -30,10 +30,20 @@ def generated_mock(decl: AssetDecl) -> np.ndarray:
     along = (1, -1, *([1] * (len(shape) - 2))) if len(shape) > 1 else (1,)
     low, high = low.reshape(along), high.reshape(along)
     if dtype.kind == "f":
-        return rng.uniform(low, high, size=shape).astype(dtype)
-    return rng.integers(
-        low.astype(np.int64), high.astype(np.int64), size=shape, endpoint=True
-    ).astype(dtype)
+        # mid + half * u stays finite where high - low may not (bounds may span the
+        # whole of float64).
+        mid, half = low / 2 + high / 2, high / 2 - low / 2
+        values = mid + half * rng.uniform(-1.0, 1.0, size=shape)
+        return np.clip(values, low, high).astype(dtype)
+    values = np.clip(np.floor(low + (high - low + 1) * rng.random(size=shape)), low, high)
+    bottom, top = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+    # Into the dtype through the float64s nearest its ends from inside: 2^63 - 1, say,
+    # is 2^63 as a float64, which int64 cannot hold.
+    inside = [
+        float(end) if float(end) == end else float(np.nextafter(float(end), toward))
+        for end, toward in ((bottom, np.inf), (top, -np.inf))
+    ]
+    return np.clip(values, *inside).astype(dtype)
 
 
 def generated_shape(decl: AssetDecl) -> tuple[int, ...]:

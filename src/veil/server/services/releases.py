@@ -56,7 +56,12 @@ from veil.server.db.tables.accounts import ROLE_ADMIN, UserRow
 from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.db.tables.models import ModelRow
 from veil.server.services import ledger
-from veil.server.services.checkpoints import load_cart, save_cart_version, save_weights
+from veil.server.services.checkpoints import (
+    load_cart,
+    loading_version,
+    save_cart_version,
+    save_weights,
+)
 from veil.server.services.failpoints import failpoint
 from veil.server.services.node import get_node
 from veil.server.services.private_objects import load_object
@@ -390,7 +395,8 @@ def publish_object(
         sigma = noise_for(sigma=sigma, epsilon=epsilon, count=1, delta=delta)
         model = owned_model(session, user=user, model_id=stored.row.model_id, lock=False)
         version = model.version
-        cart = load_cart(session, files, model)  # a step put the object's rows in it already
+        with loading_version(session, model_id=model.id, version=version):
+            cart = load_cart(session, files, model)  # a step put the object's rows in it
     query = Query(
         name=stored.row.kind,
         source=stored.row.source,

@@ -65,7 +65,12 @@ from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
 from veil.server.services.cart_changes import cart_change
-from veil.server.services.checkpoints import commit_step, encode_state, prune_old_versions
+from veil.server.services.checkpoints import (
+    commit_step,
+    encode_state,
+    loading_version,
+    prune_old_versions,
+)
 from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
 from veil.server.services.failpoints import failpoint
 from veil.server.services.live_models import LiveModel
@@ -136,7 +141,8 @@ def _read(ctx: NodeContext, *, user: UserRow, model_id: str, batch: Batch) -> _R
         _idle(facts)
         live = ctx.live.cached(model_id, facts.version)
         if live is None:  # first use, or it moved on elsewhere: load it at its version
-            live = ctx.live.get(session, get_model(session, user=user, model_id=model_id))
+            with loading_version(session, model_id=model_id, version=facts.version):
+                live = ctx.live.get(session, get_model(session, user=user, model_id=model_id))
         spec = live.trainer.spec
         pair = resolve_pair(session, ctx.arrays, user=user, **vars(batch))
         check_public(spec, pair)
