@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
@@ -22,6 +23,7 @@ __all__ = [
     "PerExample",
     "add_by_subject",
     "clip_and_sum",
+    "clip_by_subject",
     "clip_scale",
     "finite_examples",
     "per_example_grads",
@@ -116,3 +118,48 @@ def add_by_subject(
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def clip_by_subject(
+    per_example: Callable[[slice], dict[str, torch.Tensor]],
+    valid: torch.Tensor,
+    groups: np.ndarray,
+    max_grad_norm: float,
+    *,
+    chunk: int,
+    like: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """The sum over subjects of each one's rows' summed gradient, clipped; `groups`
+    (row i's subject, sorted), `per_example(rows)` the gradients of a slice of rows,
+    `like` the parameters (shapes and devices).
+
+    Which rows share a subject is private, so the work must not depend on it: the rows
+    go in fixed chunks of `chunk`, as without subjects, each chunk's gradients are
+    summed into `chunk` slots by subject (counted from the chunk's first subject: each
+    row starts at most one new one), and the slots are clipped and summed, the empty
+    ones adding zero. A subject whose rows go on into the next chunk is carried over
+    into that chunk's first slot; the same operations run whether one is or not.
+    """
+    rows = int(groups.shape[0])
+    ids = torch.as_tensor(groups, device=valid.device)
+    carry = {name: torch.zeros_like(p) for name, p in like.items()}
+    sums = {name: torch.zeros_like(p) for name, p in like.items()}
+    for start in range(0, rows, chunk):
+        part = slice(start, min(start + chunk, rows))
+        grads = per_example(part)
+        slots = {name: torch.zeros((chunk, *p.shape), device=p.device) for name, p in like.items()}
+        for name in slots:
+            slots[name][0] += carry[name]
+        local = ids[part] - ids[start]
+        add_by_subject(slots, grads, finite_examples(grads, valid[part]), local)
+        last = int(local[-1])
+        going_on = float(
+            part.stop < rows and groups[min(part.stop, rows - 1)] == groups[part.stop - 1]
+        )
+        for name, slot in slots.items():
+            carry[name] = slot[last] * going_on
+            slot[last] *= 1.0 - going_on
+        clipped, _ = clip_and_sum(slots, max_grad_norm, None)
+        for name in sums:
+            sums[name] += clipped[name]
+    return sums

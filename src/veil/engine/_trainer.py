@@ -15,7 +15,11 @@ from veil._exceptions import ValidationError
 from veil.engine._build import build_module
 from veil.engine._checkpoint import CHECKPOINT_FORMAT, optimizer_state, restore_optimizer_state
 from veil.engine._data import check_rows, check_shapes, input_tensor, target_tensor
-from veil.engine._dpsgd import add_by_subject, clip_and_sum, finite_examples, per_example_grads
+from veil.engine._dpsgd import (
+    clip_and_sum,
+    clip_by_subject,
+    per_example_grads,
+)
 from veil.engine._layerwise import backprops, clip_layerwise, supports
 from veil.engine._objective import Objective
 from veil.engine._randomness import Randomness, SecureRandomness, SeededRandomness
@@ -195,51 +199,6 @@ class DPTrainer:
             masks.append(torch.bernoulli(keep, generator=self._dropout) / (1.0 - rate))
         return masks
 
-    def _by_subject(
-        self,
-        per_example: Callable[[slice], dict[str, torch.Tensor]],
-        rows: int,
-        valid: torch.Tensor,
-        groups: np.ndarray,
-        clip: float,
-    ) -> dict[str, torch.Tensor]:
-        """The sum over subjects of each one's rows' summed gradient, clipped.
-
-        Which rows share a subject is private, so the work must not depend on it: the
-        rows go in the same fixed chunks as without subjects, each chunk's gradients are
-        summed into `_chunk` slots by subject (counted from the chunk's first subject:
-        each row starts at most one new one), and the slots are clipped and summed, the
-        empty ones adding zero. A subject whose rows go on into the next chunk is
-        carried over into that chunk's first slot; the same operations run whether one
-        is or not. `groups` (row i's subject) must be sorted.
-        """
-        ids = torch.as_tensor(groups, device=self.device)
-        params = dict(self.module.named_parameters())
-        carry = {name: torch.zeros_like(p) for name, p in params.items()}
-        sums = {name: torch.zeros_like(p) for name, p in params.items()}
-        for start in range(0, rows, self._chunk):
-            part = slice(start, min(start + self._chunk, rows))
-            grads = per_example(part)
-            slots = {
-                name: torch.zeros((self._chunk, *p.shape), device=p.device)
-                for name, p in params.items()
-            }
-            for name in slots:
-                slots[name][0] += carry[name]
-            local = ids[part] - ids[start]
-            add_by_subject(slots, grads, finite_examples(grads, valid[part]), local)
-            last = int(local[-1])
-            going_on = float(
-                part.stop < rows and groups[min(part.stop, rows - 1)] == groups[part.stop - 1]
-            )
-            for name, slot in slots.items():
-                carry[name] = slot[last] * going_on
-                slot[last] *= 1.0 - going_on
-            clipped, _ = clip_and_sum(slots, clip, None)
-            for name in sums:
-                sums[name] += clipped[name]
-        return sums
-
     def _update(
         self,
         xb: np.ndarray,
@@ -294,7 +253,11 @@ class DPTrainer:
                 part = slice(start, start + self._chunk)
                 add(clip_and_sum(per_example(part), clip, valid[part])[0])
         else:
-            add(self._by_subject(per_example, x.shape[0], valid, subjects.groups, clip))
+            add(
+                clip_by_subject(
+                    per_example, valid, subjects.groups, clip, chunk=self._chunk, like=params
+                )
+            )
         noise = self._random.normal(self.spec.param_count, self.device) * (sigma * clip)
         offset = 0
         for name, p in self.module.named_parameters():
