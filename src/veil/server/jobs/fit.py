@@ -107,7 +107,6 @@ class _Run:
     plan: fits.FitRows
     user_id: str
     model_id: str
-    delta: float
     trainer: DPTrainer
     cart: Cart
     version: int  # the model version of the last checkpoint
@@ -153,7 +152,6 @@ def _load(ctx: NodeContext, claim: Claim) -> _Run | None:
             plan=plan,
             user_id=user.id,
             model_id=model.id,
-            delta=get_node(session).delta,
             trainer=load_trainer(session, ctx.files, model, device=ctx.settings.device),
             cart=load_cart(session, ctx.files, model),
             version=model.version,
@@ -263,7 +261,7 @@ def _record_epoch(
             rows=epoch.validation_rows,
             params=run.params,
             plan=run.plan,
-            delta=run.delta,
+            delta=get_node(session).delta,  # the node's now: the admin may change it
             epoch=epoch.epoch,
         )
     job.epoch = epoch.epoch

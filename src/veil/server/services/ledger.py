@@ -18,10 +18,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from veil._exceptions import BudgetExceeded
+from veil._exceptions import BudgetExceeded, Conflict
 from veil.privacy import RdpCurve
 from veil.server.db.base import new_id, utcnow
-from veil.server.db.tables.accounts import UserRow
+from veil.server.db.tables.accounts import NodeRow, UserRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
 
 __all__ = [
@@ -116,6 +116,9 @@ def ledger_overview(session: Session, *, delta: float) -> list[LedgerEntry]:
     return entries
 
 
+_NODE_DELTA = select(NodeRow.delta).where(NodeRow.id == 1).with_for_update(read=True)
+
+
 def _lock_ledger(session: Session, user_id: str) -> LedgerRow:
     """The user's ledger row, locked until the transaction ends; created if missing.
 
@@ -172,11 +175,20 @@ def charge(
 
     Must run inside `Database.write_session()`. Raises `BudgetExceeded` (and records
     nothing) if the epsilon of the user's ledger plus `curve_added` at `delta` passes
-    the user's budget. A zero curve (publishing what was already paid for) is never
-    refused. The release's `epsilon_added` is the growth of the ledger's epsilon.
+    the user's budget, and Conflict if `delta` is not the node's delta in this
+    transaction (the admin changed it since the release was priced). A zero curve
+    (publishing what was already paid for) is never refused. The release's
+    `epsilon_added` is the growth of the ledger's epsilon.
     """
     _check_write_session(session)
     ledger = _lock_ledger(session, user.id)
+    now = session.scalar(_NODE_DELTA)  # shared lock (PostgreSQL): a change waits for us
+    if now != delta:
+        raise Conflict(
+            f"The node's delta changed from {delta:g} to {now:g} while this release was "
+            "priced; nothing was released or charged. Try again.",
+            delta=now,
+        )
     total = session.scalar(select(UserRow.budget).where(UserRow.id == user.id))
     before = RdpCurve.from_list(ledger.curve)
     after = before + curve_added
