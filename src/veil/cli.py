@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import math
 import os
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pydantic
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
@@ -116,6 +118,35 @@ def _pairs(items: Sequence[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+def _load_mock(name: str, path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--mock {name}: cannot read {path} as a .npy array ({exc})") from None
+
+
+def _finite(text: str) -> float:
+    """A finite number (argparse type): budgets and bounds are never NaN nor infinite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def _datasets(args: argparse.Namespace) -> None:
     client = _connect(args)
     if args.action == "list":
@@ -125,15 +156,15 @@ def _datasets(args: argparse.Namespace) -> None:
         print(f"Deleted dataset {args.name}.")
     elif args.action == "upload":
         assets = {k: Path(v) for k, v in _pairs(args.asset, "--asset").items()}
-        mocks = {k: np.load(v, allow_pickle=False) for k, v in _pairs(args.mock, "--mock").items()}
+        mocks = {k: _load_mock(k, v) for k, v in _pairs(args.mock, "--mock").items()}
         bounds = {}
         for name, text in _pairs(args.bounds, "--bounds").items():
             low, _, high = text.partition(",")
             try:
-                bounds[name] = (float(low), float(high))
-            except ValueError:
+                bounds[name] = (_finite(low), _finite(high))
+            except (ValueError, argparse.ArgumentTypeError):
                 raise VeilError(
-                    f"--bounds expects NAME=LOW,HIGH. Received: {name}={text}"
+                    f"--bounds expects NAME=LOW,HIGH of finite numbers. Received: {name}={text}"
                 ) from None
         client.datasets.upload(
             name=args.name,
@@ -223,12 +254,12 @@ def _add_users(sub: argparse._SubParsersAction) -> None:
     create = users.add_parser("create", help="create a data scientist's account")
     create.add_argument("user", metavar="EMAIL", help="the account's e-mail (its login)")
     create.add_argument("--password", required=True, help="its first password (8+ characters)")
-    create.add_argument("--budget", type=float, required=True, help="its epsilon budget")
+    create.add_argument("--budget", type=_finite, required=True, help="its epsilon budget")
     create.add_argument("--name", help="a display name; default: the e-mail")
     users.add_parser("list", help="every account with its budget")
     budget = users.add_parser("set-budget", help="set an account's epsilon budget")
     budget.add_argument("user", metavar="EMAIL_OR_ID", help="the account")
-    budget.add_argument("budget", type=float, help="the new budget (epsilon, >= 0)")
+    budget.add_argument("budget", type=_finite, help="the new budget (epsilon, >= 0)")
     disable = users.add_parser("disable", help="disable an account and revoke its logins")
     disable.add_argument("user", metavar="EMAIL_OR_ID", help="the account")
     for p in users.choices.values():
@@ -300,7 +331,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Run training jobs for nodes started with --job-backend celery; it "
         "reads the same VEIL_* settings as the node (see `veil serve --help`).",
     )
-    worker.add_argument("--concurrency", type=int, default=1, help="jobs run at once; default: 1")
+    worker.add_argument(
+        "--concurrency", type=_positive_int, default=1, help="jobs run at once; default: 1"
+    )
     worker.set_defaults(run=_worker)
 
     _add_users(sub)
@@ -331,6 +364,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VeilError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except pydantic.ValidationError as exc:  # the node's settings (serve, worker)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a data dir or file the node cannot use
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from veil._exceptions import NotFound, OutOfRange, ValidationError
-from veil.client._http import Http
+from veil.client._http import Http, segment
 from veil.client._releases import Published
 from veil.client._table import Table
 
@@ -358,7 +358,7 @@ class DatasetsView:
 
     def delete(self, name_or_id: str) -> None:
         """Delete a dataset, its pointers and its files (admin only)."""
-        self._http.delete(f"/datasets/{name_or_id}")
+        self._http.delete(f"/datasets/{segment(name_or_id)}")
         self._items = None
 
     def _send(self, upload_id: str, asset: str, part: str, source: _Source) -> None:

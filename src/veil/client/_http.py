@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from veil._exceptions import TransportError, error_from_body
+from veil._exceptions import TransportError, ValidationError, error_from_body
 
-__all__ = ["Http"]
+__all__ = ["Http", "segment"]
+
+
+def segment(value: object) -> str:
+    """A name or id as one segment of a URL path: `a/b`, `?x=1` or `%00` stay the name
+    they are, never more path or a query."""
+    return quote(str(value), safe="")
+
 
 API = "/api/v1"
 
@@ -25,9 +33,12 @@ class Http:
         timeout: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.base_url + API, transport=transport, timeout=timeout
-        )
+        try:
+            self._client = httpx.Client(
+                base_url=self.base_url + API, transport=transport, timeout=timeout
+            )
+        except httpx.InvalidURL as exc:
+            raise TransportError(f"Not a node URL: {base_url!r} ({exc})", url=base_url) from exc
         self.token: str | None = None
 
     def request(
@@ -51,6 +62,17 @@ class Http:
             raise TransportError(
                 f"Could not reach the node at {self.base_url}: {exc}", url=self.base_url
             ) from exc
+        except httpx.InvalidURL as exc:
+            raise TransportError(f"Not a URL of the node: {path!r} ({exc})") from exc
+        except ValueError as exc:  # httpx encodes `json` strictly: no NaN, no infinity
+            raise ValidationError(
+                f"Expected numbers JSON can carry (finite). Received: {exc}"
+            ) from exc
+        if 300 <= response.status_code < 400:
+            raise TransportError(
+                f"The node answered {response.status_code} (a redirect to "
+                f"{response.headers.get('location')!r}), which the client does not follow."
+            )
         if response.status_code >= 400:
             try:
                 body = response.json()

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from veil._exceptions import JobFailed, ValidationError
 from veil.client._datasets import AssetPointer
-from veil.client._http import Http
+from veil.client._http import Http, segment
 from veil.client._objects import PrivatePointer, WeightsPointer
 
 __all__ = ["DraftHandle", "MetricsWithheld", "ModelPointer", "ModelsAPI"]
@@ -262,7 +262,7 @@ class ModelsAPI:
         return DraftHandle(self._http, self._http.post("/models/drafts")["id"])
 
     def get(self, model_id: str) -> ModelPointer:
-        return ModelPointer(self._http, self._http.get(f"/models/{model_id}"))
+        return ModelPointer(self._http, self._http.get(f"/models/{segment(model_id)}"))
 
     def list(self) -> list[ModelPointer]:
         return [ModelPointer(self._http, m) for m in self._http.get("/models")]

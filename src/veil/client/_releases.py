@@ -16,7 +16,7 @@ from typing import Any, overload
 import numpy as np
 import safetensors.numpy
 
-from veil.client._http import Http
+from veil.client._http import Http, segment
 from veil.client._table import Table
 
 __all__ = ["Ledger", "LedgerEntry", "PrivacyBudget", "Published", "Releases"]
@@ -309,7 +309,7 @@ class Ledger(Sequence[LedgerEntry]):
 
     def releases(self, user: str) -> Releases:
         """Every release of one account, by e-mail or id."""
-        data = self._http.get(f"/ledger/{user}/releases")
+        data = self._http.get(f"/ledger/{segment(user)}/releases")
         return Releases([Published.from_json(self._http, r) for r in data])
 
     def table(self) -> Table:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from veil.client._http import Http
+from veil.client._http import Http, segment
 from veil.client._table import Table
 
 __all__ = ["User", "UsersAPI"]
@@ -49,10 +49,12 @@ class UsersAPI:
         return [User.from_json(u) for u in self._http.get("/users")]
 
     def set_budget(self, user: str, budget: float) -> User:
-        return User.from_json(self._http.put(f"/users/{user}/budget", json={"budget": budget}))
+        return User.from_json(
+            self._http.put(f"/users/{segment(user)}/budget", json={"budget": budget})
+        )
 
     def disable(self, user: str) -> User:
-        return User.from_json(self._http.post(f"/users/{user}/disable"))
+        return User.from_json(self._http.post(f"/users/{segment(user)}/disable"))
 
     def me(self) -> User:
         return User.from_json(self._http.get("/users/me"))
