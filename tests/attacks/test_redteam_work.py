@@ -177,7 +177,9 @@ def test_every_thread_that_computes_on_private_data_flushes_denormals(shared, mo
         statistics, "_row_moments", lambda *a: (probe("statistics"), moments(*a))[1]
     )
     monkeypatch.setattr(
-        trainer.DPTrainer, "_update", lambda self, *a: (probe("update"), update(self, *a))[1]
+        trainer.DPTrainer,
+        "_update",
+        lambda self, *a, **k: (probe("update"), update(self, *a, **k))[1],
     )
     data["x"][0:8].statistics(epsilon=1.0)
     model_ptr = _tabular(ds)

@@ -158,3 +158,17 @@ def test_importing_veil_nn_does_not_import_torch() -> None:
         "m.to_spec(); assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_layer_outputting_more_than_a_row_may_hold_is_refused() -> None:
+    """Within max_flops, a two-parameter padded convolution could output 626 MiB per row:
+    refused at compile, with the layer and its output named."""
+    with pytest.raises(SpecError, match=r"Layer 0 \(Convolution\) may output at most"):
+        nn.ModelSpec.build(
+            (None, 1, 8, 8),
+            [nn.Convolution(1, 1, padding=6400, input_shape=(None, 1, 8, 8)), nn.Flatten()],
+            loss=nn.MeanSquaredError(),
+            optimizer=nn.SGD(),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+        )

@@ -121,8 +121,7 @@ def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def clip_by_subject(
-    per_example: Callable[[slice], dict[str, torch.Tensor]],
-    valid: torch.Tensor,
+    per_example: Callable[[slice], tuple[dict[str, torch.Tensor], torch.Tensor]],
     groups: np.ndarray,
     max_grad_norm: float,
     *,
@@ -130,8 +129,8 @@ def clip_by_subject(
     like: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
     """The sum over subjects of each one's rows' summed gradient, clipped; `groups`
-    (row i's subject, sorted), `per_example(rows)` the gradients of a slice of rows,
-    `like` the parameters (shapes and devices).
+    (row i's subject, sorted), `per_example(rows)` the gradients of a slice of rows and
+    which of them are valid, `like` the parameters (shapes and devices).
 
     Which rows share a subject is private, so the work must not depend on it: the rows
     go in fixed chunks of `chunk`, as without subjects, each chunk's gradients are
@@ -141,17 +140,17 @@ def clip_by_subject(
     into that chunk's first slot; the same operations run whether one is or not.
     """
     rows = int(groups.shape[0])
-    ids = torch.as_tensor(groups, device=valid.device)
+    ids = torch.as_tensor(groups, device=next(iter(like.values())).device)
     carry = {name: torch.zeros_like(p) for name, p in like.items()}
     sums = {name: torch.zeros_like(p) for name, p in like.items()}
     for start in range(0, rows, chunk):
         part = slice(start, min(start + chunk, rows))
-        grads = per_example(part)
+        grads, valid = per_example(part)
         slots = {name: torch.zeros((chunk, *p.shape), device=p.device) for name, p in like.items()}
         for name in slots:
             slots[name][0] += carry[name]
         local = ids[part] - ids[start]
-        add_by_subject(slots, grads, finite_examples(grads, valid[part]), local)
+        add_by_subject(slots, grads, finite_examples(grads, valid), local)
         last = int(local[-1])
         going_on = float(
             part.stop < rows and groups[min(part.stop, rows - 1)] == groups[part.stop - 1]

@@ -207,57 +207,63 @@ class DPTrainer:
         clip: float,
         denominator: float,
         subjects: SubjectBatch | None = None,
+        *,
+        keep_outputs: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip, sum, noise, divide by `denominator`, optimizer step.
 
         Each row is clipped on its own; with `subjects`, each subject's rows' summed
         gradient is clipped instead (one subject, one clipped term), and padding slots
         contribute nothing. Returns the batch's per-example losses and outputs before
-        the update (non-finite for rows that did not fit). Every row, valid or not,
-        takes the same operations.
+        the update (non-finite for rows that did not fit; no outputs without
+        `keep_outputs`: a fit has no use for them). Every row, valid or not, takes the
+        same operations.
         """
         self.module.train()
-        x, x_ok = input_tensor(xb, self.device)
-        y, y_ok = target_tensor(self.objective, self.spec, yb, self.device)
-        valid = x_ok & y_ok
-        if subjects is not None:
-            valid = valid & torch.as_tensor(subjects.real, device=self.device)
+        real = None if subjects is None else torch.as_tensor(subjects.real, device=self.device)
         params = {name: p.detach() for name, p in self.module.named_parameters()}
         buffers = dict(self.module.named_buffers())
-        masks = self._masks(x.shape[0])
         sums = {name: torch.zeros_like(p) for name, p in params.items()}
-        losses, outputs = [], []
+        losses, outputs, x_oks, valids = [], [], [], []
 
-        def masks_of(part: slice) -> list[torch.Tensor]:
-            return [m[part] for m in masks]
+        def batch(part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+            """One chunk's tensors, made from its rows only: a batch is never converted
+            whole (its float copy would take several times the rows' bytes)."""
+            x, x_ok = input_tensor(xb[part], self.device)
+            y, y_ok = target_tensor(self.objective, self.spec, yb[part], self.device)
+            valid = x_ok & y_ok if real is None else x_ok & y_ok & real[part]
+            x_oks.append(x_ok)
+            valids.append(valid)
+            return x, y, valid, self._masks(x.shape[0])
 
-        def per_example(part: slice) -> dict[str, torch.Tensor]:
-            grads, loss, out = self._per_example(params, buffers, x[part], y[part], masks_of(part))
+        def keep(loss: torch.Tensor, out: torch.Tensor) -> None:
             losses.append(loss)
-            outputs.append(out)
-            return grads
+            if keep_outputs:
+                outputs.append(out)
+
+        def per_example(part: slice) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+            x, y, valid, masks = batch(part)
+            grads, loss, out = self._per_example(params, buffers, x, y, masks)
+            keep(loss, out)
+            return grads, valid
 
         def add(clipped: dict[str, torch.Tensor]) -> None:
             for name in sums:
                 sums[name] += clipped[name]
 
+        rows = int(xb.shape[0])
         if subjects is None and self._layerwise:
-            for start in range(0, x.shape[0], self._chunk):
-                part = slice(start, start + self._chunk)
-                terms = backprops(self.module, self.objective, x[part], y[part], masks_of(part))
-                losses.append(terms.losses)
-                outputs.append(terms.outputs)
-                add(clip_layerwise(terms, clip, valid[part])[0])
+            for start in range(0, rows, self._chunk):
+                x, y, valid, masks = batch(slice(start, start + self._chunk))
+                terms = backprops(self.module, self.objective, x, y, masks)
+                keep(terms.losses, terms.outputs)
+                add(clip_layerwise(terms, clip, valid)[0])
         elif subjects is None:
-            for start in range(0, x.shape[0], self._chunk):
-                part = slice(start, start + self._chunk)
-                add(clip_and_sum(per_example(part), clip, valid[part])[0])
+            for start in range(0, rows, self._chunk):
+                grads, valid = per_example(slice(start, start + self._chunk))
+                add(clip_and_sum(grads, clip, valid)[0])
         else:
-            add(
-                clip_by_subject(
-                    per_example, valid, subjects.groups, clip, chunk=self._chunk, like=params
-                )
-            )
+            add(clip_by_subject(per_example, subjects.groups, clip, chunk=self._chunk, like=params))
         noise = self._random.normal(self.spec.param_count, self.device) * (sigma * clip)
         offset = 0
         for name, p in self.module.named_parameters():
@@ -267,10 +273,13 @@ class DPTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps_done += 1
+        out_shape = tuple(int(d) for d in self.spec.output_shape[1:])  # type: ignore[arg-type]
         if not losses:
-            out_shape = tuple(int(d) for d in self.spec.output_shape[1:])  # type: ignore[arg-type]
             return torch.zeros(0, device=self.device), torch.zeros((0, *out_shape))
-        return _unfit(torch.cat(losses), valid), _unfit(torch.cat(outputs), x_ok)
+        loss = _unfit(torch.cat(losses), torch.cat(valids))
+        if not keep_outputs:
+            return loss, torch.zeros((0, *out_shape))
+        return loss, _unfit(torch.cat(outputs), torch.cat(x_oks))
 
     # Public training API -------------------------------------------------------------
 
@@ -368,7 +377,7 @@ class DPTrainer:
                         drawn, rows_per_subject=k, uniform=self._random.uniform
                     )
                     rows = batch.rows
-                self._update(x[rows], y[rows], sigma, clip, expected, batch)
+                self._update(x[rows], y[rows], sigma, clip, expected, batch, keep_outputs=False)
                 done += 1
                 seen += len(drawn)
                 if on_step is not None:

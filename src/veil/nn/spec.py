@@ -40,6 +40,7 @@ from veil.privacy.calibration import SIGMA_MAX, SIGMA_MIN
 __all__ = [
     "DEFAULT_LOSS_BOUND",
     "MAX_BOUND",
+    "MAX_ROW_VALUES",
     "MIN_BOUND",
     "MAX_LAYERS",
     "SPEC_FORMAT",
@@ -56,6 +57,7 @@ MAX_LAYERS = 256
 # enough and a noised value can never overflow.
 MAX_BOUND = 1e6
 MIN_BOUND = 1e-6
+MAX_ROW_VALUES = 1 << 22  # what one layer may output for one row
 
 _REQUIRED = ("format", "input_shape", "layers", "noise_multiplier", "max_grad_norm")
 _OPTIONAL = ("loss", "optimizer", "loss_bound")
@@ -156,6 +158,12 @@ class ModelSpec:
             out = layer_output_shape(i, layer, shape, previous=layers[i - 1] if i else None)
             params += layer.count_params(shape)
             flops += layer.flops(shape)
+            if math.prod(int(d) for d in out[1:]) > MAX_ROW_VALUES:  # type: ignore[misc]
+                raise SpecError(
+                    f"Layer {i} ({layer.name}) may output at most {MAX_ROW_VALUES:,} values per "
+                    f"row ({MAX_ROW_VALUES * 4 // 2**20} MiB as float32): training holds a "
+                    f"chunk of rows' outputs in memory. Received: {format_shape(out)}"
+                )
             shapes.append(out)
             shape = out
         if params == 0:

@@ -114,6 +114,23 @@ def _split_batch(
     return train, held_out
 
 
+# A step keeps its rows' predictions (a private object, in the database): at most this
+# many values, so that no step holds or stores more than 64 MiB of them.
+MAX_STEP_VALUES = 1 << 24
+
+
+def _check_kept(spec: ModelSpec, rows: int) -> None:
+    per_row = math.prod(int(d) for d in spec.output_shape[1:])  # type: ignore[misc]
+    if rows * per_row > MAX_STEP_VALUES:
+        most = MAX_STEP_VALUES // per_row
+        raise ValidationError(
+            f"A step keeps its rows' predictions: at most {MAX_STEP_VALUES:,} values. "
+            f"Received: {rows} rows of {per_row} outputs = {rows * per_row:,}; step on "
+            f"at most {most} rows, e.g. x_ptr[0:{most}].",
+            most_rows=most,
+        )
+
+
 @dataclass(frozen=True)
 class _Read:
     """What a step or an evaluation read before computing, with no lock held."""
@@ -187,6 +204,7 @@ def step(
         read = _read(ctx, user=user, model_id=model_id, batch=batch)
         spec, pair, live = read.spec, read.pair, read.live
         train, held_out = _split_batch(pair.rows, validation_split, batch_size)
+        _check_kept(spec, len(pair.rows))
         x, y = pair.x.array, pair.y.array
         units = pair.units
         cart = live.cart  # charged in place (a copy would cost O(rows of the dataset))
