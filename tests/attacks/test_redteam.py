@@ -14,6 +14,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import veil
+from tests.attacks.scenario import VISITS_PEOPLE, raw_client, upload_people
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
 from tests.nodes import running_node
 from veil import nn
@@ -38,25 +39,9 @@ def shared(tmp_path_factory):
         )
         # Rows 0-7 belong to one person, rows 8-15 to eight people, rows 16-23 to
         # eight more: the same public facts (rows, subjects) for every slice below.
-        person = np.concatenate([np.zeros(8), np.arange(1, 9), np.arange(1, 9)]).astype(np.int64)
-        rng = np.random.default_rng(0)
-        admin.datasets.upload(
-            name="Visits",
-            assets={
-                "x": rng.normal(size=(ROWS, 4)).astype(np.float32),
-                "y": rng.integers(0, 2, ROWS).astype(np.int64),
-                "person": person,
-            },
-            bounds={"x": (-10, 10), "y": (0, 1), "person": (0, 100)},
-            subject="person",
-        )
+        upload_people(admin, "Visits", VISITS_PEOPLE, np.random.default_rng(0))
         yield node, admin
         admin.close()
-
-
-def _raw(node, client: veil.Client) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {client._http.token}"}
-    return httpx.Client(base_url=node.url + "/api/v1", headers=headers, timeout=60)
 
 
 def _classifier() -> nn.Model:
@@ -92,7 +77,7 @@ def test_another_users_objects_do_not_exist_for_an_attacker(shared) -> None:
     model_ptr = _classifier().compile(to=victim)
     loss, preds = model_ptr.step(view, labels)
     release = loss.publish(sigma=1.0)
-    raw = _raw(node, attacker)
+    raw = raw_client(node, attacker)
     attempts = {
         ("GET", f"/models/{model_ptr.id}", None),
         ("GET", f"/models/{model_ptr.id}/progress", None),
@@ -129,7 +114,7 @@ def test_malformed_bodies_tokens_and_numbers_are_refused_plainly(shared) -> None
     data = ds.datasets["Digits"]
     x, y = data["images"].id, data["labels"].id
     model_ptr = _classifier().compile(to=ds)
-    raw = _raw(node, ds)
+    raw = raw_client(node, ds)
     json_headers = {"content-type": "application/json"}
     refused = [
         ("POST", f"/models/{model_ptr.id}/evaluate", f'{{"x":"{x}","y":"{y}","epsilon":NaN}}'),
@@ -229,7 +214,7 @@ def test_a_queued_fit_cancelled_and_restarted_in_a_race_leaves_one_job(shared) -
     ds = make_ds(admin, node, budget=1e6)
     data = ds.datasets["Digits"]
     model_ptr = _classifier().compile(to=ds)
-    raw = _raw(node, ds)
+    raw = raw_client(node, ds)
     body = {"x": data["images"].id, "y": data["labels"].id, "max_iter": 1, "batch_size": 4}
 
     def call(kind: str) -> tuple[str, int]:
@@ -259,7 +244,7 @@ def test_a_nul_byte_in_an_id_is_a_plain_refusal_on_postgresql(tmp_path) -> None:
     with running_node(tmp_path / "node", backend="postgres") as node:
         admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
         ds = make_ds(admin, node)
-        raw = _raw(node, ds)
+        raw = raw_client(node, ds)
         codes = {
             raw.get("/models/%00").status_code,
             raw.get("/assets/%00").status_code,

@@ -14,6 +14,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import veil
+from tests.attacks.scenario import VISITS_PEOPLE, raw_client, upload_people
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
 from tests.nodes import running_node
 from veil import nn
@@ -44,28 +45,13 @@ def shared(tmp_path_factory):
         )
         rng = np.random.default_rng(0)
         people = {
-            # Rows 0-7 are one person (rank 0); rows 8-15 and 16-23 are persons 1..8.
-            "Visits": np.concatenate([np.zeros(8), np.arange(1, 9), np.arange(1, 9)]),
+            "Visits": VISITS_PEOPLE,
             "Visits2": np.arange(ROWS) % 9,  # the same 24 rows and 9 people, spread out
         }
         for name, person in people.items():
-            admin.datasets.upload(
-                name=name,
-                assets={
-                    "x": rng.normal(size=(ROWS, 4)).astype(np.float32),
-                    "y": rng.integers(0, 2, ROWS).astype(np.int64),
-                    "person": person.astype(np.int64),
-                },
-                bounds={"x": (-10, 10), "y": (0, 1), "person": (0, 100)},
-                subject="person",
-            )
+            upload_people(admin, name, person, rng)
         yield node, admin
         admin.close()
-
-
-def _raw(node, client: veil.Client) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {client._http.token}"}
-    return httpx.Client(base_url=node.url + "/api/v1", headers=headers, timeout=60)
 
 
 def _classifier(classes: int = 10) -> nn.Model:
@@ -167,7 +153,7 @@ def test_quotes_and_refusals_read_public_facts_only(shared) -> None:
     for name in ("Visits", "Visits2"):
         data = ds.datasets[name]
         model_ptr = _tabular().compile(to=ds, loss=nn.BinaryCrossEntropy())
-        raw = _raw(node, ds)
+        raw = raw_client(node, ds)
         out = []
         for extra in (
             {"validation_split": 0.5, "rows_per_subject": 2},
@@ -273,7 +259,7 @@ def test_long_polls_end_at_once_when_nothing_runs_or_the_model_is_anothers(share
     node, admin = shared
     victim, attacker = make_ds(admin, node), make_ds(admin, node)
     model_ptr = _classifier().compile(to=victim)
-    raw = _raw(node, attacker)
+    raw = raw_client(node, attacker)
     for model_id in (model_ptr.id, "no-such-model"):
         began = time.monotonic()
         answer = raw.get(f"/models/{model_id}/progress", params={"wait": 10})
@@ -322,7 +308,7 @@ def test_the_dashboard_shows_a_data_scientist_nothing_of_others(shared) -> None:
 def test_odd_fit_and_quote_inputs_are_refused_plainly(shared) -> None:
     node, admin = shared
     ds = make_ds(admin, node, budget=1e6)
-    raw = _raw(node, ds)
+    raw = raw_client(node, ds)
     digits, visits = ds.datasets["Digits"], ds.datasets["Visits"]
     model_ptr = _classifier().compile(to=ds)
     subject_ptr = _tabular().compile(to=ds, loss=nn.BinaryCrossEntropy())

@@ -10,11 +10,11 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
 import numpy as np
 import pytest
 
 import veil
+from tests.attacks.scenario import VISITS_PEOPLE, raw_client, upload_people
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
 from tests.nodes import running_node
 from veil import nn
@@ -32,27 +32,13 @@ def shared(tmp_path_factory):
         admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
         rng = np.random.default_rng(0)
         people = {
-            "Visits": np.concatenate([np.zeros(8), np.arange(1, 9), np.arange(1, 9)]),
-            "Visits2": np.arange(ROWS) % 9,
+            "Visits": VISITS_PEOPLE,
+            "Visits2": np.arange(ROWS) % 9,  # the same 24 rows and 9 people, spread out
         }
         for name, person in people.items():
-            admin.datasets.upload(
-                name=name,
-                assets={
-                    "x": rng.normal(size=(ROWS, 4)).astype(np.float32),
-                    "y": rng.integers(0, 2, ROWS).astype(np.int64),
-                    "person": person.astype(np.int64),
-                },
-                bounds={"x": (-10, 10), "y": (0, 1), "person": (0, 100)},
-                subject="person",
-            )
+            upload_people(admin, name, person, rng)
         yield node, admin
         admin.close()
-
-
-def _raw(node, client: veil.Client) -> httpx.Client:
-    headers = {"Authorization": f"Bearer {client._http.token}"}
-    return httpx.Client(base_url=node.url + "/api/v1", headers=headers, timeout=60)
 
 
 def _tabular(ds: veil.Client):
@@ -203,7 +189,7 @@ def test_odd_json_that_parses_is_refused_plainly_on_postgresql(tmp_path) -> None
         ds = make_ds(admin, node, budget=1e6)
         x, y = ds.datasets["Rows"]["x"].id, ds.datasets["Rows"]["y"].id
         model_ptr = _tabular(ds)
-        raw = _raw(node, ds)
+        raw = raw_client(node, ds)
         step, big = f"/models/{model_ptr.id}/step", 2**64
         bodies = [
             (step, f'{{"x": "{y}", "x": "{x}", "y": "{y}"}}'),
@@ -298,7 +284,7 @@ def test_rows_per_subject_steps_do_not_read_every_row_a_person_owns(shared, monk
 def test_deeply_nested_json_is_refused_plainly(shared) -> None:
     node, admin = shared
     ds = make_ds(admin, node)
-    raw = _raw(node, ds)
+    raw = raw_client(node, ds)
     draft = raw.post("/models/drafts").json()["id"]
     nested = "[" * 600 + "]" * 600
     bodies = [
@@ -316,7 +302,7 @@ def test_deeply_nested_json_is_refused_plainly(shared) -> None:
 def test_spec_integers_past_float_range_are_refused_plainly(shared) -> None:
     node, admin = shared
     ds = make_ds(admin, node)
-    raw = _raw(node, ds)
+    raw = raw_client(node, ds)
     big = "1" + "0" * 400
     dense = '{"class_name": "Dense", "config": {"units": 1, "activation": null}}'
     layers = [dense, f'{{"class_name": "Rescaling", "config": {{"scale": {big}, "offset": 0}}}}']
