@@ -172,6 +172,12 @@ def test_headers_and_what_is_outside_the_pages(world) -> None:
         ]:
             answer = anonymous.get(path)
             assert answer.status_code in (400, 404, 422) and "import" not in answer.text, path
+        # Every other answer (JSON, /docs, static files, errors) is never sniffed nor framed.
+        others = [anonymous.get(p) for p in ("/api/v1/node", "/docs", "/api/v1/nope")]
+        others += [anonymous.get("/api/v1/models"), http.get("/openapi.json")]
+        for answer in others:
+            assert answer.headers["x-content-type-options"] == "nosniff", answer.url
+            assert answer.headers["x-frame-options"] == "DENY", answer.url
     # Mock images: odd ids are a 404 page, never a 500 nor another user's view.
     view = ds.datasets["Tiny"]["x"][0:8]
     other = make_ds(admin, node)

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from veil import __version__
 from veil.server.api.errors import install_error_handlers, truthful_openapi
+from veil.server.api.headers import BaseHeaders
 from veil.server.api.limits import BodyLimit, NoNulInUrl
 from veil.server.api.router import api_router
 from veil.server.context import NodeContext
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(NoNulInUrl)
+    app.add_middleware(BaseHeaders)
     app.include_router(api_router)
     install_dashboard(app)
     app.openapi = truthful_openapi(app)  # type: ignore[method-assign]
