@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -123,8 +124,9 @@ class JobRow(Base):
     max_iter: Mapped[int] = mapped_column(Integer, nullable=False)
     step: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     steps: Mapped[int] = mapped_column(Integer, nullable=False)
-    # step x the expected batch size: public. The exact Poisson count never is.
-    expected_samples: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    # step x the expected batch size: public. The exact Poisson count never is. It
+    # passes 2^31 in long fits of large batches, so it needs PostgreSQL's BIGINT.
+    expected_samples: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     attempt: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -149,7 +151,7 @@ class JobEpochRow(Base):
     )
     epoch: Mapped[int] = mapped_column(Integer, nullable=False)
     step: Mapped[int] = mapped_column(Integer, nullable=False)
-    expected_samples: Mapped[int] = mapped_column(Integer, nullable=False)
+    expected_samples: Mapped[int] = mapped_column(BigInteger, nullable=False)
     elapsed: Mapped[float] = mapped_column(Float, nullable=False)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
     created_at: Mapped[datetime] = TimestampColumn()
