@@ -54,3 +54,36 @@ def test_another_users_view_stays_invisible_after_its_owner_stepped_on_it(sqlite
     with pytest.raises(veil.NotFound, match="No asset or view"):
         other._http.post(f"/models/{theirs.id}/step", json=views)
     assert theirs.refresh()._info["steps"] == 0
+
+
+def test_a_step_asks_the_database_once_per_fact(sqlite_node) -> None:
+    """A warm step reads in two short transactions (the caller's token; the model's
+    version, that the dataset is there, once for x and y, and its units) and writes in
+    one, and sets no PRAGMA on a connection already in a step's mode."""
+    from sqlalchemy import event
+
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    _upload(admin)
+    ds = make_ds(admin, sqlite_node)
+    data = ds.datasets["Rows"]
+    x, y = data["x"], data["y"]
+    model_ptr = _model().compile(to=ds)
+    for start in range(0, 16, 4):  # warm: the model, its pointers and the connections
+        model_ptr.step(x[start : start + 4], y[start : start + 4])
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        seen.append(" ".join(statement.split()[:3]))
+
+    engine = sqlite_node.ctx.db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        model_ptr.step(x[16:20], y[16:20])
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    begins = [s for s in seen if s.startswith("BEGIN")]
+    assert begins == ["BEGIN DEFERRED", "BEGIN DEFERRED", "BEGIN IMMEDIATE"], seen
+    assert not [s for s in seen if s.startswith("PRAGMA")], seen
+    assert sum(s.startswith("SELECT datasets.id") for s in seen) == 1, seen
+    assert sum(s.startswith("INSERT INTO private_objects") for s in seen) == 1, seen
+    assert len(seen) <= 12, seen

@@ -68,13 +68,15 @@ class Database:
         @event.listens_for(engine, "begin")
         def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
             options = conn.get_execution_options()
-            # Set per transaction (outside it, as SQLite requires), only when it changes.
+            begin = options.get("sqlite_begin", "DEFERRED")
+            # Set per write transaction (outside it, as SQLite requires), only when it
+            # changes: a read commits nothing, so it keeps whatever the last write set.
             synchronous = "FULL" if options.get("sqlite_durable", True) else "NORMAL"
             info = conn.connection.info
-            if info.get("synchronous", "FULL") != synchronous:
+            if begin == "IMMEDIATE" and info.get("synchronous", "FULL") != synchronous:
                 conn.exec_driver_sql(f"PRAGMA synchronous={synchronous}")
                 info["synchronous"] = synchronous
-            conn.exec_driver_sql(f"BEGIN {options.get('sqlite_begin', 'DEFERRED')}")
+            conn.exec_driver_sql(f"BEGIN {begin}")
 
         return engine
 

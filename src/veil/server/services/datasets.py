@@ -276,15 +276,22 @@ def _lookup(
 
 
 def _remembered(session: Session, pointer_id: str) -> _Found | None:
-    """What an earlier lookup found, if its dataset is still there (one light query)."""
+    """What an earlier lookup found, if its dataset is still there (one light query per
+    dataset and transaction: x and y of one dataset ask once)."""
     with _FOUND_GUARD:
         found = _FOUND.get(pointer_id)
         if found is not None:
             _FOUND.move_to_end(pointer_id)
-    if (
-        found is None
-        or session.connection().execute(_THERE, {"b_id": found.asset.dataset_id}).first()
-    ):
+    if found is None:
+        return None
+    dataset_id = found.asset.dataset_id
+    connection = session.connection()  # begins the transaction, if it had not
+    seen_in, there = session.info.get("datasets_there", (None, set()))
+    if seen_in is not session.get_transaction():
+        there = set()
+        session.info["datasets_there"] = (session.get_transaction(), there)
+    if dataset_id in there or connection.execute(_THERE, {"b_id": dataset_id}).first():
+        there.add(dataset_id)
         return found
     with _FOUND_GUARD:
         _FOUND.pop(pointer_id, None)

@@ -24,7 +24,7 @@ from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import PrivateObjectRow
 from veil.server.storage.files import NodeFiles
 
-__all__ = ["PendingObject", "StoredObject", "load_object", "pending_object"]
+__all__ = ["PendingObject", "StoredObject", "load_object", "pending_object", "record_objects"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ _INSERT = insert(PrivateObjectRow.__table__)  # built once: a step records two p
 
 @dataclass(frozen=True)
 class PendingObject:
-    """An object encoded, before the transaction that records it (`record`)."""
+    """An object encoded, before the transaction that records it (`record_objects`)."""
 
     kind: str
     shape: tuple[int, ...]
@@ -53,10 +53,8 @@ class PendingObject:
     n_rows: int
     data: bytes
 
-    def record(self, session: Session, *, owner_id: str, model_id: str) -> PrivateObjectRow:
-        """Insert the object's row (one statement, no ORM flush); the caller commits.
-        Returns the row as inserted."""
-        row = PrivateObjectRow(
+    def row(self, *, owner_id: str, model_id: str) -> PrivateObjectRow:
+        return PrivateObjectRow(
             id=new_id(),
             owner_id=owner_id,
             model_id=model_id,
@@ -69,10 +67,17 @@ class PendingObject:
             data=self.data,
             created_at=utcnow(),
         )
-        session.connection().execute(
-            _INSERT, {c.key: getattr(row, c.key) for c in _INSERT.table.columns}
-        )
-        return row
+
+
+def record_objects(
+    session: Session, objects: list[PendingObject], *, owner_id: str, model_id: str
+) -> list[PrivateObjectRow]:
+    """Insert the objects' rows (one statement, no ORM flush); the caller commits.
+    Returns the rows as inserted."""
+    rows = [o.row(owner_id=owner_id, model_id=model_id) for o in objects]
+    columns = [c.key for c in _INSERT.table.columns]
+    session.connection().execute(_INSERT, [{c: getattr(r, c) for c in columns} for r in rows])
+    return rows
 
 
 def pending_object(
@@ -86,7 +91,7 @@ def pending_object(
     groups: np.ndarray | None = None,
 ) -> PendingObject:
     """`values` (one entry per row of `rows`, of data subjects `groups` where the
-    source's unit is the subject) as a private object, to `record`."""
+    source's unit is the subject) as a private object, to `record_objects`."""
     arrays = {
         "values": np.ascontiguousarray(values),
         "rows": np.ascontiguousarray(rows, dtype=np.int64),

@@ -76,7 +76,7 @@ from veil.server.services.failpoints import failpoint
 from veil.server.services.live_models import LiveModel
 from veil.server.services.models import ModelFacts, get_model, model_facts
 from veil.server.services.node import get_node
-from veil.server.services.private_objects import pending_object
+from veil.server.services.private_objects import pending_object, record_objects
 from veil.server.services.releases import metric_queries, noise_for, release_metrics
 
 __all__ = ["Batch", "evaluate", "prediction_bound", "step"]
@@ -253,8 +253,9 @@ def step(
                     change=change,
                 ):
                     _why_not(session, user=user, model_id=model_id, version=live.version)
-                owned = {"owner_id": user.id, "model_id": model_id}
-                rows_out = (loss.record(session, **owned), predictions.record(session, **owned))
+                rows_out = record_objects(
+                    session, [loss, predictions], owner_id=user.id, model_id=model_id
+                )
                 failpoint("step.before_commit")
                 session.commit()
             failpoint("step.after_commit")
@@ -263,7 +264,7 @@ def step(
         ctx.live.put(model_id, live)
         if ctx.files.weights(model_id, version - 2).exists():
             prune_old_versions(ctx.files, model_id, version)  # files from before its steps
-        return rows_out
+        return rows_out[0], rows_out[1]
 
 
 def evaluate(
