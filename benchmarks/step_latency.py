@@ -14,6 +14,15 @@ tabular dataset, compiles a small MLP (30-64-64-1, sigmoid) and times, interleav
 The node's overhead is `step - engine`. Prints a table and writes JSON (by default
 ``benchmarks/results/step_latency.json``).
 
+Profile notes (timed spans in an in-thread node, 2 CPUs, medians, 4,096 rows): the
+step request with its service replaced by a no-op (HTTP, FastAPI, body and answer,
+the caller's token, the client) costs 1.08 ms; the service outside the engine 1.6 ms:
+reading the model's version and the pair 0.5 (token, model, dataset and units: one
+statement each), encoding the checkpoint 0.28 (safetensors of 26 arrays), the write
+transaction 0.7 (UPDATE of the model with its cart curve, the state, the cart's
+changed rows, pruning the state before last, both objects, commit), the rest 0.15.
+Each SQL statement costs 0.01-0.05 ms in SQLite and as much again in SQLAlchemy.
+
     python benchmarks/step_latency.py [--quick | --tiny] [--steps 300] [--out PATH]
 """
 
