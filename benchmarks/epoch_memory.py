@@ -164,7 +164,7 @@ def run(rows: int, batch: int, threads: int) -> dict[str, object]:
         path, labels = _write_dataset(work, rows)
         size = path.stat().st_size
         port = free_port()
-        env = node_env() | {"OMP_NUM_THREADS": str(threads)}
+        env = node_env() | {"OMP_NUM_THREADS": str(threads), "VEIL_TORCH_THREADS": str(threads)}
         node = start_node(work / "node", port, work / "node.log", env=env)
         sampler = Sampler(node.pid)
         _, idle_anon, idle_file = sampler.sample()
@@ -266,7 +266,7 @@ def main() -> None:
         "--threads",
         type=int,
         default=1,
-        help="the node's torch intra-op threads (OMP_NUM_THREADS; 1, as benchmarks/training.py)",
+        help="the node's torch intra-op threads (VEIL_TORCH_THREADS; 1, the default)",
     )
     size_flags(parser, RESULTS, quick="16,384 images (a 123 MB asset)", tiny="1,024 images")
     args = parser.parse_args()

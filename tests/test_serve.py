@@ -122,3 +122,23 @@ def test_a_node_refuses_a_device_it_cannot_train_on(tmp_path) -> None:
             Settings(data_dir=tmp_path, device=bad)
     with pytest.raises(ValidationError, match="CUDA device"):
         Settings(data_dir=tmp_path, device=f"cuda:{torch.cuda.device_count()}")
+
+
+def test_a_node_runs_each_torch_op_on_the_threads_it_is_given(tmp_path) -> None:
+    import pytest
+    import torch
+    from pydantic import ValidationError
+
+    from veil.server.context import NodeContext
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            settings = Settings(data_dir=tmp_path / str(threads), torch_threads=threads)
+            NodeContext.create(settings).stop()
+            assert torch.get_num_threads() == threads
+        assert Settings(data_dir=tmp_path).torch_threads == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValidationError, match="torch_threads"):
+        Settings(data_dir=tmp_path, torch_threads=0)

@@ -54,6 +54,10 @@ class NodeContext:
         # longer. Flushed to zero from here on; the threads this process starts later
         # (server, jobs, torch's pool) inherit the setting.
         torch.set_flush_denormal(True)
+        # Several threads train at once (jobs, the compute pool): ops split over all the
+        # cores waited on one another's busy cores (an MLP fit ran 4 to 10 times slower
+        # with two threads per op on two cores; `benchmarks/training.py` notes).
+        torch.set_num_threads(settings.torch_threads)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         files = NodeFiles(settings.data_dir)
         ctx = cls(

@@ -107,6 +107,14 @@ class Settings(BaseSettings):
         "and X-Forwarded-Proto are trusted; none by default",
     )
     device: str = Field(default="cpu", description="torch device for training, e.g. cuda")
+    torch_threads: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="torch intra-op threads of each training thread on the CPU; a node "
+        "trains on several threads at once (jobs, steps, evaluations), so by default each "
+        "op runs on one thread and they share the cores",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="the node's log level"
     )
