@@ -33,8 +33,10 @@ Profile notes (torch.profiler on 2 shared CPU cores, torch 2.13, batch 256):
   thread, and the same engine fit in a non-main thread ran 6x faster than on the main
   thread at load 9 (0.78 s against 4.7 s for the CNN32 epoch), so over HTTP it ran
   faster than in-process. Every system therefore runs with `--threads` intra-op threads
-  (default 1, the node's process too); the JSON records it and the load average
-  before and after each model. Compare ratios within one run only.
+  (default 1, the node's process too, as a node's own default `VEIL_TORCH_THREADS`);
+  the JSON records it and the load average before and after each model. Compare
+  ratios within one run only. `--threads 2` under load: the MLP's fit over HTTP at
+  23,888 examples/s against 105,137 with one thread.
 - Convolutions: the first version unfolded patches (`im2col`, 70 ms a call on the IDC
   CNN's first layer) and was slower than vmap there; a grouped convolution with the
   batch as groups was faster for wide maps but slower for many channels. The engine
