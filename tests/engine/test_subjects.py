@@ -270,3 +270,69 @@ def test_validation_by_subject_evaluates_k_slots_per_held_out_subject(monkeypatc
         kept.append(result.history[-1].validation_rows)
     assert evaluated == [8, 8]  # 4 held-out subjects x 2 slots, whoever owns the rows
     assert len(kept[0]) == 2 and len(kept[1]) == 4  # the real slots, for the release
+
+
+def test_a_fits_setup_sorts_only_the_rows_it_was_given(monkeypatch) -> None:
+    """How many rows the training and the held-out people own is private; their total,
+    the rows given, is not. The fit's setup sorts and indexes all of them together, so
+    its work is the same however they split (it once sorted each part apart)."""
+    import veil.engine._subjects as subjects_module
+    import veil.engine._trainer as trainer_module
+
+    sorted_sizes: list[int] = []
+    original_argsort, original_check = np.argsort, trainer_module.check_rows
+
+    def argsort(a, *args, **kwargs):  # noqa: ANN001, ANN202
+        sorted_sizes.append(len(a))
+        return original_argsort(a, *args, **kwargs)
+
+    def check_rows(name, rows, n):  # noqa: ANN001, ANN202
+        sorted_sizes.append(len(rows))
+        return original_check(name, rows, n)
+
+    monkeypatch.setattr(subjects_module.np, "argsort", argsort)
+    monkeypatch.setattr(trainer_module, "check_rows", check_rows)
+    x, y, _ = _data(people=12, rows_of_first=1)
+    seen = []
+    for subjects in (  # the held-out people (4, 5) own 2 rows, or 6: private
+        np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 4, 5]),
+        np.array([0, 0, 1, 1, 2, 3, 4, 4, 4, 5, 5, 5]),
+    ):
+        rows = np.arange(12)
+        held = subjects >= 4
+        sorted_sizes.clear()
+        DPTrainer(_linear_spec(4), seed=0).fit(
+            x[:12],
+            y[:12],
+            train_rows=rows[~held],
+            val_rows=rows[held],
+            epochs=1,
+            batch_size=2,
+            subjects=subjects,
+            train_subjects=np.arange(4),
+            val_subjects=np.array([4, 5]),
+            rows_per_subject=3,
+        )
+        seen.append(list(sorted_sizes))
+    assert seen[0] == seen[1] and seen[0] and set(seen[0]) == {12}
+
+
+def test_a_subject_split_keeps_each_subject_on_one_side() -> None:
+    x, y, _ = _data(people=12, rows_of_first=1)
+    subjects = np.repeat(np.arange(6), 2)
+    fit = {"epochs": 1, "batch_size": 2, "subjects": subjects, "rows_per_subject": 2}
+    trainer = DPTrainer(_linear_spec(4), seed=0)
+    with pytest.raises(ValidationError, match="subjects in both"):
+        trainer.fit(x[:12], y[:12], train_rows=np.arange(7), val_rows=np.arange(7, 12), **fit)
+    with pytest.raises(ValidationError, match="exactly the given rows"):
+        trainer.fit(
+            x[:12],
+            y[:12],
+            train_rows=np.arange(6),
+            val_rows=np.arange(6, 12),
+            train_subjects=np.arange(4),  # subject 3 owns rows 6 and 7, given to validate
+            val_subjects=np.array([4, 5]),
+            **fit,
+        )
+    with pytest.raises(ValidationError, match="without repeats"):
+        trainer.fit(x[:12], y[:12], train_rows=np.arange(8), val_rows=np.arange(6, 12), **fit)

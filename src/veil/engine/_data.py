@@ -135,15 +135,20 @@ def check_values(spec: ModelSpec, x: np.ndarray, y: np.ndarray | None = None) ->
             raise ValidationError(f"{spec.loss.name} expects {what}. Received: other values")
 
 
-def check_rows(name: str, rows: object, n: int) -> np.ndarray:
-    """Sorted unique int64 row indices in [0, n); ValidationError otherwise."""
+def row_indices(name: str, rows: object) -> np.ndarray:
+    """`rows` as a 1-D int64 array, in the given order; ValidationError otherwise."""
     array = np.asarray(rows)
     if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
         raise ValidationError(
             f"Expected {name} as a 1-D array of row indices. Received: shape "
             f"{array.shape}, dtype {array.dtype}"
         )
-    array = np.sort(array.astype(np.int64))
+    return array.astype(np.int64)
+
+
+def check_rows(name: str, rows: object, n: int) -> np.ndarray:
+    """Sorted unique int64 row indices in [0, n); ValidationError otherwise."""
+    array = np.sort(row_indices(name, rows))
     if array.size and (array[0] < 0 or array[-1] >= n):
         raise ValidationError(f"Expected {name} in [0, {n}). Received: indices outside it")
     if array.size > 1 and (np.diff(array) == 0).any():

@@ -76,14 +76,24 @@ class SubjectIndex:
                 f"Expected one integer subject per row, shape {rows.shape}. "
                 f"Received: {subjects.dtype} of shape {subjects.shape}"
             )
+        order = np.argsort(subjects, kind="stable")
+        self._ordered = subjects[order].astype(np.int64)
+        self._rows = rows[order]
+        self._sample(pool)
+
+    def _sample(self, pool: np.ndarray) -> None:
         self.pool = np.asarray(pool, np.int64)
         if self.pool.ndim != 1 or np.unique(self.pool).size != self.pool.size:
             raise ValidationError("Expected a pool of distinct subjects, one axis.")
-        order = np.argsort(subjects, kind="stable")
-        ordered = subjects[order].astype(np.int64)
-        self._rows = rows[order]
-        self._start = np.searchsorted(ordered, self.pool, side="left")
-        self._stop = np.searchsorted(ordered, self.pool, side="right")
+        self._start = np.searchsorted(self._ordered, self.pool, side="left")
+        self._stop = np.searchsorted(self._ordered, self.pool, side="right")
+
+    def over(self, pool: np.ndarray) -> SubjectIndex:
+        """The same rows, sampled over the subjects `pool` instead (no new sort)."""
+        other = object.__new__(SubjectIndex)
+        other._ordered, other._rows = self._ordered, self._rows
+        other._sample(pool)
+        return other
 
     def __len__(self) -> int:
         return int(self.pool.size)

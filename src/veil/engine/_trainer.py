@@ -14,7 +14,13 @@ import torch
 from veil._exceptions import ValidationError
 from veil.engine._build import build_module
 from veil.engine._checkpoint import CHECKPOINT_FORMAT, optimizer_state, restore_optimizer_state
-from veil.engine._data import check_rows, check_shapes, input_tensor, target_tensor
+from veil.engine._data import (
+    check_rows,
+    check_shapes,
+    input_tensor,
+    row_indices,
+    target_tensor,
+)
 from veil.engine._dpsgd import (
     clip_and_sum,
     clip_by_subject,
@@ -97,6 +103,49 @@ def _seeds(seed: int | None) -> list[int]:
         raise ValidationError(f"Expected seed of a non-negative int or None. Received: {seed!r}")
     children = np.random.SeedSequence(int(seed)).spawn(4)
     return [int(c.generate_state(1, np.uint64)[0]) for c in children]
+
+
+def _by_subject(
+    subjects: np.ndarray,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray | None,
+    train_subjects: np.ndarray | None,
+    val_subjects: np.ndarray | None,
+    k: int | None,
+) -> tuple[np.ndarray, np.ndarray, SubjectIndex, SubjectIndex | None]:
+    """(train rows, validation rows, the training index, the held-out index with k).
+
+    Where the unit is the subject, how many rows the training and the held-out subjects
+    own is private; together they are the rows the fit was given, a public count. So
+    the rows are checked and sorted together, once: the work follows their total, never
+    either part's size. Each index holds every row and samples over its own pool (by
+    default, the subjects owning its rows); the pools may share no subject.
+    """
+    n = subjects.shape[0]
+    train = row_indices("train_rows", train_rows)
+    val = row_indices("val_rows", [] if val_rows is None else val_rows)
+    both = check_rows("train_rows and val_rows", np.concatenate([train, val]), n)
+    pool = np.unique(subjects[train]) if train_subjects is None else train_subjects
+    val_pool = np.unique(subjects[val]) if val_subjects is None else val_subjects
+    if np.intersect1d(pool, val_pool).size:
+        raise ValidationError(
+            "Expected training and validation subjects apart (a subject's rows all train "
+            "or all validate). Received: subjects in both"
+        )
+    ranks = np.asarray(subjects[both])
+    if np.count_nonzero(np.isin(ranks, pool)) != train.size:
+        raise ValidationError(
+            "Expected train_rows to be exactly the given rows whose subjects are in "
+            "train_subjects. Received: rows of training subjects among val_rows, or "
+            "training rows of other subjects"
+        )
+    index = SubjectIndex(both, ranks, pool)
+    if len(index) == 0:
+        raise ValidationError("Expected at least one training subject. Received: none")
+    # With k the held-out subjects' rows are drawn from the index; without, all of them
+    # are evaluated (work that follows their count: the node always gives k).
+    held_out = None if k is None else index.over(val_pool)
+    return train, (np.sort(val) if k is None else val), index, held_out
 
 
 class DPTrainer:
@@ -337,27 +386,21 @@ class DPTrainer:
         batch_size = _positive_int("batch_size", batch_size)
         check_shapes(self.spec, x, y)
         n = int(x.shape[0])
-        train = check_rows("train_rows", train_rows, n)
-        if train.size == 0 and subjects is None:
-            # By subject, which rows train is private: the pool of subjects is checked.
-            raise ValidationError("Expected at least one training row. Received: none")
-        val = check_rows("val_rows", [] if val_rows is None else val_rows, n)
-        if np.intersect1d(train, val).size:
-            raise ValidationError(
-                "Expected val_rows disjoint from train_rows. Received: rows in both"
-            )
         k = check_rows_per_subject(rows_per_subject)
         by_subject = held_out = None
-        if subjects is not None:
-            ranks = np.asarray(check_subjects(subjects, n)[train])
-            pool = np.unique(ranks) if train_subjects is None else train_subjects
-            by_subject = SubjectIndex(train, ranks, pool)
-            if len(by_subject) == 0:
-                raise ValidationError("Expected at least one training subject. Received: none")
-            if k is not None:
-                val_ranks = np.asarray(subjects[val])
-                val_pool = np.unique(val_ranks) if val_subjects is None else val_subjects
-                held_out = SubjectIndex(val, val_ranks, val_pool)
+        if subjects is None:
+            train = check_rows("train_rows", train_rows, n)
+            if train.size == 0:
+                raise ValidationError("Expected at least one training row. Received: none")
+            val = check_rows("val_rows", [] if val_rows is None else val_rows, n)
+            if np.intersect1d(train, val).size:
+                raise ValidationError(
+                    "Expected val_rows disjoint from train_rows. Received: rows in both"
+                )
+        else:
+            train, val, by_subject, held_out = _by_subject(
+                check_subjects(subjects, n), train_rows, val_rows, train_subjects, val_subjects, k
+            )
         units = len(train) if by_subject is None else len(by_subject)
         q = sampling_rate(units, batch_size)
         per_epoch = steps_per_epoch(units, batch_size)
