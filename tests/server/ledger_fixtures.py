@@ -16,7 +16,7 @@ from veil.server.db.engine import Database
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
 from veil.server.db.tables.models import ModelRow
 from veil.server.services.checkpoints import save_cart_arrays
-from veil.server.services.private_objects import pending_object
+from veil.server.services.private_objects import pending_object, record_objects
 from veil.server.storage.files import NodeFiles, atomic_write
 
 __all__ = [
@@ -148,7 +148,7 @@ def add_object(
         bound=bound,
     )
     with store.db.session() as session:
-        row = pending.record(session, owner_id=owner_id, model_id=model_id)
+        [row] = record_objects(session, [pending], owner_id=owner_id, model_id=model_id)
         session.commit()
         return row.id
 
