@@ -267,9 +267,11 @@ def test_validation_by_subject_evaluates_k_slots_per_held_out_subject(monkeypatc
             rows_per_subject=2,
             val_subjects=np.array([20, 21, 22, 23]),
         )
-        kept.append(result.history[-1].validation_rows)
+        info = result.history[-1]
+        assert len(info.validation_rows) == info.validation.n == 8  # all slots, to release
+        kept.append(int(info.validation_real.sum()))
     assert evaluated == [8, 8]  # 4 held-out subjects x 2 slots, whoever owns the rows
-    assert len(kept[0]) == 2 and len(kept[1]) == 4  # the real slots, for the release
+    assert kept == [2, 4]  # the real slots, which the release keeps
 
 
 def test_a_fits_setup_sorts_only_the_rows_it_was_given(monkeypatch) -> None:

@@ -62,19 +62,31 @@ class RowMetrics:
 class EpochInfo:
     """After each full epoch: raw per-row validation metrics (None without val rows),
     and the rows they are of (`val_rows`, or by subject with `rows_per_subject`, the
-    rows validation took of each held-out subject)."""
+    k slots validation took of each held-out subject, where `validation_real` marks
+    the slots that hold one of its rows: the others are padding, to be left out)."""
 
     epoch: int
     validation: RowMetrics | None
     validation_rows: np.ndarray | None = None
+    validation_real: np.ndarray | None = None
+
+    @property
+    def _kept(self) -> RowMetrics | None:
+        metrics, real = self.validation, self.validation_real
+        if metrics is None or real is None:
+            return metrics
+        correct = None if metrics.correct is None else metrics.correct[real]
+        return RowMetrics(metrics.losses[real], correct, metrics.loss_bound)
 
     @property
     def val_loss(self) -> float | None:
-        return None if self.validation is None else self.validation.loss
+        kept = self._kept
+        return None if kept is None else kept.loss
 
     @property
     def val_accuracy(self) -> float | None:
-        return None if self.validation is None else self.validation.accuracy
+        kept = self._kept
+        return None if kept is None else kept.accuracy
 
 
 @dataclass(frozen=True)

@@ -259,6 +259,7 @@ def _record_epoch(
             cart=run.cart,
             metrics=epoch.validation,
             rows=epoch.validation_rows,
+            real=epoch.validation_real,
             params=run.params,
             plan=run.plan,
             delta=get_node(session).delta,  # the node's now: the admin may change it

@@ -438,6 +438,7 @@ def release_validation(
     cart: Cart,
     metrics: RowMetrics,
     rows: np.ndarray | None,
+    real: np.ndarray | None = None,
     params: dict[str, Any],
     plan: FitRows,
     delta: float,
@@ -445,18 +446,21 @@ def release_validation(
 ) -> tuple[dict[str, Any], Cart]:
     """Release one epoch's validation loss and accuracy, or withhold them.
 
-    `metrics` are of `rows` (the plan's validation rows, or some of each held-out
-    subject's); `cart` is the model's cart as just checkpointed. The metrics are
-    released at the fit's `val_sigma`, which keeps each release's cost per held-out row
-    under the training rows' (held-out rows that cost nothing before add nothing to the
-    model's cost; the quote counts those that did); if the budget cannot pay for the
-    model's cart, they are withheld and training goes on. Returns the progress entry
-    and the model's cart after it.
+    `metrics` are of `rows` (the plan's validation rows, or k slots of each held-out
+    subject, of which `real` marks those holding one of its rows); `cart` is the
+    model's cart as just checkpointed. The metrics are released at the fit's
+    `val_sigma`, which keeps each release's cost per held-out row under the training
+    rows' (held-out rows that cost nothing before add nothing to the model's cost; the
+    quote counts those that did); if the budget cannot pay for the model's cart, they
+    are withheld and training goes on. Returns the progress entry and the model's cart
+    after it.
     """
     pair, units = plan.pair, plan.pair.units
     if units.by_subject:  # one value per held-out subject: the mean of its rows
         ranks = units.subjects_of(plan.val_rows if rows is None else rows)
         assert ranks is not None
+        if real is not None:  # a padding slot is no subject's: its value is dropped
+            ranks = np.where(real, ranks, -1)
         metrics = per_subject(metrics, ranks, plan.val_units)
     queries = metric_queries(
         metrics, source=pair.key, n_source_rows=units.n, rows=plan.val_units, prefix="val_"
