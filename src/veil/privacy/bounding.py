@@ -187,7 +187,14 @@ def _group_index(groups: np.ndarray, n_rows: int) -> tuple[np.ndarray, int]:
             f"Expected one integer subject per row, shape ({n_rows},). "
             f"Received: {groups.dtype} of shape {groups.shape}"
         )
-    _, index = np.unique(groups, return_inverse=True)
+    # A sort's work follows the order it is given (rows already grouped by subject sort
+    # many times faster than rows with one person's moved elsewhere), and that order is
+    # private: the subjects are sorted in a random order, from the OS's entropy. The
+    # index is the same whatever the order.
+    shuffled = np.random.default_rng().permutation(n_rows)
+    _, found = np.unique(groups[shuffled], return_inverse=True)
+    index = np.empty(n_rows, np.int64)
+    index[shuffled] = found.reshape(-1)
     return index, n_rows
 
 
