@@ -7,7 +7,31 @@ import numpy as np
 
 import veil
 
-__all__ = ["VISITS_PEOPLE", "raw_client", "upload_people"]
+__all__ = ["PUBLIC_PROGRESS", "VISITS_PEOPLE", "raw_client", "upload_people"]
+
+# Every field `progress()` may show: public counts and released metrics only.
+PUBLIC_PROGRESS = frozenset(
+    {
+        "model_id",
+        "status",
+        "spent",
+        "cart",
+        "total_steps",
+        "job_id",
+        "epoch",
+        "max_iter",
+        "step",
+        "steps",
+        "expected_samples",
+        "unit",
+        "elapsed",
+        "sigma",
+        "error",
+        "queue_position",
+        "restarts",
+        "metrics",
+    }
+)
 
 # Rows 0-7 are one person (rank 0); rows 8-15 and 16-23 are persons 1..8: slices of the
 # same public facts (rows, subjects) whose private grouping differs.

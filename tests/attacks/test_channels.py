@@ -11,6 +11,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import veil
+from tests.attacks.scenario import PUBLIC_PROGRESS
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
 from veil import nn
 from veil.server.db.tables.models import ModelRow, ModelStateRow
@@ -164,26 +165,7 @@ def test_progress_shows_public_counts_only(node_and_admin) -> None:
     model_ptr = _classifier(10).compile(to=ds)
     model_ptr.fit(data["images"], data["labels"], max_iter=2, batch_size=4, wait=True)
     progress = model_ptr.progress()
-    assert set(progress) == {
-        "model_id",
-        "spent",
-        "cart",
-        "total_steps",
-        "job_id",
-        "status",
-        "epoch",
-        "max_iter",
-        "step",
-        "steps",
-        "expected_samples",
-        "unit",
-        "elapsed",
-        "sigma",
-        "error",
-        "queue_position",
-        "restarts",
-        "metrics",
-    }
+    assert set(progress) == PUBLIC_PROGRESS
     assert progress["expected_samples"] == progress["steps"] * 4  # q x n_train = batch_size
 
 

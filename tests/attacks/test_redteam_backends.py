@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import veil
-from tests.attacks.scenario import raw_client
+from tests.attacks.scenario import PUBLIC_PROGRESS, raw_client
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DS_PASSWORD, login, make_ds
 from tests.nodes import RunningNode, fresh_postgres_url, running_node
 from tests.web.scenario import csrf_of, dashboard, wait_for
@@ -33,26 +33,6 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 LEASE_S = 3.0  # a killed worker's job is requeued this long after its last renewal
 ROWS = 48
 _ENDED = ("done", "failed", "cancelled")
-_PUBLIC_PROGRESS = {
-    "model_id",
-    "status",
-    "spent",
-    "cart",
-    "total_steps",
-    "job_id",
-    "epoch",
-    "max_iter",
-    "step",
-    "steps",
-    "expected_samples",
-    "unit",
-    "elapsed",
-    "sigma",
-    "error",
-    "queue_position",
-    "restarts",
-    "metrics",
-}
 
 
 def _table(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -361,7 +341,7 @@ def test_wild_private_values_change_nothing_a_celery_fit_shows(celery) -> None:
             data["x"], data["y"], max_iter=2, batch_size=8, validation_split=0.25, wait=False
         )
         final = _until_ended(model_ptr)
-        assert set(final) <= _PUBLIC_PROGRESS, set(final) - _PUBLIC_PROGRESS
+        assert set(final) <= PUBLIC_PROGRESS, set(final) - PUBLIC_PROGRESS
         assert all(
             set(m) <= {"epoch", "released", "release_id", "withheld"} or m["released"]
             for m in final["metrics"]

@@ -27,13 +27,17 @@ def _model() -> nn.Model:
     return model
 
 
-def test_a_deleted_dataset_is_gone_for_a_model_that_stepped_on_it(sqlite_node) -> None:
-    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+def _stepping(node):  # noqa: ANN001, ANN202
+    """(the admin, x and y of the uploaded "Rows", a data scientist's model on them)."""
+    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
     _upload(admin)
-    ds = make_ds(admin, sqlite_node)
+    ds = make_ds(admin, node)
     data = ds.datasets["Rows"]
-    x, y = data["x"], data["y"]
-    model_ptr = _model().compile(to=ds)
+    return admin, data["x"], data["y"], _model().compile(to=ds)
+
+
+def test_a_deleted_dataset_is_gone_for_a_model_that_stepped_on_it(sqlite_node) -> None:
+    admin, x, y, model_ptr = _stepping(sqlite_node)
     model_ptr.step(x[0:8], y[0:8])
     model_ptr.step(x[8:16], y[8:16])
     admin.datasets.delete("Rows")
@@ -62,12 +66,7 @@ def test_a_step_asks_the_database_once_per_fact(sqlite_node) -> None:
     one, and sets no PRAGMA on a connection already in a step's mode."""
     from sqlalchemy import event
 
-    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
-    ds = make_ds(admin, sqlite_node)
-    data = ds.datasets["Rows"]
-    x, y = data["x"], data["y"]
-    model_ptr = _model().compile(to=ds)
+    _, x, y, model_ptr = _stepping(sqlite_node)
     for start in range(0, 16, 4):  # warm: the model, its pointers and the connections
         model_ptr.step(x[start : start + 4], y[start : start + 4])
     seen: list[str] = []
