@@ -11,6 +11,7 @@ only to the admin (`.get()`), for everyone else only through a release (`publish
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections import OrderedDict
@@ -186,7 +187,8 @@ def read_mock(
 ) -> np.ndarray:
     """The pointer's mock: the asset's mock sliced alike, as far as the mock's rows go."""
     asset, rows, _ = _lookup(session, user=user, pointer_id=pointer_id)
-    mock = arrays.load(arrays.mock_path(asset.dataset_id, asset.id))
+    with _deleted_meanwhile(pointer_id):
+        mock = arrays.load(arrays.mock_path(asset.dataset_id, asset.id))
     covered = _mock_range(rows, mock.shape[0])
     return mock[covered.start : covered.stop : covered.step]
 
@@ -198,7 +200,8 @@ def private_npy(
     asset, rows, _ = _lookup(session, user=user, pointer_id=pointer_id)
     if user.role != ROLE_ADMIN:
         raise PermissionDenied(PRIVATE_DATA_MESSAGE, pointer=pointer_id)
-    array = arrays.open(arrays.asset_path(asset.dataset_id, asset.id))
+    with _deleted_meanwhile(pointer_id):
+        array = arrays.open(arrays.asset_path(asset.dataset_id, asset.id))
     shape = (len(rows), *array.shape[1:])
     size = len(header_bytes(array.dtype, shape)) + math.prod(shape) * array.dtype.itemsize
     return size, iter_npy(array, rows, chunk_bytes=_DOWNLOAD_CHUNK)
@@ -225,7 +228,8 @@ def resolve_pointer(
     asset, rows, view_id = _lookup(session, user=user, pointer_id=pointer_id, known=known)
     if within is not None:
         rows = _pick(asset, rows, view_id, start=within.start, stop=within.stop, step=within.step)
-    array = arrays.open(arrays.asset_path(asset.dataset_id, asset.id))
+    with _deleted_meanwhile(pointer_id):
+        array = arrays.open(arrays.asset_path(asset.dataset_id, asset.id))
     return ResolvedPointer(
         dataset_id=asset.dataset_id,
         asset_id=asset.id,
@@ -273,6 +277,18 @@ def _lookup(
         # Another user's view answers exactly like an id that does not exist.
         raise NotFound(f"No asset or view {pointer_id!r} visible to you.", pointer=pointer_id)
     return found.asset, found.rows, found.view_id
+
+
+@contextlib.contextmanager
+def _deleted_meanwhile(pointer_id: str) -> Iterator[None]:
+    """Open an asset's file found in the database: the admin's delete may commit and
+    remove the files in between, and then the pointer is gone, as if it came first."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise NotFound(
+            f"No asset or view {pointer_id!r} visible to you.", pointer=pointer_id
+        ) from None
 
 
 def _remembered(session: Session, pointer_id: str) -> _Found | None:

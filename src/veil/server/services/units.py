@@ -74,7 +74,10 @@ def dataset_units(session: Session, arrays: ArrayStore, dataset_id: str) -> Unit
         raise NotFound(f"No dataset {dataset_id!r}.", dataset_id=dataset_id)
     if dataset.subject_asset is None:
         return Units(n=dataset.n_subjects, ranks=None)  # one subject per row
-    ranks = arrays.open(arrays.subjects_path(dataset_id))
+    try:
+        ranks = arrays.open(arrays.subjects_path(dataset_id))
+    except FileNotFoundError:  # deleted since it was read above: as if it came first
+        raise NotFound(f"No dataset {dataset_id!r}.", dataset_id=dataset_id) from None
     return Units(n=dataset.n_subjects, ranks=ranks)
 
 
