@@ -280,15 +280,21 @@ def test_a_user_disabled_during_a_fit_with_validation_is_locked_out_cleanly(
     gate = _Gate(monkeypatch, fit_job, "stage_checkpoint")
     model_ptr.fit(x, y, max_iter=2, batch_size=16, validation_split=0.25, wait=False)
     gate.wait()
+    waiting = _model(ds)  # one job runs per user: this one waits in the queue
+    assert waiting.fit(x, y, max_iter=1, batch_size=16, wait=False)["status"] == "queued"
     admin.users.disable(email)
     gate.open()
     with pytest.raises(veil.AuthenticationError):
         model_ptr.progress()
     with raw_client(node, ds) as raw:
         assert raw.get(f"/models/{model_ptr.id}/progress").status_code == 401
-    # The job ends recorded (the admin's dashboard reads this row), the ledger within budget.
+    # Disabling stops the account's jobs: the queued one at once, the running one after
+    # its first epoch (so it charges no more releases); both end recorded (the admin's
+    # dashboard reads these rows), the ledger within budget.
     job = _ended_job(node, model_ptr.id)
-    assert job.status in ("done", "cancelled") and job.error is None, (job.status, job.error)
+    assert (job.status, job.epoch, job.error) == ("cancelled", 1, None)
+    queued = _ended_job(node, waiting.id)
+    assert (queued.status, queued.step, queued.error) == ("cancelled", 0, None)
     entry = next(e for e in admin.ledger if e.email == email)
     assert entry.spent <= entry.budget * (1 + 1e-9)
     with pytest.raises(veil.AuthenticationError):

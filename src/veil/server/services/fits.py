@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -417,15 +416,8 @@ def cancel_fit(session: Session, *, user: UserRow, model_id: str) -> JobRow:
 
 
 def cancel(session: Session, job: JobRow) -> None:
-    """Stop `job`: a queued one at once, a running one after its current step; a no-op
-    once it ended. Commits."""
-    if job.status == job_queue.QUEUED:
-        job.status = "cancelled"
-        job.cancel_requested = True
-        job.finished_at = datetime.now(UTC)
-        job_queue.free_model(session, job)
-    elif job.status == job_queue.RUNNING:
-        job.cancel_requested = True
+    """Stop `job` (`job_queue.stop`) and commit."""
+    job_queue.stop(session, job)
     session.commit()
 
 

@@ -136,6 +136,28 @@ def fenced_job(session: Session, claim: Claim) -> JobRow:
     return job
 
 
+def stop(session: Session, job: JobRow) -> None:
+    """Stop `job`: a queued one at once, a running one after its current step; nothing
+    once it ended. The caller commits."""
+    if job.status == QUEUED:
+        job.status = "cancelled"
+        job.cancel_requested = True
+        job.finished_at = _now()
+        free_model(session, job)
+    elif job.status == RUNNING:
+        job.cancel_requested = True
+
+
+def stop_all_of(session: Session, owner_id: str) -> list[JobRow]:
+    """Stop every queued or running job of one user (see `stop`); the caller commits.
+    Returns them."""
+    query = select(JobRow).where(JobRow.owner_id == owner_id, JobRow.status.in_((QUEUED, RUNNING)))
+    jobs = list(session.scalars(query.with_for_update()))
+    for job in jobs:
+        stop(session, job)
+    return jobs
+
+
 def free_model(session: Session, job: JobRow) -> None:
     """The job is over: its model may train again (the caller holds the job row)."""
     model = session.get(ModelRow, job.model_id, with_for_update=True)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from veil._exceptions import Conflict, NotFound, ValidationError
 from veil.server.db.tables.accounts import ROLE_ADMIN, ROLE_DS, UserRow
+from veil.server.services import job_queue
 from veil.server.services.auth import revoke_all
 from veil.server.services.passwords import check_new_password, hash_password
 
@@ -82,5 +83,8 @@ def disable_user(session: Session, *, user_id_or_email: str) -> UserRow:
         )
     user.disabled = True
     revoke_all(session, user_id=user.id)
+    # Nobody may act for the account any more, its jobs included: a fit that went on
+    # would keep charging its validation releases to a user who cannot read them.
+    job_queue.stop_all_of(session, user.id)
     session.commit()
     return user
