@@ -435,7 +435,8 @@ def test_a_fit_cancelled_as_it_finishes_ends_once_with_every_step_charged(
     model_ptr = _model(ds)
     x, y = _data(ds)
     quoted = model_ptr.quote(x, y, max_iter=1, batch_size=16, validation_split=0.25)
-    gate = _Gate(monkeypatch, fit_job, "_finish")  # trained and checkpointed, not ended
+    # Every step trained; the transaction that checkpoints them and ends the job not begun.
+    gate = _Gate(monkeypatch, fit_job, "_checkpoint", lambda *a, **k: k.get("ending") is not None)
     model_ptr.fit(x, y, max_iter=1, batch_size=16, validation_split=0.25, wait=False)
     gate.wait()
     answer = model_ptr.cancel()

@@ -191,6 +191,7 @@ def test_a_cold_load_racing_another_nodes_steps_answers_conflict(tmp_path, backe
         user = admin.users.create(email="cold@lab.org", password=DS_PASSWORD, budget=1e6)
         ds, other = login(one, user.email, DS_PASSWORD), login(two, user.email, DS_PASSWORD)
         model_id = _model(ds).id
+        one.ctx.live.take(model_id, -1)  # forget the new model: node one loads it cold
 
         def load_while_the_other_steps(session, files, model, **kwargs):  # noqa: ANN001, ANN003, ANN202
             if armed.is_set() and not fired.is_set():

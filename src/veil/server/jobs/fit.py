@@ -5,8 +5,10 @@ unit is the data subject, the steps sample subjects and clip each one's rows tog
 The weights and the cart are checkpointed together at each epoch's end and every
 `checkpoint_every_seconds`; at an epoch's end the validation metrics, if the fit holds
 out rows, go through the release path (`fits.release_validation`, which owns the rule
-for withholding them) in the same transaction. The job row records how many of its
-steps the model's checkpoint holds (`checkpoint_step`).
+for withholding them) in the same transaction; the last epoch's transaction also ends
+the job. The job row records how many of its steps the model's checkpoint holds
+(`checkpoint_step`). The job trains the model kept in memory for steps
+(`services.live_models`) when this process has it, and leaves it there when done.
 
 A job that resumes (its worker died, the node restarted) loads the model's checkpoint
 and runs the remaining steps from there, with fresh secure noise: steps trained after
@@ -45,6 +47,7 @@ from veil.server.services.checkpoints import (
     stage_checkpoint,
 )
 from veil.server.services.job_queue import Claim, LeaseLost
+from veil.server.services.live_models import LiveModel
 from veil.server.services.models import get_model
 from veil.server.services.node import get_node
 from veil.server.services.progress import expected_samples
@@ -79,7 +82,8 @@ def run_fit_job(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> No
             )
             _finish(ctx, claim, "failed", str(error))
         else:
-            _finish(ctx, claim, outcome, None)
+            if outcome is not None:
+                _finish(ctx, claim, outcome, None)
     except LeaseLost:
         log.warning("job %s: lease lost; it resumes on another worker", claim.job_id)
 
@@ -87,14 +91,18 @@ def run_fit_job(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> No
 def _finish(ctx: NodeContext, claim: Claim, status: str, error: str | None) -> None:
     with ctx.db.write_session() as session:
         job = job_queue.fenced_job(session, claim)
-        job.status = status
-        job.error = error
-        job.finished_at = utcnow()
-        job.lease_expires_at = None
-        job_queue.free_model(session, job)
+        _end(session, job, status, error)
         model_id = job.model_id
         session.commit()
     ctx.signals.notify(model_id)
+
+
+def _end(session: Session, job: JobRow, status: str, error: str | None) -> None:
+    job.status = status
+    job.error = error
+    job.finished_at = utcnow()
+    job.lease_expires_at = None
+    job_queue.free_model(session, job)
 
 
 @dataclass
@@ -145,6 +153,14 @@ def _load(ctx: NodeContext, claim: Claim) -> _Run | None:
             validation_split=p["validation_split"],
             rows_per_subject=p.get("rows_per_subject"),
         )
+        with ctx.live.lock(model.id):  # a step or evaluation in flight ends first
+            live = ctx.live.take(model.id, model.version)
+        if live is None:
+            live = LiveModel(
+                version=model.version,
+                trainer=load_trainer(session, ctx.files, model, device=ctx.settings.device),
+                cart=load_cart(session, ctx.files, model),
+            )
         return _Run(
             ctx=ctx,
             claim=claim,
@@ -152,15 +168,17 @@ def _load(ctx: NodeContext, claim: Claim) -> _Run | None:
             plan=plan,
             user_id=user.id,
             model_id=model.id,
-            trainer=load_trainer(session, ctx.files, model, device=ctx.settings.device),
-            cart=load_cart(session, ctx.files, model),
+            trainer=live.trainer,
+            cart=live.cart,
             version=model.version,
             saved_step=job.checkpoint_step,
             step=job.checkpoint_step,
         )
 
 
-def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
+def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str | None:
+    """Train the job's remaining steps; its outcome, or None if the last checkpoint
+    recorded it (the job ended in the transaction that holds its last steps)."""
     run = _load(ctx, lease.claim)
     if run is None:
         return "cancelled"
@@ -187,6 +205,14 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
         if now - run.last_checkpoint >= checkpoint_every and not ends_epoch:
             _checkpoint(run)
 
+    last: list[EpochInfo] = []  # the last epoch's end, checkpointed with the job's
+
+    def on_epoch(info: EpochInfo) -> None:
+        if info.epoch == p["max_iter"]:
+            last.append(info)
+        else:
+            _checkpoint(run, epoch=info)
+
     result = run.trainer.fit(
         plan.pair.x.array,
         plan.pair.y.array,
@@ -198,7 +224,7 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
         batch_size=p["batch_size"],
         noise_multiplier=sigma,
         on_step=on_step,
-        on_epoch=lambda info: _checkpoint(run, epoch=info),
+        on_epoch=on_epoch,
         should_stop=should_stop,
         start_step=run.saved_step,
         subjects=units.ranks,
@@ -208,17 +234,29 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str:
     )
     if lease.lost.is_set():
         raise LeaseLost(lease.claim.job_id)
+    if last:  # every step trained
+        _checkpoint(run, epoch=last[0], ending="done")
+        return None
     if run.step > run.saved_step:  # stopped mid-epoch: keep what was trained, and its cost
         _checkpoint(run)
     # Every step is now in a checkpoint, whose transaction recorded the job's progress.
     if result.stopped and not run.cancel:
         raise _Interrupted
+    _keep(run)
     return "cancelled" if result.stopped else "done"
 
 
-def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None) -> None:
+def _keep(run: _Run) -> None:
+    """The trainer is the model at its last checkpoint: the next step or fit here uses it."""
+    live = LiveModel(version=run.version, trainer=run.trainer, cart=run.cart)
+    with run.ctx.live.lock(run.model_id):
+        run.ctx.live.put(run.model_id, live)
+
+
+def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None, ending: str | None = None) -> None:
     """Make the trainer's state (and, at an epoch's end, its validation release) the
-    model's next version, and record how many of this job's steps it holds."""
+    model's next version, and record how many of this job's steps it holds; `ending`
+    ends the job in the same transaction, with that status."""
     ctx = run.ctx
     staged = stage_checkpoint(ctx.files, run.model_id, trainer=run.trainer, cart=run.cart)
     try:
@@ -233,6 +271,8 @@ def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None) -> None:
             job.expected_samples = run.expected_samples
             if epoch is not None:
                 _record_epoch(session, run, job=job, model=model, epoch=epoch)
+            if ending is not None:
+                _end(session, job, ending, None)
             session.commit()
             run.cancel = run.cancel or job.cancel_requested
     except BaseException:
@@ -240,6 +280,8 @@ def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None) -> None:
         raise
     run.saved_step, run.version = run.step, model.version
     run.last_checkpoint = time.monotonic()
+    if ending is not None:
+        _keep(run)
     ctx.signals.notify(run.model_id)
     prune_old_versions(ctx.files, model.id, model.version)
 

@@ -3,7 +3,8 @@
 Flow III sends one request per batch; rebuilding the model from its checkpoint each
 time would cost more than the step. The cache is keyed by model id and checked against
 the row's version, so a fit that ran elsewhere (another thread, a Celery worker) is
-picked up by reloading the checkpoint.
+picked up by reloading the checkpoint. A fit job in this process takes the model out
+while it trains and puts it back at its last checkpoint's version.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class LiveModel:
 class LiveModels:
     def __init__(self, files: NodeFiles, *, device: str, capacity: int = 16) -> None:
         self._files = files
-        self._device = device
+        self.device = device
         self._capacity = capacity
         self._cache: OrderedDict[str, LiveModel] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
@@ -56,6 +57,13 @@ class LiveModels:
             self._cache.move_to_end(model_id)
             return live
 
+    def take(self, model_id: str, version: int) -> LiveModel | None:
+        """Remove the model kept in memory and hand it over, if it is at `version` (a
+        fit job trains it out of everyone else's reach); call with its lock held."""
+        with self._guard:
+            live = self._cache.pop(model_id, None)
+        return live if live is not None and live.version == version else None
+
     def get(self, session: Session, model: ModelRow) -> LiveModel:
         """The model at the row's version (read in `session` when not kept); call with
         `lock(model.id)` held."""
@@ -65,7 +73,7 @@ class LiveModels:
         cart, chain = load_cart_chain(session, self._files, model)
         live = LiveModel(
             version=model.version,
-            trainer=load_trainer(session, self._files, model, device=self._device),
+            trainer=load_trainer(session, self._files, model, device=self.device),
             cart=cart,
             chain=chain,
         )

@@ -26,6 +26,7 @@ from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import DraftRow, ModelRow
 from veil.server.services import ledger
 from veil.server.services.checkpoints import stage_checkpoint
+from veil.server.services.live_models import LiveModel, LiveModels
 from veil.server.services.node import get_node
 from veil.server.storage.files import NodeFiles
 
@@ -101,6 +102,7 @@ def compile_draft(
     user: UserRow,
     draft_id: str,
     options: dict[str, Any],
+    live: LiveModels | None = None,
 ) -> ModelRow:
     with db.session() as session:
         draft = get_draft(session, user=user, draft_id=draft_id)
@@ -114,7 +116,7 @@ def compile_draft(
         "layers": layers,
         **options,
     }
-    return create_model(db, files, user=user, spec=spec, draft_id=draft_id)
+    return create_model(db, files, user=user, spec=spec, draft_id=draft_id, live=live)
 
 
 def parse_spec(session: Session, spec: dict[str, Any]) -> ModelSpec:
@@ -130,15 +132,18 @@ def create_model(
     user: UserRow,
     spec: dict[str, Any],
     draft_id: str | None = None,
+    live: LiveModels | None = None,
 ) -> ModelRow:
     """Build the model from its spec, initialise weights on the node, empty cart.
 
     With `draft_id`, the draft is marked compiled in the same transaction (once only).
+    With `live`, the new model stays in memory there for its first step or fit.
     """
     with db.session() as session:
         checked = parse_spec(session, spec)
     model_id = new_id()
-    staged = stage_checkpoint(files, model_id, trainer=DPTrainer(checked), cart=Cart())
+    trainer, cart = DPTrainer(checked, device=live.device if live else "cpu"), Cart()
+    staged = stage_checkpoint(files, model_id, trainer=trainer, cart=cart)
     zero = RdpCurve.zero().to_list()
     try:
         with db.write_session() as session:
@@ -167,6 +172,9 @@ def create_model(
     except BaseException:
         staged.discard()
         raise
+    if live is not None:
+        with live.lock(model_id):
+            live.put(model_id, LiveModel(version=model.version, trainer=trainer, cart=cart))
     return model
 
 

@@ -261,7 +261,7 @@ def compile_draft(
     draft_id: str, body: CompileIn, ctx: ContextDep, session: ReadSessionDep, user: CurrentUser
 ) -> ModelOut:
     model = models.compile_draft(
-        ctx.db, ctx.files, user=user, draft_id=draft_id, options=body.model_dump()
+        ctx.db, ctx.files, user=user, draft_id=draft_id, options=body.model_dump(), live=ctx.live
     )
     return _model_out(model, session)
 
@@ -270,7 +270,7 @@ def compile_draft(
 def create_model(
     body: SpecIn, ctx: ContextDep, session: ReadSessionDep, user: CurrentUser
 ) -> ModelOut:
-    model = models.create_model(ctx.db, ctx.files, user=user, spec=body.spec)
+    model = models.create_model(ctx.db, ctx.files, user=user, spec=body.spec, live=ctx.live)
     return _model_out(model, session)
 
 
