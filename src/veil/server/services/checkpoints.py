@@ -2,21 +2,23 @@
 
 A version lives in one of two places:
 
-- files (fits, compiling, releases of a file version): written first, with no
-  transaction open, under temporary names (`stage_checkpoint`); then, in the caller's
-  short transaction with the model row locked, they are renamed to version v+1 and the
-  row is pointed at v+1 with its cart curve (`StagedCheckpoint.commit`): a crash in
-  between leaves the row at v with v's files, so weights and cart always match, and no
-  lock is held while tensors are written. Files two versions old are removed after the
+- files (fits and compiling, of checkpoints over `IN_ROW_BYTES`; releases of a file
+  version): written first, with no transaction open, under temporary names
+  (`stage_checkpoint`); then, in the caller's short transaction with the model row
+  locked, they are renamed to version v+1 and the row is pointed at v+1 with its cart
+  curve (`StagedCheckpoint.commit`): a crash in between leaves the row at v with v's
+  files, so weights and cart always match, and no lock is held while tensors are
+  written. Files two versions old are removed after the
   commit; the previous version stays for a publish that read it.
 - a row of `model_states` (flow III steps, `encode_state` and `commit_step`): one
   safetensors blob of the trainer inserted in the step's own transaction, which also
   points the model at it and stores its cart as the rows the step changed
   (`services.cart_changes`). A step is small and frequent; this way it writes and
   syncs no file at all, and the database alone makes weights, cart and results move
-  together. States two versions old are deleted by the commit that makes a new
-  version. (A release that charges rows of a step's version stores its new version's
-  cart whole in its state, `save_cart_version`.)
+  together. A fit's or a new model's checkpoint up to `IN_ROW_BYTES` is a row too,
+  with its cart whole in it (`StagedState`). States two versions old are deleted by the
+  commit that makes a new version. (A release that charges rows of a step's version
+  stores its new version's cart whole in its state, `save_cart_version`.)
 
 Readers (`load_trainer`, `load_cart`, `save_weights`, `save_cart_version`) look for the
 model's version in `model_states` first, then in files.
@@ -63,6 +65,7 @@ __all__ = [
     "load_trainer",
     "prune_old_versions",
     "StagedCheckpoint",
+    "StagedState",
     "save_cart_arrays",
     "save_cart_version",
     "save_weights",
@@ -335,13 +338,51 @@ class StagedCheckpoint:
             path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class StagedState:
+    """A small checkpoint encoded as one `model_states` blob (the cart whole in it),
+    waiting to become a model's version in the caller's transaction."""
+
+    data: bytes
+    cart: Cart
+
+    def commit(
+        self, session: Session, files: NodeFiles, model: ModelRow, *, steps_added: int = 0
+    ) -> None:
+        """Insert the state as version v+1 and point the row at it; the caller holds the
+        row locked and commits."""
+        version = model.version + 1
+        session.connection().execute(
+            _INSERT_STATE, {"model_id": model.id, "version": version, "data": self.data}
+        )
+        _point_at(session, model, version, self.cart, steps_added)
+
+    def discard(self) -> None:
+        """Nothing was written."""
+
+
+# A checkpoint up to this size (weights, optimizer state and cart) becomes a row in the
+# transaction that commits it, as a step's does: for the quick MLP fit of
+# `benchmarks/training.py` writing and syncing three files cost more than the row.
+# Larger ones are files, written with no transaction open.
+IN_ROW_BYTES = 4 << 20
+
+
 def stage_checkpoint(
     files: NodeFiles, model_id: str, *, trainer: DPTrainer, cart: Cart, sync: bool = True
-) -> StagedCheckpoint:
-    """Write the trainer's weights and optimizer state and the cart; call outside any
-    transaction, then `commit` (or `discard`). The files are synced together before it
-    returns; with `sync=False` the caller syncs `paths` (with its other files) before
-    the commit."""
+) -> StagedCheckpoint | StagedState:
+    """Encode the trainer's weights and optimizer state and the cart; call outside any
+    transaction, then `commit` (or `discard`). Up to `IN_ROW_BYTES` they wait in memory
+    for the commit; larger, they are written to files, synced together before it
+    returns (with `sync=False` the caller syncs `paths`, with its other files, before
+    the commit)."""
+    tensors, meta = trainer.checkpoint()
+    size = sum(t.nbytes for t in tensors.values()) + sum(
+        a.nbytes for a in _flat_cart(cart).values()
+    )
+    if size <= IN_ROW_BYTES:
+        arrays = {name: t.detach().cpu().numpy() for name, t in tensors.items()}
+        return StagedState(data=_encode(arrays, meta, cart), cart=cart.copy())
     folder = files.model_dir(model_id)
     stem = f"{_STAGED}{uuid.uuid4().hex}"
     staged = StagedCheckpoint(
@@ -351,7 +392,6 @@ def stage_checkpoint(
         cart=cart.copy(),
     )
     try:
-        tensors, meta = trainer.checkpoint()
         weights = trainer.get_weights()
         atomic_write(staged.weights, lambda tmp: save_numpy(weights, str(tmp)), sync=False)
         contiguous = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}

@@ -17,8 +17,9 @@ __all__ = ["pack", "unpack"]
 
 
 def pack(arrays: dict[str, np.ndarray], meta: Any) -> bytes:
-    """`arrays` (each made contiguous) and `meta` (JSON-safe) as one blob."""
-    blob = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    """`arrays` (each made contiguous, 0-d ones kept 0-d) and `meta` (JSON-safe) as
+    one blob."""
+    blob = {name: np.asarray(array, order="C") for name, array in arrays.items()}
     return save_bytes(blob, metadata={"veil": json.dumps(meta)})
 
 
