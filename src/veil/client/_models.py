@@ -139,9 +139,11 @@ class ModelPointer:
         """Block until the current job ends, with a progress bar; raise if it failed.
 
         Each poll waits on the node up to `poll_seconds` for the job to move, and returns
-        as soon as it does: the end of a fit is seen when it happens.
+        as soon as it does: the end of a fit is seen when it happens (a short fit's end
+        may be the first answer).
         """
-        state = self.progress()
+        poll = min(poll_seconds, _LONGEST_WAIT_S)
+        state = self.progress(wait=poll)
         bar = tqdm(total=state.get("steps") or None, unit="step", disable=not show)
         try:
             while True:
@@ -156,7 +158,7 @@ class ModelPointer:
                 bar.refresh()
                 if state["status"] in _DONE or state["status"] == "idle":
                     break
-                state = self.progress(wait=min(poll_seconds, _LONGEST_WAIT_S))
+                state = self.progress(wait=poll)
         finally:
             bar.close()
         if state["status"] == "failed":
@@ -170,7 +172,7 @@ class ModelPointer:
                 MetricsWithheld,
                 stacklevel=2,
             )
-        self.refresh()
+        self._info = {**self._info, "steps": state["total_steps"]}  # refresh() reads the rest
         return state
 
     def progress(self, *, wait: float = 0.0) -> dict[str, Any]:
