@@ -11,6 +11,7 @@ VeilError
  |    +-- OutOfRange       rows a pointer does not have (also an IndexError)
  |    +-- RequestTooLarge  413: a request body over the node's limit
  +-- Conflict              409: the object exists already, or is in the wrong state
+ +-- QuotaExceeded         409: the account holds as many of these as the node allows
  +-- BudgetExceeded        402: a release would spend more epsilon than is left
  +-- RateLimited           429: too many failed logins; retry later
  +-- JobFailed             a training job ended in failure
@@ -35,6 +36,7 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
+    "QuotaExceeded",
     "RateLimited",
     "RequestTooLarge",
     "ServerError",
@@ -102,6 +104,19 @@ class Conflict(VeilError):
     status_code = 409
 
 
+class QuotaExceeded(VeilError):
+    """The account holds as many jobs, models, drafts or private objects (or bytes of
+    them) as the node allows one user; nothing was created. `detail` has `quota` (the
+    node's limit, e.g. "max_models"), `limit`, `current` and `requested`; the message
+    says what to delete or wait for.
+
+    A 409 like `Conflict`, since freeing room and retrying resolves it, but not a
+    `Conflict`: that one says "retry", and a retry alone never frees a quota.
+    """
+
+    status_code = 409
+
+
 class BudgetExceeded(VeilError):
     """A release needs more epsilon than is left; `detail` has `needed` and `remaining`."""
 
@@ -144,6 +159,7 @@ _BY_NAME: dict[str, type[VeilError]] = {
         OutOfRange,
         RequestTooLarge,
         Conflict,
+        QuotaExceeded,
         BudgetExceeded,
         RateLimited,
         JobFailed,

@@ -69,15 +69,27 @@ class Client:
         max_flops: int | None = None,
         max_fit_steps: int | None = None,
         max_running_jobs: int | None = None,
+        max_active_jobs: int | None = None,
+        max_models: int | None = None,
+        max_drafts: int | None = None,
+        max_objects: int | None = None,
+        max_object_bytes: int | None = None,
     ) -> dict[str, Any]:
-        """Set the node's delta, model size limits, the most steps one fit may plan and
-        the most jobs one user may run at once (admin only)."""
+        """Set the node's delta, model size limits, the most steps one fit may plan, the
+        most jobs one user may run at once, and what one user may hold: jobs queued or
+        running, models, uncompiled drafts, private objects and their bytes (admin only).
+        A user at a limit is refused with `QuotaExceeded`; lowering one deletes nothing."""
         body = {
             "delta": delta,
             "max_params": max_params,
             "max_flops": max_flops,
             "max_fit_steps": max_fit_steps,
             "max_running_jobs": max_running_jobs,
+            "max_active_jobs": max_active_jobs,
+            "max_models": max_models,
+            "max_drafts": max_drafts,
+            "max_objects": max_objects,
+            "max_object_bytes": max_object_bytes,
         }
         return self._http.patch("/node", json={k: v for k, v in body.items() if v is not None})
 

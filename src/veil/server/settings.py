@@ -9,11 +9,18 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_ADMIN_EMAIL", "DEFAULT_ADMIN_PASSWORD", "MAX_DB_INT", "Settings"]
+__all__ = [
+    "DEFAULT_ADMIN_EMAIL",
+    "DEFAULT_ADMIN_PASSWORD",
+    "MAX_DB_BIGINT",
+    "MAX_DB_INT",
+    "Settings",
+]
 
 DEFAULT_ADMIN_EMAIL = "admin@veil.dev"
 DEFAULT_ADMIN_PASSWORD = "changethis"
 MAX_DB_INT = 2**31 - 1  # an Integer column on PostgreSQL
+MAX_DB_BIGINT = 2**63 - 1  # a BigInteger column
 
 
 class Settings(BaseSettings):
@@ -72,6 +79,34 @@ class Settings(BaseSettings):
     )
     max_running_jobs: int = Field(
         default=1, ge=1, le=1000, description="first-start default: jobs one user may run at once"
+    )
+    max_active_jobs: int = Field(
+        default=20,
+        ge=1,
+        le=MAX_DB_INT,
+        description="first-start default: jobs one user may have queued or running",
+    )
+    max_models: int = Field(
+        default=100, ge=1, le=MAX_DB_INT, description="first-start default: models per user"
+    )
+    max_drafts: int = Field(
+        default=100,
+        ge=1,
+        le=MAX_DB_INT,
+        description="first-start default: drafts (flow I) one user may hold uncompiled",
+    )
+    max_objects: int = Field(
+        default=100_000,
+        ge=2,
+        le=MAX_DB_INT,
+        description="first-start default: private objects (a step's loss and predictions) "
+        "one user may hold; each step makes two",
+    )
+    max_object_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1,
+        le=MAX_DB_BIGINT,
+        description="first-start default: bytes one user's private objects may hold",
     )
     job_backend: Literal["embedded", "celery"] = Field(
         default="embedded",

@@ -42,7 +42,9 @@ _MEANING = {
     403: "This account may not do this.",
     404: "No such object among those this account may see.",
     405: "This endpoint does not take that method.",
-    409: "The object exists already, or is in the wrong state (e.g. training).",
+    409: "The object exists already, or is in the wrong state (e.g. training) "
+    "(Conflict); or the account holds as many of these as the node allows one user "
+    "(QuotaExceeded).",
     413: "The request body is larger than the node accepts.",
     422: "Invalid input: the message says what was expected and what arrived.",
     429: "Too many failed attempts: wait `detail.retry_after` seconds.",

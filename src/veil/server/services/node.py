@@ -150,6 +150,11 @@ def bootstrap(session: Session, settings: Settings) -> NodeRow:
             max_flops=settings.max_flops,
             max_fit_steps=settings.max_fit_steps,
             max_running_jobs=settings.max_running_jobs,
+            max_active_jobs=settings.max_active_jobs,
+            max_models=settings.max_models,
+            max_drafts=settings.max_drafts,
+            max_objects=settings.max_objects,
+            max_object_bytes=settings.max_object_bytes,
         )
         session.add(node)
     admin = session.scalars(select(UserRow).where(UserRow.role == ROLE_ADMIN).limit(1)).first()

@@ -1,4 +1,5 @@
-"""The node's public identity and its admin-set limits."""
+"""The node's public identity and its admin-set limits (model size, fit length, per-user
+quotas: `services.quotas`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from veil.server.api.deps import AdminUser, SessionDep
 from veil.server.api.errors import responses
 from veil.server.api.schemas import MIN_POSITIVE, Integral, Strict
 from veil.server.services.node import get_node
-from veil.server.settings import MAX_DB_INT
+from veil.server.settings import MAX_DB_BIGINT, MAX_DB_INT
 
 router = APIRouter(prefix="/node", tags=["node"])
 
@@ -25,6 +26,11 @@ class NodeOut(BaseModel):
     max_flops: int
     max_fit_steps: int = Field(description="the most steps one fit may plan")
     max_running_jobs: int = Field(description="the most jobs one user may have running")
+    max_active_jobs: int = Field(description="the most jobs one user may have queued or running")
+    max_models: int = Field(description="the most models one user may hold")
+    max_drafts: int = Field(description="the most uncompiled drafts one user may hold")
+    max_objects: int = Field(description="the most private objects one user may hold")
+    max_object_bytes: int = Field(description="the most bytes one user's private objects hold")
 
 
 class NodeSettingsIn(Strict):
@@ -33,6 +39,11 @@ class NodeSettingsIn(Strict):
     max_flops: Annotated[int, Field(gt=0, le=MAX_DB_INT), Integral] | None = None
     max_fit_steps: Annotated[int, Field(gt=0, le=MAX_DB_INT), Integral] | None = None
     max_running_jobs: Annotated[int, Field(gt=0, le=1000), Integral] | None = None
+    max_active_jobs: Annotated[int, Field(gt=0, le=MAX_DB_INT), Integral] | None = None
+    max_models: Annotated[int, Field(gt=0, le=MAX_DB_INT), Integral] | None = None
+    max_drafts: Annotated[int, Field(gt=0, le=MAX_DB_INT), Integral] | None = None
+    max_objects: Annotated[int, Field(ge=2, le=MAX_DB_INT), Integral] | None = None
+    max_object_bytes: Annotated[int, Field(gt=0, le=MAX_DB_BIGINT), Integral] | None = None
 
 
 def _out(session: SessionDep) -> NodeOut:
@@ -45,6 +56,11 @@ def _out(session: SessionDep) -> NodeOut:
         max_flops=node.max_flops,
         max_fit_steps=node.max_fit_steps,
         max_running_jobs=node.max_running_jobs,
+        max_active_jobs=node.max_active_jobs,
+        max_models=node.max_models,
+        max_drafts=node.max_drafts,
+        max_objects=node.max_objects,
+        max_object_bytes=node.max_object_bytes,
     )
 
 

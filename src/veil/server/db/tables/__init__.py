@@ -1,6 +1,6 @@
 """Every table of the node; importing this registers them all on Base.metadata."""
 
-from veil.server.db.tables.accounts import NodeRow, TokenRow, UserRow
+from veil.server.db.tables.accounts import NodeRow, TokenRow, UsageRow, UserRow
 from veil.server.db.tables.datasets import AssetRow, AssetViewRow, DatasetRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
 from veil.server.db.tables.models import (
@@ -28,5 +28,6 @@ __all__ = [
     "PrivateObjectRow",
     "ReleaseRow",
     "TokenRow",
+    "UsageRow",
     "UserRow",
 ]
