@@ -94,8 +94,10 @@ class Http:
     def patch(self, path: str, **kwargs: Any) -> Any:
         return self.request("PATCH", path, **kwargs).json()
 
-    def delete(self, path: str, **kwargs: Any) -> None:
-        self.request("DELETE", path, **kwargs)
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        """The answer's JSON, or None for an empty one (204)."""
+        response = self.request("DELETE", path, **kwargs)
+        return response.json() if response.content else None
 
     def stream_get(self, path: str) -> httpx.Response:
         """A streamed GET; the caller closes it. Errors are raised before returning."""

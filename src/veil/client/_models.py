@@ -229,6 +229,18 @@ class ModelPointer:
         body = {**_batch(x_ptr, y_ptr), "epsilon": epsilon}
         return self._http.post(f"/models/{self.id}/evaluate", json=body)
 
+    def delete_objects(self) -> int:
+        """Delete every private object this model's steps made (losses, predictions),
+        freeing room in your `max_objects` quota; returns how many went. Publish first
+        what you want to keep: releases stay."""
+        return self._http.delete(f"/models/{self.id}/objects")["deleted"]
+
+    def delete(self) -> None:
+        """Delete the model from the node with its checkpoints and private objects,
+        freeing room in your quotas; a model in training must be cancelled first. Its
+        releases stay (publish its weights first if you want them)."""
+        self._http.delete(f"/models/{self.id}")
+
     def weights(self) -> WeightsPointer:
         """A pointer to the current weights; `.publish()` spends the cart."""
         return WeightsPointer(self._http, self.id)
@@ -252,6 +264,10 @@ class DraftHandle:
         info = self._http.post(f"/models/drafts/{self.id}/compile", json=options)
         return ModelPointer(self._http, info)
 
+    def delete(self) -> None:
+        """Delete the draft; a model compiled from it stays."""
+        self._http.delete(f"/models/drafts/{self.id}")
+
 
 class ModelsAPI:
     def __init__(self, http: Http) -> None:
@@ -262,6 +278,11 @@ class ModelsAPI:
 
     def create_draft(self) -> DraftHandle:
         return DraftHandle(self._http, self._http.post("/models/drafts")["id"])
+
+    def discard_drafts(self) -> int:
+        """Delete your drafts not compiled yet (flow I), freeing your `max_drafts`
+        quota; returns how many went."""
+        return self._http.delete("/models/drafts")["deleted"]
 
     def get(self, model_id: str) -> ModelPointer:
         return ModelPointer(self._http, self._http.get(f"/models/{segment(model_id)}"))

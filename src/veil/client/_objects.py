@@ -74,6 +74,11 @@ class PrivatePointer:
         data = self._http.post(f"/objects/{self.id}/publish", json=body)
         return Published.from_json(self._http, data)
 
+    def delete(self) -> None:
+        """Delete the object from the node, freeing room in your `max_objects` quota;
+        what you published of it stays in your releases."""
+        self._http.delete(f"/objects/{self.id}")
+
     def get(self) -> NoReturn:
         raise PermissionDenied(
             f"A private {self.kind} leaves the node only through publish(sigma=...) or "

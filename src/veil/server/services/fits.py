@@ -35,7 +35,7 @@ from veil.privacy import (
 from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import JobRow, ModelRow
-from veil.server.services import job_queue, ledger
+from veil.server.services import job_queue, ledger, quotas
 from veil.server.services.checkpoints import load_cart, loading_version
 from veil.server.services.data import Pair, check_public, resolve_pair, split_rows
 from veil.server.services.models import get_model
@@ -355,7 +355,7 @@ def submit_fit(
     """Check and price the fit, then queue it; the model is busy until the job ends.
 
     The planning reads only; the queueing is one short write that checks the model is
-    still idle and at the version the fit was priced on.
+    still idle and at the version the fit was priced on, and the user's `max_active_jobs`.
     """
     with db.session() as session:
         model = get_model(session, user=user, model_id=model_id)
@@ -371,6 +371,7 @@ def submit_fit(
                 f"{plan.model_version} -> {model.version}); nothing was queued. Try again.",
                 model_id=model_id,
             )
+        quotas.claim(session, quotas.ACTIVE_JOBS, user_id=user.id)
         job = JobRow(
             model_id=model.id,
             owner_id=user.id,

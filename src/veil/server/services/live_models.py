@@ -90,6 +90,11 @@ class LiveModels:
                 self._cache.pop(model_id, None)
             raise
 
+    def forget(self, model_id: str) -> None:
+        """Drop the model kept in memory, if any (it was deleted)."""
+        with self._guard:
+            self._cache.pop(model_id, None)
+
     def put(self, model_id: str, live: LiveModel) -> None:
         with self._guard:
             self._cache[model_id] = live

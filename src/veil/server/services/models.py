@@ -3,15 +3,18 @@
 The node rebuilds every model from the JSON spec and the layer whitelist in
 `veil.nn`; no code and no pickle from a data scientist ever runs here. A draft obeys
 the layer limit of a compiled spec as it grows. A model's weights are initialised and
-written with no transaction open; its row appears in one short write after.
+written with no transaction open; its row appears in one short write after. Each
+counts against its owner's quotas (`services.quotas`) until deleted: a model with its
+checkpoints and private objects, a draft until compiled.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from veil._exceptions import Conflict, NotFound, SpecError
@@ -24,10 +27,11 @@ from veil.server.db.base import new_id
 from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import DraftRow, ModelRow
-from veil.server.services import ledger
+from veil.server.services import ledger, quotas
 from veil.server.services.checkpoints import stage_checkpoint
 from veil.server.services.live_models import LiveModel, LiveModels
 from veil.server.services.node import get_node
+from veil.server.services.private_objects import delete_model_objects
 from veil.server.storage.files import NodeFiles
 
 __all__ = [
@@ -36,6 +40,9 @@ __all__ = [
     "compile_draft",
     "create_draft",
     "create_model",
+    "delete_draft",
+    "delete_model",
+    "discard_drafts",
     "get_draft",
     "get_model",
     "list_models",
@@ -47,10 +54,26 @@ __all__ = [
 
 
 def create_draft(session: Session, *, user: UserRow) -> DraftRow:
+    """A new empty draft, within the user's `max_drafts`; `session` is a write session."""
+    quotas.claim(session, quotas.DRAFTS, user_id=user.id)
     draft = DraftRow(owner_id=user.id, layers=[])
     session.add(draft)
     session.commit()
     return draft
+
+
+def delete_draft(session: Session, *, user: UserRow, draft_id: str) -> None:
+    """Delete one of the caller's drafts; a compiled one's model stays."""
+    session.delete(get_draft(session, user=user, draft_id=draft_id))
+    session.commit()
+
+
+def discard_drafts(session: Session, *, user: UserRow) -> int:
+    """Delete the caller's uncompiled drafts (what `max_drafts` counts); returns how many."""
+    mine = (DraftRow.owner_id == user.id, DraftRow.compiled_model_id.is_(None))
+    deleted = session.execute(delete(DraftRow).where(*mine)).rowcount
+    session.commit()
+    return deleted
 
 
 def get_draft(session: Session, *, user: UserRow, draft_id: str) -> DraftRow:
@@ -147,6 +170,7 @@ def create_model(
     zero = RdpCurve.zero().to_list()
     try:
         with db.write_session() as session:
+            quotas.claim(session, quotas.MODELS, user_id=user.id)
             model = ModelRow(
                 id=model_id,
                 owner_id=user.id,
@@ -176,6 +200,33 @@ def create_model(
         with live.lock(model_id):
             live.put(model_id, LiveModel(version=model.version, trainer=trainer, cart=cart))
     return model
+
+
+def delete_model(
+    db: Database, files: NodeFiles, *, user: UserRow, model_id: str, live: LiveModels
+) -> None:
+    """Delete the caller's idle model with its checkpoints, private objects and jobs, and
+    the draft it was compiled from, freeing their quotas. Its releases stay in the
+    ledger, paid: what was published stays spent, and its unpaid cart was never
+    released, so it goes with the model. A model in training is refused (Conflict).
+    """
+    with live.lock(model_id):  # no step or evaluation of it is computing
+        with db.write_session() as session:
+            model = get_model(session, user=user, model_id=model_id, for_update=True)
+            if model.busy_job_id is not None:
+                raise Conflict(
+                    f"Model {model_id} is training (job {model.busy_job_id}); cancel it "
+                    "(model_ptr.cancel()) or wait for it, then delete it. Nothing was deleted.",
+                    job_id=model.busy_job_id,
+                )
+            delete_model_objects(session, owner_id=user.id, model_id=model_id)
+            compiled_from = (DraftRow.owner_id == user.id, DraftRow.compiled_model_id == model_id)
+            session.execute(delete(DraftRow).where(*compiled_from))
+            session.execute(delete(ModelRow).where(ModelRow.id == model_id))  # cascades
+            session.commit()
+        live.forget(model_id)
+    # Files no row points at any more; a crash before this leaves them to the admin.
+    shutil.rmtree(files.model_dir(model_id), ignore_errors=True)
 
 
 def get_model(

@@ -4,7 +4,9 @@ An object is the raw per-row values of one result (a step's per-example losses, 
 predictions) together with the rows of the data source they came from, and the bound
 its release will apply. Only its kind and released shape are public. Its arrays are
 stored on its row (a safetensors blob), in the transaction of the step that made it;
-objects made before that lived in a file (`path`), still read.
+objects made before that lived in a file (`path`), still read. Each counts against its
+owner's quotas (`services.quotas`) from the transaction that records it to the one that
+deletes it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from safetensors.numpy import load as load_bytes
 from safetensors.numpy import save as save_bytes
-from sqlalchemy import insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from veil._exceptions import NotFound
@@ -22,9 +24,18 @@ from veil.privacy import Bound, bound_from_dict
 from veil.server.db.base import new_id, utcnow
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.models import PrivateObjectRow
+from veil.server.services import quotas
 from veil.server.storage.files import NodeFiles
 
-__all__ = ["PendingObject", "StoredObject", "load_object", "pending_object", "record_objects"]
+__all__ = [
+    "PendingObject",
+    "StoredObject",
+    "delete_model_objects",
+    "delete_object",
+    "load_object",
+    "pending_object",
+    "record_objects",
+]
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,11 @@ class PendingObject:
 def record_objects(
     session: Session, objects: list[PendingObject], *, owner_id: str, model_id: str
 ) -> list[PrivateObjectRow]:
-    """Insert the objects' rows (one statement, no ORM flush); the caller commits.
-    Returns the rows as inserted."""
+    """Insert the objects' rows (one statement, no ORM flush) if the owner's quotas
+    have room for them, else raise `QuotaExceeded`; the caller commits. Returns the
+    rows as inserted."""
+    nbytes = sum(len(o.data) for o in objects)
+    quotas.claim_objects(session, user_id=owner_id, count=len(objects), nbytes=nbytes)
     rows = [o.row(owner_id=owner_id, model_id=model_id) for o in objects]
     columns = [c.key for c in _INSERT.table.columns]
     session.connection().execute(_INSERT, [{c: getattr(r, c) for c in columns} for r in rows])
@@ -128,3 +142,33 @@ def load_object(
     return StoredObject(
         row=row, values=stored["values"], rows=stored["rows"], groups=stored.get("groups")
     )
+
+
+def _delete_where(session: Session, *, owner_id: str, where: list) -> int:
+    """Delete the owner's objects matching `where` and take them off its quotas; the
+    caller commits. Returns how many went."""
+    quotas.lock_usage(session, owner_id)
+    mine = [PrivateObjectRow.owner_id == owner_id, *where]
+    count, nbytes = session.execute(
+        select(func.count(), func.coalesce(func.sum(func.length(PrivateObjectRow.data)), 0))
+        .select_from(PrivateObjectRow)
+        .where(*mine)
+    ).one()
+    if count:
+        session.execute(delete(PrivateObjectRow).where(*mine))
+        quotas.free_objects(session, user_id=owner_id, count=count, nbytes=nbytes)
+    return int(count)
+
+
+def delete_object(session: Session, *, user: UserRow, object_id: str) -> None:
+    """Delete one of the caller's objects, freeing its quota; another's is NotFound.
+    Its releases stay in the ledger."""
+    if not _delete_where(session, owner_id=user.id, where=[PrivateObjectRow.id == object_id]):
+        raise NotFound(f"No private object {object_id!r} among yours.", object_id=object_id)
+    session.commit()
+
+
+def delete_model_objects(session: Session, *, owner_id: str, model_id: str) -> int:
+    """Delete every object of the owner's model, freeing their quota; the caller checks
+    the model is the owner's, and commits. Returns how many went."""
+    return _delete_where(session, owner_id=owner_id, where=[PrivateObjectRow.model_id == model_id])

@@ -1,4 +1,5 @@
-"""Models: drafts (flow I), compile (flow II), fit jobs, progress, step (flow III), evaluate."""
+"""Models: drafts (flow I), compile (flow II), fit jobs, progress, step (flow III), evaluate;
+deleting them, to free the caller's quotas."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from veil.server.api.errors import responses
 from veil.server.api.routes.assets import SliceIn
 from veil.server.api.schemas import MIN_POSITIVE, Integral, JsonInt, Strict
 from veil.server.db.tables.models import ModelRow, PrivateObjectRow
-from veil.server.services import fits, ledger, models, progress, releases, steps
+from veil.server.services import fits, ledger, models, private_objects, progress, releases, steps
 from veil.server.services.node import node_delta
 from veil.server.settings import MAX_DB_INT
 
@@ -225,6 +226,10 @@ class StepOut(BaseModel):
     predictions: ObjectOut
 
 
+class DeletedOut(BaseModel):
+    deleted: int  # how many went
+
+
 def _model_out(model: ModelRow, session: Session) -> ModelOut:
     spec = ModelSpec.from_dict(model.spec)
     delta = node_delta(session)
@@ -245,9 +250,20 @@ def _object_out(row: PrivateObjectRow) -> ObjectOut:
     return ObjectOut(id=row.id, kind=row.kind, shape=row.shape, model_id=row.model_id)
 
 
-@router.post("/drafts", status_code=201)
+@router.post("/drafts", status_code=201, responses=responses(409))
 def create_draft(session: SessionDep, user: CurrentUser) -> DraftOut:
     return DraftOut(id=models.create_draft(session, user=user).id)
+
+
+@router.delete("/drafts")
+def discard_drafts(session: SessionDep, user: CurrentUser) -> DeletedOut:
+    """Delete your uncompiled drafts, to free `max_drafts`."""
+    return DeletedOut(deleted=models.discard_drafts(session, user=user))
+
+
+@router.delete("/drafts/{draft_id}", status_code=204, responses=_MODEL)
+def delete_draft(draft_id: str, session: SessionDep, user: CurrentUser) -> None:
+    models.delete_draft(session, user=user, draft_id=draft_id)
 
 
 @router.post("/drafts/{draft_id}/layers", responses=_MODEL)
@@ -266,7 +282,7 @@ def compile_draft(
     return _model_out(model, session)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=responses(409))
 def create_model(
     body: SpecIn, ctx: ContextDep, session: ReadSessionDep, user: CurrentUser
 ) -> ModelOut:
@@ -283,6 +299,21 @@ def list_models(session: SessionDep, user: CurrentUser) -> list[ModelOut]:
 def read_model(model_id: str, session: SessionDep, user: CurrentUser) -> ModelOut:
     model = models.get_model(session, user=user, model_id=model_id)
     return _model_out(model, session)
+
+
+@router.delete("/{model_id}", status_code=204, responses=responses(404, 409))
+def delete_model(model_id: str, ctx: ContextDep, user: CurrentUser) -> None:
+    """Delete your model, its checkpoints and private objects; its releases stay."""
+    models.delete_model(ctx.db, ctx.files, user=user, model_id=model_id, live=ctx.live)
+
+
+@router.delete("/{model_id}/objects", responses=_MODEL)
+def delete_model_objects(model_id: str, session: SessionDep, user: CurrentUser) -> DeletedOut:
+    """Delete every private object of your model (its steps' losses and predictions)."""
+    models.get_model(session, user=user, model_id=model_id, for_update=True)
+    deleted = private_objects.delete_model_objects(session, owner_id=user.id, model_id=model_id)
+    session.commit()
+    return DeletedOut(deleted=deleted)
 
 
 @router.post("/{model_id}/quote", responses=_MODEL)

@@ -13,7 +13,7 @@ from veil.server.api.deps import ContextDep, CurrentUser, SessionDep
 from veil.server.api.errors import responses
 from veil.server.api.schemas import MIN_POSITIVE, Strict, UtcDatetime
 from veil.server.db.tables.ledger import ReleaseRow
-from veil.server.services import releases
+from veil.server.services import private_objects, releases
 
 __all__ = ["NoiseIn", "ReleaseOut", "router"]
 
@@ -96,6 +96,12 @@ def publish_object(
         clip=body.clip,
     )
     return ReleaseOut.of(release, with_result=True)
+
+
+@router.delete("/objects/{object_id}", status_code=204, responses=responses(404))
+def delete_object(object_id: str, session: SessionDep, user: CurrentUser) -> None:
+    """Delete your private object, to free `max_objects`; its releases stay."""
+    private_objects.delete_object(session, user=user, object_id=object_id)
 
 
 @router.get("/releases")
