@@ -63,7 +63,8 @@ def test_another_users_view_stays_invisible_after_its_owner_stepped_on_it(sqlite
 def test_a_step_asks_the_database_once_per_fact(sqlite_node) -> None:
     """A warm step reads in two short transactions (the caller's token; the model's
     version, that the dataset is there, once for x and y, and its units) and writes in
-    one, and sets no PRAGMA on a connection already in a step's mode."""
+    one (the model, its state and cart, the owner's object quota, the objects), and
+    sets no PRAGMA on a connection already in a step's mode."""
     from sqlalchemy import event
 
     _, x, y, model_ptr = _stepping(sqlite_node)
@@ -85,4 +86,5 @@ def test_a_step_asks_the_database_once_per_fact(sqlite_node) -> None:
     assert not [s for s in seen if s.startswith("PRAGMA")], seen
     assert sum(s.startswith("SELECT datasets.id") for s in seen) == 1, seen
     assert sum(s.startswith("INSERT INTO private_objects") for s in seen) == 1, seen
-    assert len(seen) <= 12, seen
+    assert sum(s.startswith("UPDATE user_usage") for s in seen) == 1, seen
+    assert len(seen) <= 13, seen
