@@ -132,3 +132,57 @@ def test_a_fit_never_trains_on_from_a_step_it_refused(sqlite_node, loads, monkey
     kept = sqlite_node.ctx.live.cached(model_ptr.id, model_ptr.refresh()._info["version"])
     assert kept is not None and dirty is not None and kept.trainer is not dirty.trainer
     _kept_is_stored(sqlite_node, model_ptr.id)
+
+
+def _held_steps(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """(reached, go): every trainer step, once computed, waits for `go`."""
+    reached, go = threading.Event(), threading.Event()
+    real_step = DPTrainer.step
+
+    def held(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        out = real_step(self, *args, **kwargs)
+        reached.set()
+        assert go.wait(30)
+        return out
+
+    monkeypatch.setattr(DPTrainer, "step", held)
+    return reached, go
+
+
+def test_a_request_for_another_users_model_waits_on_none_of_its_locks(
+    sqlite_node, monkeypatch
+) -> None:
+    model_ptr, x, y = _session(sqlite_node)
+    admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    other = make_ds(admin, sqlite_node, budget=BUDGET)
+    theirs = other.datasets["Patches"]
+    reached, go = _held_steps(monkeypatch)
+    owner = threading.Thread(target=model_ptr.step, args=(x[0:16], y[0:16]))
+    owner.start()
+    try:
+        assert reached.wait(15)  # the owner's step holds its model's lock
+        answers: list[object] = []
+
+        def trespass() -> None:
+            for call in (
+                lambda: other.models.get(model_ptr.id),
+                lambda: other._http.post(
+                    f"/models/{model_ptr.id}/step",
+                    json={"x": theirs["train_images"].id, "y": theirs["train_labels"].id},
+                ),
+                lambda: other._http.delete(f"/models/{model_ptr.id}"),
+            ):
+                try:
+                    call()
+                except veil.VeilError as exc:
+                    answers.append(exc)
+
+        trespassing = threading.Thread(target=trespass)
+        trespassing.start()
+        trespassing.join(10)  # answered while the owner's step still holds the lock
+        assert not trespassing.is_alive(), "a request for another's model waited on its lock"
+        assert [type(a) for a in answers] == [veil.NotFound] * 3, answers
+    finally:
+        go.set()
+        owner.join(30)
+    assert list(sqlite_node.ctx.live._locks.keys()) == []  # nothing left once requests end

@@ -153,7 +153,7 @@ def _load(ctx: NodeContext, claim: Claim) -> _Run | None:
             validation_split=p["validation_split"],
             rows_per_subject=p.get("rows_per_subject"),
         )
-        with ctx.live.lock(model.id):  # a step or evaluation in flight ends first
+        with ctx.live.lock(user.id, model.id):  # a step or evaluation in flight ends first
             live = ctx.live.take(model.id, model.version)
         if live is None:
             live = LiveModel(
@@ -249,7 +249,7 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str | N
 def _keep(run: _Run) -> None:
     """The trainer is the model at its last checkpoint: the next step or fit here uses it."""
     live = LiveModel(version=run.version, trainer=run.trainer, cart=run.cart)
-    with run.ctx.live.lock(run.model_id):
+    with run.ctx.live.lock(run.user_id, run.model_id):
         run.ctx.live.put(run.model_id, live)
 
 

@@ -10,6 +10,7 @@ while it trains and puts it back at its last checkpoint's version.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,18 +36,44 @@ class LiveModel:
     chain: CartChain | None = None  # where a step keeps this version's cart, if one made it
 
 
+class _ModelLock:
+    """One model's lock, kept (weakly) while someone holds it or waits for it."""
+
+    __slots__ = ("_lock", "__weakref__")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _ModelLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class LiveModels:
     def __init__(self, files: NodeFiles, *, device: str, capacity: int = 16) -> None:
         self._files = files
         self.device = device
         self._capacity = capacity
         self._cache: OrderedDict[str, LiveModel] = OrderedDict()
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], _ModelLock] = (
+            weakref.WeakValueDictionary()
+        )
         self._guard = threading.Lock()
 
-    def lock(self, model_id: str) -> threading.Lock:
+    def lock(self, owner_id: str, model_id: str) -> _ModelLock:
+        """The lock of `owner_id`'s model `model_id`. Keyed by the caller too: a request
+        naming another user's model waits on no lock of it before its NotFound (when
+        that model computes would be a timing channel), and ids that name nothing leave
+        nothing behind once their requests end."""
+        key = (owner_id, model_id)
         with self._guard:
-            return self._locks.setdefault(model_id, threading.Lock())
+            found = self._locks.get(key)
+            if found is None:
+                found = self._locks[key] = _ModelLock()
+            return found
 
     def cached(self, model_id: str, version: int) -> LiveModel | None:
         """The model kept in memory, if it is at `version`; call with its lock held."""

@@ -197,7 +197,7 @@ def create_model(
         staged.discard()
         raise
     if live is not None:
-        with live.lock(model_id):
+        with live.lock(user.id, model_id):
             live.put(model_id, LiveModel(version=model.version, trainer=trainer, cart=cart))
     return model
 
@@ -210,7 +210,7 @@ def delete_model(
     ledger, paid: what was published stays spent, and its unpaid cart was never
     released, so it goes with the model. A model in training is refused (Conflict).
     """
-    with live.lock(model_id):  # no step or evaluation of it is computing
+    with live.lock(user.id, model_id):  # no step or evaluation of it is computing
         with db.write_session() as session:
             model = get_model(session, user=user, model_id=model_id, for_update=True)
             if model.busy_job_id is not None:

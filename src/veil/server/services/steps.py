@@ -200,7 +200,7 @@ def step(
     With `validation_split`, the last rows are held out of the update and the loss and
     predictions are those of the held-out rows; they cost nothing until published.
     """
-    with ctx.live.lock(model_id):
+    with ctx.live.lock(user.id, model_id):
         read = _read(ctx, user=user, model_id=model_id, batch=batch)
         spec, pair, live = read.spec, read.pair, read.live
         train, held_out = _split_batch(pair.rows, validation_split, batch_size)
@@ -276,7 +276,7 @@ def evaluate(
     meeting it at the node's delta); they are charged per row in the model's cart, and
     the release also reveals the model, so it settles the model's unpaid cart too.
     """
-    with ctx.live.lock(model_id):
+    with ctx.live.lock(user.id, model_id):
         read = _read(ctx, user=user, model_id=model_id, batch=batch)
         pair, live = read.pair, read.live
         with ctx.db.session() as session:
