@@ -5,6 +5,7 @@ the newest ones (since 0005, job leases and node limits) can be undone and redon
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import pytest
 from alembic import command
@@ -19,10 +20,9 @@ from veil.server.db.base import Base
 from veil.server.db.engine import _MIGRATIONS, Database
 
 
-@pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def test_migrations_match_the_tables_and_the_newest_reverts(backend: str, tmp_path) -> None:
+@contextlib.contextmanager
+def _database(backend: str, tmp_path) -> Iterator[tuple[Database, Config]]:
+    """An empty database of `backend` and the Alembic config of the node's migrations."""
     with contextlib.ExitStack() as stack:
         if backend == "sqlite":
             url = f"sqlite:///{tmp_path / 'veil.db'}"
@@ -30,9 +30,17 @@ def test_migrations_match_the_tables_and_the_newest_reverts(backend: str, tmp_pa
             url = stack.enter_context(fresh_postgres_url())
         db = Database(url)
         stack.callback(db.dispose)
-        db.migrate()
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
+        yield db, config
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_migrations_match_the_tables_and_the_newest_reverts(backend: str, tmp_path) -> None:
+    with _database(backend, tmp_path) as (db, config):
+        db.migrate()
         with db.engine.begin() as conn:
             config.attributes["connection"] = conn
             command.downgrade(config, "0004")
@@ -45,15 +53,7 @@ def test_migrations_match_the_tables_and_the_newest_reverts(backend: str, tmp_pa
     "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def test_0011_counts_the_objects_stored_before_it(backend: str, tmp_path) -> None:
-    with contextlib.ExitStack() as stack:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path / 'veil.db'}"
-        else:
-            url = stack.enter_context(fresh_postgres_url())
-        db = Database(url)
-        stack.callback(db.dispose)
-        config = Config()
-        config.set_main_option("script_location", str(_MIGRATIONS))
+    with _database(backend, tmp_path) as (db, config):
         blob = b"\x00" * 100
         with db.engine.begin() as conn:
             config.attributes["connection"] = conn

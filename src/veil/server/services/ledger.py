@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from veil._exceptions import BudgetExceeded, Conflict
@@ -23,6 +21,7 @@ from veil.privacy import RdpCurve
 from veil.server.db.base import new_id, utcnow
 from veil.server.db.tables.accounts import NodeRow, UserRow
 from veil.server.db.tables.ledger import LedgerRow, ReleaseRow
+from veil.server.db.user_rows import lock_user_row
 
 __all__ = [
     "Budget",
@@ -120,29 +119,15 @@ _NODE_DELTA = select(NodeRow.delta).where(NodeRow.id == 1).with_for_update(read=
 
 
 def _lock_ledger(session: Session, user_id: str) -> LedgerRow:
-    """The user's ledger row, locked until the transaction ends; created if missing.
-
-    On SQLite the immediate write transaction already holds the database's write lock
-    (FOR UPDATE renders as nothing there); on PostgreSQL the row lock serialises the
-    user's releases. Two first releases racing to create the row both run the
-    INSERT ... ON CONFLICT DO NOTHING, and then both wait for the one row.
-    """
-    query = (
-        select(LedgerRow)
-        .where(LedgerRow.user_id == user_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+    """The user's ledger row, locked until the transaction ends; created if missing."""
+    return lock_user_row(
+        session,
+        LedgerRow,
+        user_id,
+        curve=RdpCurve.zero().to_list(),
+        epsilon=0.0,
+        updated_at=utcnow(),
     )
-    row = session.scalars(query).first()
-    if row is not None:
-        return row
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(
-        insert(LedgerRow)
-        .values(user_id=user_id, curve=RdpCurve.zero().to_list(), epsilon=0.0, updated_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["user_id"])
-    )
-    return session.scalars(query).one()
 
 
 def _check_write_session(session: Session) -> None:

@@ -33,13 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, case, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from veil._exceptions import QuotaExceeded
 from veil.server.db.tables.accounts import NodeRow, UsageRow
 from veil.server.db.tables.models import DraftRow, JobRow, ModelRow
+from veil.server.db.user_rows import lock_user_row
 from veil.server.services.job_queue import ACTIVE
 from veil.server.services.node import get_node
 
@@ -126,28 +125,9 @@ def _refusal(
 
 
 def lock_usage(session: Session, user_id: str) -> UsageRow:
-    """The user's usage row, locked until the transaction ends; created if missing.
-
-    On SQLite the write session already holds the database's write lock; on PostgreSQL
-    the row lock serialises the user's quota checks. Two first checks racing to create
-    the row both run INSERT ... ON CONFLICT DO NOTHING, then wait for the one row.
-    """
-    query = (
-        select(UsageRow)
-        .where(UsageRow.user_id == user_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    row = session.scalars(query).first()
-    if row is not None:
-        return row
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(
-        insert(UsageRow)
-        .values(user_id=user_id, objects=0, object_bytes=0)
-        .on_conflict_do_nothing(index_elements=["user_id"])
-    )
-    return session.scalars(query).one()
+    """The user's usage row, locked until the transaction ends; created if missing (on
+    PostgreSQL the row lock serialises the user's quota checks)."""
+    return lock_user_row(session, UsageRow, user_id, objects=0, object_bytes=0)
 
 
 def claim(session: Session, quota: Quota, *, user_id: str) -> None:
