@@ -10,6 +10,12 @@ fits (waited for or left running), progress polls (long ones too), cancels, eval
 publishes of weights and of a step's objects, one user's models, objects, views and
 releases tried by the other, logouts and logins, budgets moved, accounts disabled (and
 a fresh one taking the place), datasets deleted and uploaded again.
+Since the per-user quotas and deletes landed: one's own models deleted (refused while
+training, NotFound after), a model's objects or one object deleted (then NotFound to
+publish or delete again), drafts discarded, the other's model and objects deleted
+(NotFound, nothing of the victim's touched), and the admin lowering each per-user
+limit to what a data scientist holds (its next create refused with QuotaExceeded) or
+putting it back.
 
 The oracle, after every rule: no answer is a 5xx; every error answer is a typed body
 (`{"error", "message", "detail"}`) with a clear message, never an internal fault; no
@@ -17,9 +23,12 @@ answer, error, job error or progress field carries a private value (the data hol
 markers no public fact could produce); progress shows public fields only; each user's
 releases add up to the epsilon its ledger line says it spent, and a release never took
 it past the budget in force; a data scientist lists only its own models and releases
-and meets another's as NotFound. After the last rule the node settles: every job ends
-(none running, none queued), no model stays held by a job, and a failed job failed for
-a typed reason.
+and meets another's as NotFound; what each user holds on the node (models, private
+objects, uncompiled drafts) is exactly what it made and kept, and its quota count of
+objects agrees (so a refused create left no row, and a delete freed what it took); a
+create is refused only past its limit, counted from the user's own. After the last
+rule the node settles: every job ends (none running, none queued), no model stays held
+by a job, and a failed job failed for a typed reason.
 """
 
 from __future__ import annotations
@@ -41,14 +50,15 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 import veil
 from tests.attacks.scenario import PUBLIC_PROGRESS
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DS_PASSWORD
 from tests.nodes import RunningNode, running_node
 from veil import nn
-from veil.server.db.tables.models import JobRow, ModelRow
+from veil.server.db.tables.accounts import UsageRow, UserRow
+from veil.server.db.tables.models import DraftRow, JobRow, ModelRow, PrivateObjectRow
 
 ROWS = 32
 PEOPLE_ROWS = 24
@@ -70,8 +80,11 @@ _TYPED = {
         veil.BudgetExceeded,
         veil.RateLimited,
         veil.JobFailed,
+        veil.QuotaExceeded,
     )
 }
+# The per-user limits the admin moves in a run (each run starts from these): defaults.
+LIMITS = {"max_models": 100, "max_drafts": 100, "max_objects": 100_000, "max_active_jobs": 20}
 _ENDED = ("done", "failed", "cancelled")
 _emails = itertools.count()
 
@@ -177,7 +190,9 @@ class _Actor:
     budget: float
     budget_ceiling: float  # the most this account's budget was since the last check
     models: dict[str, str] = field(default_factory=dict)  # id -> kind
-    objects: list[str] = field(default_factory=list)
+    objects: dict[str, str] = field(default_factory=dict)  # id -> its model's id
+    drafts: int = 0  # uncompiled drafts (flow I) held
+    gone_objects: set[str] = field(default_factory=set)  # deleted, alone or with a model
     views: list[str] = field(default_factory=list)
     releases: set[str] = field(default_factory=set)
     vetted: set[str] = field(default_factory=set)  # releases the oracle has checked
@@ -211,15 +226,21 @@ class _Recorder(httpx.BaseTransport):
         self._inner.close()
 
 
-def _typed(call, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-    """`call(...)`'s answer, or None when the node refused it with a typed error."""
+def _attempt(call, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    """`(call(...)'s answer, None)`, or `(None, the error)` when the node refused it
+    with a typed error."""
     try:
-        return call(*args, **kwargs)
+        return call(*args, **kwargs), None
     except veil.ServerError:
         raise
     except veil.VeilError as exc:
         assert type(exc).__name__ in _TYPED, exc
-        return None
+        return None, exc
+
+
+def _typed(call, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    """`call(...)`'s answer, or None when the node refused it with a typed error."""
+    return _attempt(call, *args, **kwargs)[0]
 
 
 def _pick(items, index: int):  # noqa: ANN001, ANN202
@@ -237,6 +258,8 @@ class NodeMachine(RuleBasedStateMachine):
         self.answers: list[_Answer] = []
         self.checked = 0
         self.admin = self._login("admin", ADMIN_EMAIL, ADMIN_PASSWORD)
+        self.limits = dict(LIMITS)  # an earlier run may have left them low
+        self.admin.update_node(**self.limits)
         there = set(self.admin.datasets.names())
         self.datasets = {name: True for name in ("A", "P")}
         for seed, name in enumerate(self.datasets):
@@ -307,16 +330,38 @@ class NodeMachine(RuleBasedStateMachine):
             return
         if actor.client is None:
             return
+        held = len(actor.models)
         model = _spec(kind)
         if flow_one:
-            draft = nn.Model(to=actor.client)
+            draft, refused = _attempt(nn.Model, to=actor.client)
+            if refused is not None:
+                self._refused(actor, refused, "max_drafts", actor.drafts)
+                return
+            assert actor.drafts < self.limits["max_drafts"], (actor.drafts, self.limits)
+            actor.drafts += 1
             for layer in model.layers:
                 draft.add(layer)
-            pointer = _typed(draft.compile, to=actor.client)
+            pointer, refused = _attempt(draft.compile, to=actor.client)
         else:
-            pointer = _typed(model.compile, to=actor.client)
-        assert pointer is not None, "a whitelisted model must compile"
+            pointer, refused = _attempt(model.compile, to=actor.client)
+        if refused is not None:  # a whitelisted model is refused only past max_models
+            self._refused(actor, refused, "max_models", held)
+            return
+        assert held < self.limits["max_models"], (held, self.limits)
+        actor.drafts -= flow_one
         actor.models[pointer.id] = kind
+
+    def _refused(
+        self, actor: _Actor, refused: veil.VeilError, quota: str, held: int, needs: int = 1
+    ) -> None:
+        """A create refused for `quota`: only past the limit, counted from the user's own
+        `held`, and nothing of it kept (the user's models and drafts as they were)."""
+        assert isinstance(refused, veil.QuotaExceeded), refused
+        assert refused.detail["quota"] == quota, refused.detail
+        assert refused.detail["current"] == held, (refused.detail, held)
+        assert held + needs > self.limits[quota], (held, self.limits)
+        assert {m.id for m in actor.client.models.list()} == set(actor.models)
+        self._each_holds_what_it_kept()
 
     @rule(
         slot=st.integers(0, 1),
@@ -360,10 +405,16 @@ class NodeMachine(RuleBasedStateMachine):
         x_rows = x[start:stop]
         if stored:
             actor.views.append(x_rows.id)
-        out = _typed(model.step, x_rows, target[start:stop], validation_split=validation_split)
+        held = len(actor.objects)
+        out, refused = _attempt(
+            model.step, x_rows, target[start:stop], validation_split=validation_split
+        )
+        if isinstance(refused, veil.QuotaExceeded):
+            self._refused(actor, refused, "max_objects", held, needs=2)
         if out is None:
             return
-        actor.objects.extend(pointer.id for pointer in out)
+        assert held + 2 <= self.limits["max_objects"], (held, self.limits)
+        actor.objects.update((pointer.id, model_id) for pointer in out)
         if publish is not None:
             pointer = out[0] if publish == "loss" else out[1]
             clip = 5.0 if actor.models[model_id] == "linear" else None
@@ -405,7 +456,12 @@ class NodeMachine(RuleBasedStateMachine):
             validation_split=validation_split,
             target_epsilon=target_epsilon,
         )
-        job = _typed(model.fit, x, k if labels else y, **plan, wait=False)
+        job, refused = _attempt(model.fit, x, k if labels else y, **plan, wait=False)
+        if isinstance(refused, veil.QuotaExceeded):
+            assert refused.detail["quota"] == "max_active_jobs", refused.detail
+            assert refused.detail["current"] >= self.limits["max_active_jobs"], refused.detail
+            with self.node.ctx.db.session() as session:  # nothing queued: still idle
+                assert session.get(ModelRow, model_id).busy_job_id is None
         if job is not None and wait:
             for _ in range(60):
                 state = _typed(model.progress, wait=2)
@@ -496,9 +552,12 @@ class NodeMachine(RuleBasedStateMachine):
                 if published is not None:
                     assert set(published.get()) and published.cost >= 0
             return
-        if actor.objects:
+        if actor.objects or actor.gone_objects:
+            object_id = _pick([*actor.objects, *sorted(actor.gone_objects)], which)
             with self._raw(slot, actor) as raw:
-                answer = raw.post(f"/objects/{_pick(actor.objects, which)}/publish", json=what)
+                answer = raw.post(f"/objects/{object_id}/publish", json=what)
+            if object_id in actor.gone_objects:  # deleted: NotFound, nothing spent
+                assert answer.status_code in (401, 404), answer.text
             if answer.status_code == 201:
                 actor.releases.add(answer.json()["id"])
 
@@ -530,8 +589,13 @@ class NodeMachine(RuleBasedStateMachine):
                 ("POST", f"/models/{target}/cancel", None),
                 ("POST", f"/models/{target}/weights/publish", None),
                 ("POST", f"/models/{target}/quote", {"x": "a", "y": "b"}),
+                ("DELETE", f"/models/{target}/objects", None),
+                ("DELETE", f"/models/{target}", None),
             ],
-            "object": [("POST", f"/objects/{target}/publish", {"sigma": 1.0})],
+            "object": [
+                ("POST", f"/objects/{target}/publish", {"sigma": 1.0}),
+                ("DELETE", f"/objects/{target}", None),
+            ],
             "view": [
                 ("GET", f"/assets/{target}", None),
                 ("GET", f"/assets/{target}/mock", None),
@@ -552,6 +616,11 @@ class NodeMachine(RuleBasedStateMachine):
                 answer = raw.request(method, path, json=body)
                 assert answer.status_code in (401, 404), (method, path, answer.text)
                 assert victim.email not in answer.text, answer.text
+        # Nothing of the victim's went: its model still answers it, its objects stay.
+        if kind in ("model", "object") and victim.client is not None:
+            model_id = target if kind == "model" else victim.objects[target]
+            assert self._model(victim, model_id) is not None, model_id
+        self._each_holds_what_it_kept()
 
     @rule(slot=st.integers(0, 1), hostile=st.integers(0, 7), which=st.integers(0, 50))
     def send_what_the_client_would_not(self, slot: int, hostile: int, which: int) -> None:
@@ -579,6 +648,92 @@ class NodeMachine(RuleBasedStateMachine):
             else:
                 answer = raw.post(f"/models/{model_id}{path}", json=body)
         assert answer.status_code in (404, 409, 413, 422), (path, body, answer.text)
+
+    @rule(slot=st.integers(0, 1), which=st.integers(0, 50), train_first=st.booleans())
+    def delete_model(self, slot: int, which: int, train_first: bool) -> None:
+        """One's own model deleted (a fit just queued on it first, or not): refused with
+        Conflict while it trains, else gone with its objects (NotFound to every use and
+        to a second delete); its releases stay in the ledger, paid."""
+        actor = self.actors[slot]
+        if actor.client is None or not actor.models:
+            return
+        model_id = _pick(actor.models, which)
+        model, pointers = self._model(actor, model_id), self._pointers(actor, "A")
+        if model is None:
+            return
+        if train_first and pointers is not None:
+            _typed(model.fit, pointers[0], pointers[1], max_iter=1, batch_size=8, wait=False)
+        before = {r.id for r in self.admin.ledger.releases(actor.email)}
+        _, refused = _attempt(model.delete)
+        if refused is not None:
+            assert type(refused) is veil.Conflict and refused.detail["job_id"], refused
+            assert self._model(actor, model_id) is not None, model_id
+            return
+        del actor.models[model_id]
+        self._forget_objects(actor, [o for o, m in actor.objects.items() if m == model_id])
+        for use in (model.delete, model.delete_objects, model.progress, model.cancel):
+            with pytest.raises(veil.NotFound):
+                use()
+        if pointers is not None:
+            with pytest.raises(veil.NotFound):
+                model.step(pointers[0][0:2], pointers[1][0:2])
+        with pytest.raises(veil.NotFound):
+            actor.client.models.get(model_id)
+        after = {r.id for r in self.admin.ledger.releases(actor.email)}
+        assert before <= after, before - after
+        assert before <= {r.id for r in actor.client.releases}
+
+    def _forget_objects(self, actor: _Actor, object_ids: list[str]) -> None:
+        """Objects deleted: gone from the node, NotFound to publish and to delete again."""
+        for object_id in object_ids:
+            del actor.objects[object_id]
+            actor.gone_objects.add(object_id)
+        if object_ids:
+            gone = veil.PrivatePointer(actor.client._http, object_ids[0], "loss", ())
+            with pytest.raises(veil.NotFound):
+                gone.publish(sigma=1.0)
+            with pytest.raises(veil.NotFound):
+                gone.delete()
+
+    @rule(slot=st.integers(0, 1), which=st.integers(0, 50), one=st.booleans())
+    def delete_objects(self, slot: int, which: int, one: bool) -> None:
+        """One of one's objects deleted, or all of one model's: exactly those go."""
+        actor = self.actors[slot]
+        if actor.client is None:
+            return
+        if one:
+            if not actor.objects:
+                return
+            object_id = _pick(actor.objects, which)
+            veil.PrivatePointer(actor.client._http, object_id, "loss", ()).delete()
+            self._forget_objects(actor, [object_id])
+            return
+        model = actor.models and self._model(actor, _pick(actor.models, which))
+        if not model:
+            return
+        mine = [o for o, m in actor.objects.items() if m == model.id]
+        assert model.delete_objects() == len(mine), mine
+        self._forget_objects(actor, mine)
+        assert model.delete_objects() == 0
+
+    @rule(slot=st.integers(0, 1), drafts=st.integers(0, 2))
+    def discard_drafts(self, slot: int, drafts: int) -> None:
+        """Drafts left uncompiled (within max_drafts), then discarded: exactly the
+        uncompiled ones go; a compiled draft's model stays."""
+        actor = self.actors[slot]
+        if actor.client is None:
+            return
+        for n in range(drafts):
+            draft, refused = _attempt(nn.Model, to=actor.client)
+            if refused is not None:
+                self._refused(actor, refused, "max_drafts", actor.drafts)
+                break
+            actor.drafts += 1
+            if n:
+                draft.add(nn.Dense(1, activation="sigmoid", input_shape=(None, 4)))
+        assert actor.client.models.discard_drafts() == actor.drafts
+        actor.drafts = 0
+        assert actor.client.models.discard_drafts() == 0
 
     @rule(slot=st.integers(0, 1), stay_out=st.booleans())
     def logout_login(self, slot: int, stay_out: bool) -> None:
@@ -628,6 +783,46 @@ class NodeMachine(RuleBasedStateMachine):
         self._releases_add_up_within_budget([actor])
         self.actors[slot] = self._new_actor(slot)
 
+    @rule(
+        slot=st.integers(0, 1),
+        quota=st.sampled_from(["max_active_jobs", "max_models", "max_objects", "max_drafts", None]),
+        which=st.integers(0, 50),
+    )
+    def quotas(self, slot: int, quota: str | None, which: int) -> None:
+        """A per-user limit lowered to what one data scientist holds (both are bound by
+        it, each counted from its own), or all put back; when lowered, that one's next
+        create of the kind is tried at once and must be refused, keeping nothing."""
+        actor = self.actors[slot]
+        if quota is None:
+            self.admin.update_node(**LIMITS)
+            self.limits = dict(LIMITS)
+            return
+        held = {
+            "max_models": len(actor.models),
+            "max_drafts": actor.drafts,
+            "max_objects": len(actor.objects),
+            "max_active_jobs": 1,
+        }[quota]
+        value = max(held, 2 if quota == "max_objects" else 1)
+        assert self.admin.update_node(**{quota: value})[quota] == value
+        self.limits[quota] = value
+        if actor.client is None:
+            return
+        if quota == "max_models":
+            self.compile_model(slot, "sigmoid", flow_one=False)
+        elif quota == "max_drafts":
+            if actor.drafts < value:  # up to the limit: kept
+                assert _attempt(nn.Model, to=actor.client)[1] is None
+                actor.drafts += 1
+            self.compile_model(slot, "sigmoid", flow_one=True)
+        elif quota == "max_objects":
+            self.step(slot, which, "A", 0, 2, False, 0.0, False, None)
+        else:  # a long fit (one-row batches), then another model's, refused while it runs
+            if len(actor.models) < 2:
+                self.compile_model(slot, "sigmoid", flow_one=False)
+            self.fit(slot, which, "A", False, 1, 0.0, None, False)
+            self.fit(slot, which + 1, "A", False, 8, 0.0, None, False)
+
     # The oracle -------------------------------------------------------------------------
 
     @invariant()
@@ -635,6 +830,25 @@ class NodeMachine(RuleBasedStateMachine):
         self._answers_are_typed_and_keep_private_values()
         self._releases_add_up_within_budget(self.actors)
         self._each_data_scientist_lists_only_its_own()
+        self._each_holds_what_it_kept()
+
+    def _each_holds_what_it_kept(self) -> None:
+        """On the node, each data scientist holds the models, private objects and
+        uncompiled drafts it made and kept, no more, and its usage row counts exactly its
+        objects: a refused create left no row, a delete freed what it took."""
+        with self.node.ctx.db.session() as session:
+            for actor in self.actors:
+                user_id = session.scalar(select(UserRow.id).where(UserRow.email == actor.email))
+                mine = (ModelRow.owner_id == user_id,)
+                assert set(session.scalars(select(ModelRow.id).where(*mine))) == set(actor.models)
+                objects = select(PrivateObjectRow.id).where(PrivateObjectRow.owner_id == user_id)
+                assert set(session.scalars(objects)) == set(actor.objects)
+                usage = session.get(UsageRow, user_id)
+                assert (usage.objects if usage else 0) == len(actor.objects), usage
+                drafts = select(func.count()).where(
+                    DraftRow.owner_id == user_id, DraftRow.compiled_model_id.is_(None)
+                )
+                assert session.scalar(drafts) == actor.drafts
 
     def _answers_are_typed_and_keep_private_values(self) -> None:
         for answer in self.answers[self.checked :]:
