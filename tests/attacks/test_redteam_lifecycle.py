@@ -82,6 +82,14 @@ def _data(ds: veil.Client, name: str = "A") -> tuple:
     return data["x"], data["y"]
 
 
+def _one_model(node) -> tuple:  # noqa: ANN001
+    """(admin, a DS with a large budget, its model, dataset A's pointers)."""
+    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
+    _upload(admin)
+    ds = make_ds(admin, node, budget=1e6)
+    return admin, ds, _model(ds), _data(ds)
+
+
 def _ended(model_ptr: veil.ModelPointer) -> dict:
     for _ in range(120):
         state = model_ptr.progress(wait=1)
@@ -158,11 +166,7 @@ def test_a_dataset_deleted_before_its_fit_loads_fails_the_fit_plainly(node, monk
 def test_a_dataset_deleted_between_a_fits_epochs_leaves_every_step_charged(
     node, monkeypatch
 ) -> None:
-    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
-    ds = make_ds(admin, node, budget=1e6)
-    model_ptr = _model(ds)
-    x, y = _data(ds)
+    admin, ds, model_ptr, (x, y) = _one_model(node)
     quoted = model_ptr.quote(x, y, max_iter=2, batch_size=16, validation_split=0.25)
     # The first epoch's end: its trainer state staged, not yet the model's version.
     gate = _Gate(monkeypatch, fit_job, "stage_checkpoint")
@@ -185,11 +189,7 @@ def test_a_dataset_deleted_between_a_fits_epochs_leaves_every_step_charged(
 
 
 def test_a_dataset_deleted_during_a_step_and_before_its_publishes(node, monkeypatch) -> None:
-    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
-    ds = make_ds(admin, node, budget=1e6)
-    model_ptr = _model(ds)
-    x, y = _data(ds)
+    admin, ds, model_ptr, (x, y) = _one_model(node)
     loss0, _ = model_ptr.step(x[0:8], y[0:8])
     gate = _Gate(monkeypatch, steps, "encode_state")  # computed, not yet committed
     answers: list = []
@@ -352,11 +352,7 @@ def test_a_budget_set_to_exactly_a_quotes_need_pays_the_fit_and_its_publish(node
 
 
 def test_delta_and_step_limit_changed_between_quote_fit_and_its_epochs(node, monkeypatch) -> None:
-    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
-    ds = make_ds(admin, node, budget=1e6)
-    model_ptr = _model(ds)
-    x, y = _data(ds)
+    admin, ds, model_ptr, (x, y) = _one_model(node)
     plan = dict(max_iter=2, batch_size=16, validation_split=0.25, target_epsilon=2.0)
     before = model_ptr.quote(x, y, **plan)
     admin.update_node(delta=before["delta"] / 10)
@@ -429,11 +425,7 @@ def test_logging_out_during_a_long_poll_and_a_step(node, monkeypatch) -> None:
 def test_a_fit_cancelled_as_it_finishes_ends_once_with_every_step_charged(
     node, monkeypatch
 ) -> None:
-    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
-    ds = make_ds(admin, node, budget=1e6)
-    model_ptr = _model(ds)
-    x, y = _data(ds)
+    admin, ds, model_ptr, (x, y) = _one_model(node)
     quoted = model_ptr.quote(x, y, max_iter=1, batch_size=16, validation_split=0.25)
     # Every step trained; the transaction that checkpoints them and ends the job not begun.
     gate = _Gate(monkeypatch, fit_job, "_checkpoint", lambda *a, **k: k.get("ending") is not None)
