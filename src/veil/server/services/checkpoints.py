@@ -8,8 +8,8 @@ A version lives in one of two places:
   locked, they are renamed to version v+1 and the row is pointed at v+1 with its cart
   curve (`StagedCheckpoint.commit`): a crash in between leaves the row at v with v's
   files, so weights and cart always match, and no lock is held while tensors are
-  written. Files two versions old are removed after the
-  commit; the previous version stays for a publish that read it.
+  written. Files two versions old are removed after the commit; the previous version
+  stays for a publish that read it.
 - a row of `model_states` (flow III steps, `encode_state` and `commit_step`): one
   safetensors blob of the trainer inserted in the step's own transaction, which also
   points the model at it and stores its cart as the rows the step changed

@@ -93,7 +93,7 @@ class LiveModels:
 
     def get(self, session: Session, model: ModelRow) -> LiveModel:
         """The model at the row's version (read in `session` when not kept); call with
-        `lock(model.id)` held."""
+        its owner's `lock` held."""
         live = self.cached(model.id, model.version)
         if live is not None:
             return live
