@@ -86,7 +86,7 @@ def main() -> None:
         starts = [(i * BATCH) % (args.rows - BATCH) for i in range(warmup + steps)]
 
         def engine(a: int) -> float:
-            with ctx.live.lock(model_ptr.id):
+            with ctx.live.lock(ds_user.id, model_ptr.id):
                 with ctx.db.session() as session:
                     row = get_model(session, user=ds_user, model_id=model_ptr.id)
                     trainer = ctx.live.get(session, row).trainer
