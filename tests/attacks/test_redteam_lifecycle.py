@@ -82,11 +82,11 @@ def _data(ds: veil.Client, name: str = "A") -> tuple:
     return data["x"], data["y"]
 
 
-def _one_model(node) -> tuple:  # noqa: ANN001
-    """(admin, a DS with a large budget, its model, dataset A's pointers)."""
+def _one_model(node, budget: float = 1e6) -> tuple:  # noqa: ANN001
+    """(admin, a DS with `budget`, its model, dataset A's pointers)."""
     admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
     _upload(admin)
-    ds = make_ds(admin, node, budget=1e6)
+    ds = make_ds(admin, node, budget=budget)
     return admin, ds, _model(ds), _data(ds)
 
 
@@ -271,12 +271,8 @@ def test_a_dataset_deleted_between_a_pointers_lookup_and_its_file_is_not_found(
 def test_a_user_disabled_during_a_fit_with_validation_is_locked_out_cleanly(
     node, monkeypatch
 ) -> None:
-    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
-    ds = make_ds(admin, node, budget=50.0)
+    admin, ds, model_ptr, (x, y) = _one_model(node, budget=50.0)
     email = ds.users.me().email
-    model_ptr = _model(ds)
-    x, y = _data(ds)
     gate = _Gate(monkeypatch, fit_job, "stage_checkpoint")
     model_ptr.fit(x, y, max_iter=2, batch_size=16, validation_split=0.25, wait=False)
     gate.wait()
@@ -304,12 +300,8 @@ def test_a_user_disabled_during_a_fit_with_validation_is_locked_out_cleanly(
 def test_a_budget_lowered_below_spent_mid_fit_withholds_and_keeps_the_cart(
     node, monkeypatch
 ) -> None:
-    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
-    ds = make_ds(admin, node, budget=1e6)
+    admin, ds, model_ptr, (x, y) = _one_model(node, budget=1e6)
     email = ds.users.me().email
-    model_ptr = _model(ds)
-    x, y = _data(ds)
     model_ptr.evaluate(x[0:16], y[0:16], epsilon=0.5)
     spent = ds.privacy_budget.spent
     gate = _Gate(monkeypatch, fit_job, "stage_checkpoint")
@@ -331,12 +323,8 @@ def test_a_budget_lowered_below_spent_mid_fit_withholds_and_keeps_the_cart(
 
 
 def test_a_budget_set_to_exactly_a_quotes_need_pays_the_fit_and_its_publish(node) -> None:
-    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
-    ds = make_ds(admin, node, budget=1e6)
+    admin, ds, model_ptr, (x, y) = _one_model(node, budget=1e6)
     email = ds.users.me().email
-    model_ptr = _model(ds)
-    x, y = _data(ds)
     model_ptr.evaluate(x[0:16], y[0:16], epsilon=0.3)
     plan = dict(max_iter=2, batch_size=16, validation_split=0.25, target_epsilon=1.0)
     quoted = model_ptr.quote(x, y, **plan)
@@ -375,12 +363,8 @@ def test_delta_and_step_limit_changed_between_quote_fit_and_its_epochs(node, mon
 
 
 def test_logging_out_during_a_long_poll_and_a_step(node, monkeypatch) -> None:
-    admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
-    ds = make_ds(admin, node, budget=1e6)
+    admin, ds, model_ptr, (x, y) = _one_model(node, budget=1e6)
     email = ds.users.me().email
-    model_ptr = _model(ds)
-    x, y = _data(ds)
     raw = raw_client(node, ds)
     gate = _Gate(monkeypatch, fit_job, "stage_checkpoint")
     model_ptr.fit(x, y, max_iter=1, batch_size=16, wait=False)

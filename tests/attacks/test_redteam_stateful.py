@@ -303,6 +303,18 @@ class NodeMachine(RuleBasedStateMachine):
     def _model(self, actor: _Actor, model_id: str) -> veil.ModelPointer | None:
         return _typed(actor.client.models.get, model_id)
 
+    def _working(self, slot: int, which: int, dataset: str) -> tuple | None:
+        """(actor, model id, model, (x, y, k) of `dataset`) for a rule that trains or
+        evaluates, or None if the actor has no session, model or dataset to use now."""
+        actor = self.actors[slot]
+        if actor.client is None or not actor.models:
+            return None
+        model_id = _pick(actor.models, which)
+        model, pointers = self._model(actor, model_id), self._pointers(actor, dataset)
+        if model is None or pointers is None:
+            return None
+        return actor, model_id, model, pointers
+
     def teardown(self) -> None:
         try:
             self._settle()
@@ -388,14 +400,10 @@ class NodeMachine(RuleBasedStateMachine):
     ) -> None:
         """A step on a slice (one row, too), named in the request or stored as a view
         first; its loss or predictions published at once, or left for later."""
-        actor = self.actors[slot]
-        if actor.client is None or not actor.models:
+        working = self._working(slot, which, dataset)
+        if working is None:
             return
-        model_id = _pick(actor.models, which)
-        model, pointers = self._model(actor, model_id), self._pointers(actor, dataset)
-        if model is None or pointers is None:
-            return
-        x, y, k = pointers
+        actor, model_id, model, (x, y, k) = working
         target = k if labels else y
         stop = min(start + length, len(x))
         if start >= stop:
@@ -442,14 +450,10 @@ class NodeMachine(RuleBasedStateMachine):
         wait: bool,
     ) -> None:
         """One epoch of a fit, waited for or left running under the rules that follow."""
-        actor = self.actors[slot]
-        if actor.client is None or not actor.models:
+        working = self._working(slot, which, dataset)
+        if working is None:
             return
-        model_id = _pick(actor.models, which)
-        model, pointers = self._model(actor, model_id), self._pointers(actor, dataset)
-        if model is None or pointers is None:
-            return
-        x, y, k = pointers
+        actor, model_id, model, (x, y, k) = working
         plan = dict(
             max_iter=1,
             batch_size=batch_size,
@@ -488,14 +492,10 @@ class NodeMachine(RuleBasedStateMachine):
         labels: bool,
         epsilon: float,
     ) -> None:
-        actor = self.actors[slot]
-        if actor.client is None or not actor.models:
+        working = self._working(slot, which, dataset)
+        if working is None:
             return
-        model_id = _pick(actor.models, which)
-        model, pointers = self._model(actor, model_id), self._pointers(actor, dataset)
-        if model is None or pointers is None:
-            return
-        x, y, k = pointers
+        actor, model_id, model, (x, y, k) = working
         rows = slice(start, start + length)
         answer = _typed(model.evaluate, x[rows], (k if labels else y)[rows], epsilon=epsilon)
         if answer is not None:
