@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import linalg
 
 from veil.engine._dpsgd import clip_scale
 from veil.engine._modules import ConvModule, DenseModule, Tape, VeilModule
@@ -56,7 +57,7 @@ class LayerTerms:
     per_example: torch.Tensor | None
     inputs: torch.Tensor | None
     backprops: torch.Tensor | None
-    bias_grads: torch.Tensor | None  # (B, p)
+    bias_grads: torch.Tensor | None  # (B, p), kept where per_example is built
     sq_norms: torch.Tensor  # (B,) weight and bias together
 
 
@@ -113,17 +114,21 @@ def _terms(
     else:
         inputs = a.reshape(batch, -1, a.shape[-1])
         grads = g.reshape(batch, -1, g.shape[-1])
-        bias_grads = grads.sum(1)
         positions, d, p = inputs.shape[1], inputs.shape[2], grads.shape[2]
+        bias_grads = grads.reshape(batch, p) if positions == 1 else grads.sum(1)
         if positions > 1 and positions * (p + d) >= p * d:
             return _built(name, layer, torch.bmm(grads.transpose(1, 2), inputs), bias_grads)
-    if positions == 1:
-        sq = inputs.square().sum((1, 2)) * grads.square().sum((1, 2))
+    has_bias = layer.bias is not None
+    if positions == 1:  # |g a^T|^2 = |g|^2 |a|^2, and the bias's gradient is g itself
+        flat_a, flat_g = inputs.reshape(batch, d), grads.reshape(batch, p)
+        sq_a, sq_g = linalg.vecdot(flat_a, flat_a), linalg.vecdot(flat_g, flat_g)
+        sq = (sq_a + 1.0) * sq_g if has_bias else sq_a * sq_g
     else:
         gram_a = torch.bmm(inputs, inputs.transpose(1, 2))
         gram_g = torch.bmm(grads, grads.transpose(1, 2))
         sq = (gram_a * gram_g).sum((1, 2))
-    has_bias = layer.bias is not None
+        if has_bias:
+            sq = sq + linalg.vecdot(bias_grads, bias_grads)
     return LayerTerms(
         weight=f"{name}.weight",
         bias=f"{name}.bias" if has_bias else None,
@@ -131,8 +136,8 @@ def _terms(
         per_example=None,
         inputs=inputs,
         backprops=grads,
-        bias_grads=bias_grads if has_bias else None,
-        sq_norms=sq + bias_grads.square().sum(1) if has_bias else sq,
+        bias_grads=None,  # the clipped sum takes it from the scaled backprops
+        sq_norms=sq,
     )
 
 
@@ -249,13 +254,15 @@ def clip_layerwise(
     for t in terms.layers:
         if t.per_example is not None:
             total = torch.einsum("b,bpd->pd", scale, torch.where(rows, t.per_example, 0.0))
+            if t.bias is not None and t.bias_grads is not None:
+                kept = torch.where(keep.unsqueeze(1), t.bias_grads, 0.0)
+                sums[t.bias] = torch.einsum("b,bp->p", scale, kept)
         else:
             assert t.inputs is not None and t.backprops is not None
-            weighted = torch.where(rows, t.backprops * scale.reshape(-1, 1, 1), 0.0)
+            weighted = torch.where(rows, t.backprops * scale.reshape(-1, 1, 1), 0.0).flatten(0, 1)
             inputs = torch.where(rows, t.inputs, 0.0)
-            total = weighted.flatten(0, 1).T @ inputs.flatten(0, 1)
+            total = weighted.T @ inputs.flatten(0, 1)
+            if t.bias is not None:  # each example's bias gradient is its backprops' sum
+                sums[t.bias] = weighted.sum(0)
         sums[t.weight] = total.reshape(t.shape)
-        if t.bias is not None and t.bias_grads is not None:
-            kept = torch.where(keep.unsqueeze(1), t.bias_grads, 0.0)
-            sums[t.bias] = torch.einsum("b,bp->p", scale, kept)
     return sums, norms

@@ -178,7 +178,8 @@ class DPTrainer:
         init_seed = _seeds(seed)[0]
         module = build_module(spec, generator=torch.Generator().manual_seed(init_seed))
         self.module = module.to(self.device)
-        self._names = [name for name, _ in self.module.named_parameters()]
+        self._params = list(self.module.named_parameters())  # updated in place, never replaced
+        self._names = [name for name, _ in self._params]
         self.optimizer = _torch_optimizer(spec.optimizer, list(self.module.parameters()))
         self._per_example = per_example_grads(self.module, self.objective)
         # Row-level steps clip layer by layer where every parameter allows it. Measured
@@ -273,11 +274,10 @@ class DPTrainer:
         `keep_outputs`: a fit has no use for them). Every row, valid or not, takes the
         same operations.
         """
-        self.module.train()
+        if not self.module.training:
+            self.module.train()
         real = None if subjects is None else torch.as_tensor(subjects.real, device=self.device)
-        params = {name: p.detach() for name, p in self.module.named_parameters()}
-        buffers = dict(self.module.named_buffers())
-        sums = {name: torch.zeros_like(p) for name, p in params.items()}
+        sums: dict[str, torch.Tensor] = {}
         losses, outputs, x_oks, valids = [], [], [], []
 
         def batch(part: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
@@ -295,13 +295,10 @@ class DPTrainer:
             if keep_outputs:
                 outputs.append(out)
 
-        def per_example(part: slice) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-            x, y, valid, masks = batch(part)
-            grads, loss, out = self._per_example(params, buffers, x, y, masks)
-            keep(loss, out)
-            return grads, valid
-
         def add(clipped: dict[str, torch.Tensor]) -> None:
+            if not sums:  # the first chunk's sums are ours to add to
+                sums.update(clipped)
+                return
             for name in sums:
                 sums[name] += clipped[name]
 
@@ -312,17 +309,35 @@ class DPTrainer:
                 terms = backprops(self.module, self.objective, x, y, masks)
                 keep(terms.losses, terms.outputs)
                 add(clip_layerwise(terms, clip, valid)[0])
-        elif subjects is None:
-            for start in range(0, rows, self._chunk):
-                grads, valid = per_example(slice(start, start + self._chunk))
-                add(clip_and_sum(grads, clip, valid)[0])
         else:
-            add(clip_by_subject(per_example, subjects.groups, clip, chunk=self._chunk, like=params))
+            params = {name: p.detach() for name, p in self._params}
+            buffers = dict(self.module.named_buffers())
+
+            def per_example(part: slice) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                x, y, valid, masks = batch(part)
+                grads, loss, out = self._per_example(params, buffers, x, y, masks)
+                keep(loss, out)
+                return grads, valid
+
+            if subjects is None:
+                for start in range(0, rows, self._chunk):
+                    grads, valid = per_example(slice(start, start + self._chunk))
+                    add(clip_and_sum(grads, clip, valid)[0])
+            else:
+                add(
+                    clip_by_subject(
+                        per_example, subjects.groups, clip, chunk=self._chunk, like=params
+                    )
+                )
         noise = self._random.normal(self.spec.param_count, self.device) * (sigma * clip)
         offset = 0
-        for name, p in self.module.named_parameters():
+        for name, p in self._params:
             size = p.numel()
-            p.grad = (sums[name] + noise[offset : offset + size].view_as(p)) / denominator
+            noised = noise[offset : offset + size].view_as(p)
+            if name in sums:  # the sums are this step's own: noised and divided in place
+                p.grad = sums[name].add_(noised).div_(denominator)
+            else:  # a batch with no rows: the noise alone
+                p.grad = noised / denominator
             offset += size
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
