@@ -413,7 +413,7 @@ class DPTrainer:
             if train.size == 0:
                 raise ValidationError("Expected at least one training row. Received: none")
             val = check_rows("val_rows", [] if val_rows is None else val_rows, n)
-            if np.intersect1d(train, val).size:
+            if np.intersect1d(train, val, assume_unique=True).size:  # both checked unique
                 raise ValidationError(
                     "Expected val_rows disjoint from train_rows. Received: rows in both"
                 )

@@ -1,6 +1,7 @@
-"""Run one `fit` job: DP-SGD over the Poisson pool, cart updated step by step, resumable.
+"""Run one `fit` job: DP-SGD over the Poisson pool, every step charged to the cart, resumable.
 
-The cart gains one Poisson-subsampled Gaussian step per step (O(1)); on a dataset whose
+The cart is charged one Poisson-subsampled Gaussian per step trained, added up before
+each checkpoint (`_Run.charge`: O(1) however many steps); on a dataset whose
 unit is the data subject, the steps sample subjects and clip each one's rows together.
 The weights and the cart are checkpointed together at each epoch's end and every
 `checkpoint_every_seconds`; at an epoch's end the validation metrics, if the fit holds
@@ -120,6 +121,7 @@ class _Run:
     version: int  # the model version of the last checkpoint
     saved_step: int  # this job's steps in that checkpoint
     step: int = 0  # this job's steps in the trainer now
+    uncharged: int = 0  # of those, steps not yet added to `cart` (added before any use)
     started: float = field(default_factory=time.monotonic)
     last_write: float = field(default_factory=time.monotonic)  # the first after 0.5 s
     last_checkpoint: float = field(default_factory=time.monotonic)
@@ -128,6 +130,16 @@ class _Run:
     @property
     def expected_samples(self) -> int:
         return expected_samples(self.params, self.step)
+
+    def charge(self) -> Cart:
+        """The cart with every trained step in it: one addition for the steps since the
+        last (each is the same Poisson-subsampled Gaussian), before the cart is saved,
+        released against or kept."""
+        if self.uncharged:
+            q, sigma = float(self.params["q"]), float(self.params["sigma"])
+            self.cart.add_sampled(self.plan.pair.key, q=q, sigma=sigma, steps=self.uncharged)
+            self.uncharged = 0
+        return self.cart
 
 
 def _load(ctx: NodeContext, claim: Claim) -> _Run | None:
@@ -184,7 +196,7 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str | N
         return "cancelled"
     ctx.signals.notify(run.model_id)  # it runs
     p, plan, key = run.params, run.plan, run.plan.pair.key
-    sigma, q = float(p["sigma"]), float(p["q"])
+    sigma = float(p["sigma"])
     units = plan.pair.units
     run.cart.ensure_source(key, units.n)
     run.cart.mark_pool(key, plan.train_units)
@@ -195,7 +207,7 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str | N
         return stopping.is_set() or lease.lost.is_set() or run.cancel
 
     def on_step(info: StepInfo) -> None:
-        run.cart.add_sampled(key, q=q, sigma=sigma, steps=1)
+        run.uncharged += info.step - run.step
         run.step = info.step
         now = time.monotonic()
         if now - run.last_write >= PROGRESS_EVERY_S:
@@ -248,7 +260,7 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str | N
 
 def _keep(run: _Run) -> None:
     """The trainer is the model at its last checkpoint: the next step or fit here uses it."""
-    live = LiveModel(version=run.version, trainer=run.trainer, cart=run.cart)
+    live = LiveModel(version=run.version, trainer=run.trainer, cart=run.charge())
     with run.ctx.live.lock(run.user_id, run.model_id):
         run.ctx.live.put(run.model_id, live)
 
@@ -258,7 +270,7 @@ def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None, ending: str | None
     model's next version, and record how many of this job's steps it holds; `ending`
     ends the job in the same transaction, with that status."""
     ctx = run.ctx
-    staged = stage_checkpoint(ctx.files, run.model_id, trainer=run.trainer, cart=run.cart)
+    staged = stage_checkpoint(ctx.files, run.model_id, trainer=run.trainer, cart=run.charge())
     try:
         with ctx.db.write_session() as session:
             job = job_queue.fenced_job(session, run.claim)
