@@ -4,6 +4,8 @@ at a lower priority, and password hashes cost what OWASP recommends."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -50,3 +52,18 @@ def test_an_old_hash_is_redone_with_the_current_parameters(node, admin, ds) -> N
     assert stored.password_hash != old and "m=19456,t=2,p=1" in stored.password_hash
     login(node, ds.user.email, DS_PASSWORD)
     assert np.isfinite(ds.privacy_budget.remaining)
+
+
+def test_a_node_imports_what_its_first_optimizer_needs_in_the_background() -> None:
+    """The first model compiled after a start would wait ~1 s for `torch._dynamo`; the
+    node imports it on a background thread at start (checked in a fresh interpreter)."""
+    script = (
+        "import sys, torch\n"
+        "from veil.server.compute import preload_torch\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "thread = preload_torch()\n"
+        "assert thread.daemon and thread.name == 'veil-preload'\n"
+        "thread.join()\n"
+        "assert 'torch._dynamo' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
