@@ -381,7 +381,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the node's process
     os.environ["VEIL_TORCH_THREADS"] = str(args.threads)  # which sets this many itself
     level = 0 if args.tiny else 1 if args.quick else 2
-    repeats = args.repeats or (1, 2, 5)[level]
+    repeats = args.repeats or (1, 3, 5)[level]
     warnings.filterwarnings("ignore")
     loads = [os.getloadavg()]
     results = []

@@ -98,12 +98,14 @@ def _finish(ctx: NodeContext, claim: Claim, status: str, error: str | None) -> N
     ctx.signals.notify(model_id)
 
 
-def _end(session: Session, job: JobRow, status: str, error: str | None) -> None:
+def _end(
+    session: Session, job: JobRow, status: str, error: str | None, model: ModelRow | None = None
+) -> None:
     job.status = status
     job.error = error
     job.finished_at = utcnow()
     job.lease_expires_at = None
-    job_queue.free_model(session, job)
+    job_queue.free_model(session, job, model)
 
 
 @dataclass
@@ -284,7 +286,7 @@ def _checkpoint(run: _Run, *, epoch: EpochInfo | None = None, ending: str | None
             if epoch is not None:
                 _record_epoch(session, run, job=job, model=model, epoch=epoch)
             if ending is not None:
-                _end(session, job, ending, None)
+                _end(session, job, ending, None, model)
             session.commit()
             run.cancel = run.cancel or job.cancel_requested
     except BaseException:

@@ -84,8 +84,18 @@ def _eligible(limit: int) -> Select[tuple[JobRow]]:
     )
 
 
+_ANY_QUEUED = select(JobRow.id).where(JobRow.status == QUEUED).limit(1)  # built once
+
+
 def claim_next(db: Database, *, worker: str, lease_seconds: float) -> Claim | None:
-    """Claim the next job this node's fairness rule allows, or None if none may run."""
+    """Claim the next job this node's fairness rule allows, or None if none may run.
+
+    An empty queue is seen by one light read, without the write lock: a worker asks
+    after every job it ends, while its job's end is being answered. A job queued just
+    after that read wakes the runner again (`JobRunner.submit`)."""
+    with db.session() as session:
+        if session.connection().execute(_ANY_QUEUED).first() is None:
+            return None
     with db.write_session() as session:
         # The node row serialises claims, so two workers cannot both start a job of a
         # user who may run one more (SQLite's write lock does this by itself).
@@ -158,9 +168,11 @@ def stop_all_of(session: Session, owner_id: str) -> list[JobRow]:
     return jobs
 
 
-def free_model(session: Session, job: JobRow) -> None:
-    """The job is over: its model may train again (the caller holds the job row)."""
-    model = session.get(ModelRow, job.model_id, with_for_update=True)
+def free_model(session: Session, job: JobRow, model: ModelRow | None = None) -> None:
+    """The job is over: its model may train again (the caller holds the job row, and
+    `model`, if given, is the job's model row already locked in this transaction)."""
+    if model is None:
+        model = session.get(ModelRow, job.model_id, with_for_update=True)
     if model is not None and model.busy_job_id == job.id:
         model.busy_job_id = None
 
