@@ -86,9 +86,13 @@ def spent_curve(session: Session, *, user_id: str) -> RdpCurve:
     return RdpCurve.zero() if stored is None else RdpCurve.from_list(stored)
 
 
-def added_epsilon(spent: RdpCurve, curve: RdpCurve, *, delta: float) -> float:
-    """How much the epsilon spent would grow if `curve` were charged on top of `spent`."""
-    return (spent + curve).epsilon(delta) - spent.epsilon(delta)
+def added_epsilon(
+    spent: RdpCurve, curve: RdpCurve, *, delta: float, spent_epsilon: float | None = None
+) -> float:
+    """How much the epsilon spent would grow if `curve` were charged on top of `spent`
+    (`spent_epsilon`: `spent.epsilon(delta)`, where the caller has it already)."""
+    before = spent.epsilon(delta) if spent_epsilon is None else spent_epsilon
+    return (spent + curve).epsilon(delta) - before
 
 
 def ledger_overview(session: Session, *, delta: float) -> list[LedgerEntry]:

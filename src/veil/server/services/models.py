@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
@@ -36,6 +36,7 @@ from veil.server.storage.files import NodeFiles
 
 __all__ = [
     "add_draft_layer",
+    "CartCurves",
     "cart_epsilon",
     "compile_draft",
     "create_draft",
@@ -48,6 +49,7 @@ __all__ = [
     "list_models",
     "ModelFacts",
     "model_facts",
+    "not_yours",
     "parse_spec",
     "unpaid",
 ]
@@ -241,7 +243,7 @@ def get_model(
         ModelRow, model_id, with_for_update=for_update, populate_existing=for_update
     )
     if model is None or model.owner_id != user.id:
-        raise _not_yours(model_id)
+        raise not_yours(model_id)
     return model
 
 
@@ -263,11 +265,11 @@ def model_facts(session: Session, *, user: UserRow, model_id: str) -> ModelFacts
     """`get_model`'s answer in three columns: one light query, no JSON to decode."""
     found = session.connection().execute(_FACTS, {"b_id": model_id}).first()
     if found is None or found.owner_id != user.id:
-        raise _not_yours(model_id)
+        raise not_yours(model_id)
     return ModelFacts(id=model_id, version=found.version, busy_job_id=found.busy_job_id)
 
 
-def _not_yours(model_id: str) -> NotFound:
+def not_yours(model_id: str) -> NotFound:
     return NotFound(f"No model {model_id!r} of yours.", model_id=model_id)
 
 
@@ -276,11 +278,20 @@ def list_models(session: Session, *, user: UserRow) -> list[ModelRow]:
     return list(session.scalars(query))
 
 
-def unpaid(model: ModelRow) -> RdpCurve:
+class CartCurves(Protocol):
+    """A model's two curves: a `ModelRow`, or a row of just these columns."""
+
+    cart_curve: list[float]
+    charged_curve: list[float]
+
+
+def unpaid(model: CartCurves) -> RdpCurve:
     """What the model's cart holds beyond what its releases have charged."""
     return RdpCurve.from_list(model.cart_curve) - RdpCurve.from_list(model.charged_curve)
 
 
-def cart_epsilon(spent: RdpCurve, model: ModelRow, *, delta: float) -> float:
+def cart_epsilon(
+    spent: RdpCurve, model: CartCurves, *, delta: float, spent_epsilon: float | None = None
+) -> float:
     """The model's cart: how much publishing it now would add to the epsilon spent."""
-    return ledger.added_epsilon(spent, unpaid(model), delta=delta)
+    return ledger.added_epsilon(spent, unpaid(model), delta=delta, spent_epsilon=spent_epsilon)

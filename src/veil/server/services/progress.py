@@ -18,19 +18,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from veil.server.db.base import as_utc
 from veil.server.db.engine import Database
-from veil.server.db.tables.accounts import UserRow
-from veil.server.db.tables.models import JobEpochRow
+from veil.server.db.tables.accounts import NodeRow, UserRow
+from veil.server.db.tables.models import JobEpochRow, ModelRow
 from veil.server.jobs.signals import FALLBACK_POLL_S, JobSignals
 from veil.server.services import job_queue, ledger
 from veil.server.services.fits import latest_job
-from veil.server.services.models import cart_epsilon, get_model
-from veil.server.services.node import get_node
+from veil.server.services.models import cart_epsilon, not_yours
 
 __all__ = ["MAX_WAIT_S", "Progress", "expected_samples", "progress", "progress_after"]
 
@@ -60,23 +59,39 @@ class Progress:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
+# Built once: every poll runs them. Only the columns a progress shows (a model row's
+# spec and cart state are JSON that a poll has no use for).
+_MODEL = select(
+    ModelRow.owner_id, ModelRow.steps, ModelRow.cart_curve, ModelRow.charged_curve
+).where(ModelRow.id == bindparam("b_id"))
+_DELTA = select(NodeRow.delta).where(NodeRow.id == 1)
+_EPOCHS = (
+    select(JobEpochRow.epoch, JobEpochRow.metrics)
+    .where(JobEpochRow.job_id == bindparam("b_job"))
+    .order_by(JobEpochRow.epoch)
+)
+
+
 def progress(session: Session, *, user: UserRow, model_id: str) -> Progress:
     """Status of the model's latest job; only released (noised, charged) metrics."""
-    model = get_model(session, user=user, model_id=model_id)
-    delta = get_node(session).delta
-    job = latest_job(session, model_id=model.id)
+    connection = session.connection()
+    model = connection.execute(_MODEL, {"b_id": model_id}).first()
+    if model is None or model.owner_id != user.id:
+        raise not_yours(model_id)
+    delta = connection.execute(_DELTA).scalar_one()
+    job = latest_job(session, model_id=model_id)
     spent = ledger.spent_curve(session, user_id=user.id)
+    spent_epsilon = spent.epsilon(delta)
     common = {
-        "model_id": model.id,
-        "spent": spent.epsilon(delta),
-        "cart": cart_epsilon(spent, model, delta=delta),
+        "model_id": model_id,
+        "spent": spent_epsilon,
+        "cart": cart_epsilon(spent, model, delta=delta, spent_epsilon=spent_epsilon),
         "total_steps": model.steps,
     }
     if job is None:
         return Progress(status="idle", **common)
-    epochs = session.scalars(
-        select(JobEpochRow).where(JobEpochRow.job_id == job.id).order_by(JobEpochRow.epoch)
-    )
+    # Epoch rows are written with the job's epoch count: none before its first epoch.
+    epochs = connection.execute(_EPOCHS, {"b_job": job.id}).all() if job.epoch else []
     start = job.started_at
     end = job.finished_at or datetime.now(UTC)
     elapsed = (as_utc(end) - as_utc(start)).total_seconds() if start else 0.0
