@@ -194,3 +194,17 @@ def test_fit_batches_average_q_n_and_allow_empty_batches() -> None:
     assert 0 in sizes  # noise-only steps ran
     assert abs(np.mean(sizes) - 1.0) < 0.25
     assert steps[-1].samples_seen == sum(sizes)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 7, 6), (5, 4)])
+def test_bytes_become_the_same_floats_as_any_other_dtype(shape: tuple) -> None:
+    """uint8 rows (images) skip the finiteness mask, which they cannot fail, and give the
+    floats and layout the general path gives."""
+    raw = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    fast, fast_ok = input_tensor(raw, torch.device("cpu"))
+    slow, slow_ok = input_tensor(raw.astype(np.float64), torch.device("cpu"))
+    assert fast.dtype == torch.float32 and torch.equal(fast, slow)
+    assert fast.is_contiguous(memory_format=torch.channels_last) == (len(shape) == 4)
+    assert fast_ok.tolist() == slow_ok.tolist() == [True] * shape[0]
+    raw[0] = 7  # the tensor is a copy: the caller's rows are never written through
+    assert not torch.equal(fast[0], torch.full_like(fast[0], 7.0))

@@ -163,17 +163,22 @@ def test_layerwise_and_vmap_steps_agree(mlp_spec: nn.ModelSpec, table_data) -> N
         np.testing.assert_allclose(fast.get_weights()[key], value, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("stride, padding", [((1, 1), (1, 1)), ((2, 2), (0, 0))])
-def test_both_ways_of_building_conv_gradients_agree(stride: tuple, padding: tuple) -> None:
+def test_both_ways_of_building_conv_gradients_agree(
+    stride: tuple, padding: tuple, layout: torch.memory_format
+) -> None:
     """A convolution's per-example gradients are built by vmap or by unfolded patches,
     whichever is faster on the device (on an H200 both win on some layers): held equal
-    here, on the CPU, so CI checks both ways' arithmetic."""
+    here, on the CPU, so CI checks both ways' arithmetic, in both layouts (channels-last
+    patches are copied in another order and put back in the weight's)."""
     layer = build_module(_conv_built(), generator=torch.Generator().manual_seed(0)).get_submodule(
         "1"
     )
     layer.stride, layer.padding = stride, padding
-    a = torch.randn(5, 2, 9, 9)
+    a = torch.randn(5, 2, 9, 9).contiguous(memory_format=layout)
     g = torch.randn_like(layer.pre_activation(a))
+    assert a.is_contiguous(memory_format=layout)
     torch.testing.assert_close(
         conv_grads_unfold(layer, a, g), conv_grads_vmap(layer, a, g), rtol=1e-4, atol=1e-5
     )

@@ -170,12 +170,14 @@ def input_tensor(batch: np.ndarray, device: torch.device) -> tuple[torch.Tensor,
     than in NCHW (torch 2.13) and oneDNN convolutions take it natively; every layer
     reads a tensor by index, so the values are the same."""
     array = np.asarray(batch)
-    if device.type != "cpu" and array.dtype == np.uint8:
-        x = torch.from_numpy(np.ascontiguousarray(array)).to(device).float()
-    else:
-        x = torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
-        if x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    if array.dtype == np.uint8:  # always finite: nothing to check or mask
+        x = torch.from_numpy(np.ascontiguousarray(array))
+        if device.type == "cpu" and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # a byte copy; float keeps it
+        return x.to(device).float(), torch.ones(x.shape[0], dtype=torch.bool, device=device)
+    x = torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
+    if x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     finite = torch.isfinite(x)
     valid = _rows_all(finite)
     return torch.where(finite, x, 0.0), valid

@@ -221,18 +221,28 @@ def conv_grads_vmap(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torc
 
 
 def conv_grads_unfold(layer: ConvModule, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    return torch.bmm(g.flatten(2), _patches(layer, a))
+    """Backprops (B, p, T) times input patches (B, T, d). On a channels-last input (the
+    engine's images on the CPU) the patches are copied in (kh, kw, C) order, which reads
+    the input in memory order (2 to 3x faster than the weight's order on the IDC and
+    CNN32 layers), and the small (B, p, d) product is put in the weight's order after."""
+    if not a.is_contiguous(memory_format=torch.channels_last):
+        return torch.bmm(g.flatten(2), _patches(layer, a))
+    grads = torch.bmm(g.flatten(2), _patches(layer, a, kernel_first=True))
+    kh, kw = layer.kernel_size
+    return grads.unflatten(2, (kh * kw, -1)).transpose(2, 3).flatten(2)
 
 
-def _patches(layer: ConvModule, a: torch.Tensor) -> torch.Tensor:
-    """Each example's input patches (B, T, C*kh*kw), in the weight's (C, kh, kw) order:
-    `F.unfold(a).transpose(1, 2)`, from a strided view and one copy. (`F.unfold` loops
-    over the batch: on a GPU one kernel launch per example.)"""
+def _patches(layer: ConvModule, a: torch.Tensor, *, kernel_first: bool = False) -> torch.Tensor:
+    """Each example's input patches (B, T, C*kh*kw), in the weight's (C, kh, kw) order
+    (`kernel_first`: in (kh, kw, C) order): `F.unfold(a).transpose(1, 2)`, from a strided
+    view and one copy. (`F.unfold` loops over the batch: on a GPU one kernel launch per
+    example.)"""
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
     padded = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
     windows = padded.unfold(2, kh, sh).unfold(3, kw, sw)  # B, C, OH, OW, kh, kw
     batch, channels, out_h, out_w = windows.shape[:4]
-    return windows.permute(0, 2, 3, 1, 4, 5).reshape(batch, out_h * out_w, channels * kh * kw)
+    order = (0, 2, 3, 4, 5, 1) if kernel_first else (0, 2, 3, 1, 4, 5)
+    return windows.permute(order).reshape(batch, out_h * out_w, channels * kh * kw)
 
 
 ConvBuilder = Callable[[ConvModule, torch.Tensor, torch.Tensor], torch.Tensor]
