@@ -67,6 +67,15 @@ Profile notes (torch.profiler on 2 shared CPU cores, torch 2.13, batch 256):
   (2.1 s against 2.3 s for 2,048 IDC rows), so the gap is in the node around the
   engine (job, progress, cart, checkpoints, request handling in one process), not in
   the engine's data path; it is not profiled here.
+- Later rounds (timed spans in an in-thread node, quick MLP, medians of 20): a fit's
+  fixed ~35 ms are the request (14-17 ms: pricing 4-5, queueing 4 with its durable
+  commit), claiming and loading the job (6-8), the last checkpoint (6-8) and the end
+  reaching the client (5); the engine also runs 10-20 ms longer in the node than alone,
+  sharing the interpreter with the progress answers the job's start wakes.
+- IDC CNN against PyTorch (torch.profiler, one thread): each example's convolution
+  weight gradient is the gap (vmapped: ~74 ms of a 188 ms step, a quarter of it
+  copying channels-last backprops into the grouped convolution's layout; by patches:
+  the patch copy, fastest in the input's memory order, (kh, kw, C) for channels-last).
 """
 
 from __future__ import annotations
