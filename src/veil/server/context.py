@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from veil.server.compute import ComputePool, preload_torch
+from veil.server.compute import ComputePool
 from veil.server.db.engine import Database
 from veil.server.jobs.signals import JobSignals
 from veil.server.services.releases import sweep_orphans
@@ -81,7 +81,6 @@ class NodeContext:
 
     def start(self) -> None:
         """Start background parts (the job runner) once the server serves."""
-        preload_torch()
         self.runner.start()
         for hook in self.on_start:
             hook()

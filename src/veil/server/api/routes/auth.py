@@ -15,6 +15,8 @@ from veil.server.api.deps import (
 )
 from veil.server.api.errors import responses
 from veil.server.api.schemas import Strict, UserOut, UtcDatetime
+from veil.server.compute import preload_torch
+from veil.server.db.tables.accounts import ROLE_DS
 from veil.server.services import auth
 from veil.server.services.node import get_node, login_warnings
 from veil.server.services.passwords import MIN_PASSWORD_LENGTH
@@ -51,6 +53,8 @@ def login(body: LoginIn, request: Request, ctx: ContextDep, session: ReadSession
         ttl_seconds=ctx.settings.token_ttl_seconds,
         throttle=ctx.throttle,
     )
+    if result.user.role == ROLE_DS:
+        preload_torch()  # a compile usually follows: its first optimizer needs torch._dynamo
     return LoginOut(
         token=result.token,
         expires_at=result.expires_at,
