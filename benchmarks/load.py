@@ -20,7 +20,12 @@ from __future__ import annotations
 
 # isort: off
 # Locust patches the standard library (gevent) when imported; it goes first.
-import locust
+try:
+    import locust
+except ModuleNotFoundError:
+    raise SystemExit(
+        "load.py needs Locust (the tests do not install it): bash scripts/setup bench"
+    ) from None
 # isort: on
 
 import argparse

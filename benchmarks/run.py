@@ -2,7 +2,8 @@
 
 Each script prints its table (shown as it runs) and writes its JSON; this collects them
 all into one file (by default ``benchmarks/results/all.json``), with the machine and
-load, and says which scripts failed or do not exist yet.
+load, and says which scripts failed, do not exist yet, or were skipped because an
+optional package is missing (Locust for `load.py`: `bash scripts/setup bench`).
 
     python benchmarks/run.py [--tiny] [--only NAME ...] [--out PATH]
 """
@@ -10,6 +11,7 @@ load, and says which scripts failed or do not exist yet.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -36,6 +38,8 @@ SCRIPTS = (
     "login_under_load.py",
     "load.py",
 )
+# Scripts that need a package the test setup does not install: (module, how to get it).
+NEEDS = {"load.py": ("locust", "bash scripts/setup bench")}
 
 
 def main() -> None:
@@ -53,6 +57,11 @@ def main() -> None:
             if not path.exists():
                 print(f"== {script}: not written yet, skipped", flush=True)
                 outcome[script] = "missing"
+                continue
+            module, install = NEEDS.get(script, (None, ""))
+            if module is not None and importlib.util.find_spec(module) is None:
+                print(f"== {script}: skipped, needs {module} ({install})", flush=True)
+                outcome[script] = f"skipped: needs {module} ({install})"
                 continue
             out = Path(tmp) / f"{path.stem}.json"
             print(f"== {script} {size}", flush=True)
