@@ -137,3 +137,36 @@ def test_a_job_given_back_resumes_at_once(db: Database) -> None:
     assert again is not None and again.job_id == job_id and again.attempt == 2
     with pytest.raises(LeaseLost):
         job_queue.return_to_queue(db, claim)
+
+
+@pytest.mark.postgres
+def test_a_job_cancelled_while_it_is_claimed_never_starts(monkeypatch, tmp_path) -> None:
+    """On PostgreSQL a cancel does not wait for the claim's node lock: one that commits
+    between the claim's read of the queue and its update leaves the job cancelled, and
+    the claim takes the next job instead."""
+    with fresh_postgres_url() as url:
+        database = Database(url)
+        try:
+            database.migrate()
+            with database.session() as session:
+                bootstrap(session, Settings(data_dir=tmp_path))
+            first = _job(database, _user(database, "a@lab.org"))
+            second = _job(database, _user(database, "b@lab.org"))
+            now, cancelled = job_queue._now, []
+
+            def cancel_first_once():  # runs between the claim's read and its update
+                if not cancelled:
+                    cancelled.append(first)
+                    with database.session() as session:
+                        job_queue.stop(session, session.get(JobRow, first))
+                        session.commit()
+                return now()
+
+            monkeypatch.setattr(job_queue, "_now", cancel_first_once)
+            claim = job_queue.claim_next(database, worker="w", lease_seconds=30)
+            assert cancelled == [first]
+            assert claim is not None and claim.job_id == second
+            assert _job_row(database, first).status == "cancelled"
+            assert _job_row(database, second).status == "running"
+        finally:
+            database.dispose()

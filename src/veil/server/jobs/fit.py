@@ -196,7 +196,8 @@ def _train(ctx: NodeContext, lease: Lease, stopping: threading.Event) -> str | N
     run = _load(ctx, lease.claim)
     if run is None:
         return "cancelled"
-    ctx.signals.notify(run.model_id)  # it runs
+    # No wake-up for "it runs": its first progress write (after PROGRESS_EVERY_S) is one,
+    # and a short fit's answers would share the interpreter with its training.
     p, plan, key = run.params, run.plan, run.plan.pair.key
     sigma = float(p["sigma"])
     units = plan.pair.units

@@ -1,11 +1,11 @@
 """Wakes requests that wait for a model's job to move (`GET .../progress?wait=`).
 
 A job running in this process (the embedded runner) calls `notify` after each write a
-reader could see: it claimed the job, recorded progress, checkpointed, finished. A
-waiting request then reads the job at once instead of at its next poll. A job run by a
-Celery worker notifies in the worker's process, not here; its readers fall back to
-reading the database every `FALLBACK_POLL_S`, so a wake-up is a shortcut, never
-needed for being right.
+reader could see: it recorded progress (every 0.5 s of training, the first too, so a
+start shows within that), checkpointed, finished. A waiting request then reads the job
+at once instead of at its next poll. A job run by a Celery worker notifies in the
+worker's process, not here; its readers fall back to reading the database every
+`FALLBACK_POLL_S`, so a wake-up is a shortcut, never needed for being right.
 
 Each model has a counter that `notify` increments; a reader notes it before reading
 the database and waits for it to change, so no notification between the two is lost.

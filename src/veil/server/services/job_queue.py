@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, func, select, tuple_, update
+from sqlalchemy import bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from veil.server.db.engine import Database
@@ -69,22 +69,36 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _eligible(limit: int) -> Select[tuple[JobRow]]:
-    """Queued jobs whose owner runs fewer than `limit` jobs, oldest first."""
-    busy_owners = (
-        select(JobRow.owner_id)
-        .where(JobRow.status == RUNNING)
-        .group_by(JobRow.owner_id)
-        .having(func.count() >= limit)
+# Statements built once: a worker claims after every job it ends.
+_ANY_QUEUED = select(JobRow.id).where(JobRow.status == QUEUED).limit(1)
+_NODE_LIMIT = select(NodeRow.max_running_jobs).where(NodeRow.id == 1).with_for_update()
+_BUSY_OWNERS = (  # those running `b_limit` jobs already
+    select(JobRow.owner_id)
+    .where(JobRow.status == RUNNING)
+    .group_by(JobRow.owner_id)
+    .having(func.count() >= bindparam("b_limit"))
+)
+_NEXT = (  # the oldest queued job whose owner may run one more: its id and attempt
+    select(JobRow.id, JobRow.attempt)
+    .where(JobRow.status == QUEUED, JobRow.owner_id.not_in(_BUSY_OWNERS))
+    .order_by(JobRow.created_at, JobRow.id)
+    .limit(1)
+)
+_START = (  # only if it is still queued as read: a cancel may have come in between
+    update(JobRow.__table__)
+    .where(
+        JobRow.id == bindparam("b_id"),
+        JobRow.status == QUEUED,
+        JobRow.attempt == bindparam("b_seen"),
     )
-    return (
-        select(JobRow)
-        .where(JobRow.status == QUEUED, JobRow.owner_id.not_in(busy_owners))
-        .order_by(JobRow.created_at, JobRow.id)
+    .values(
+        status=RUNNING,
+        attempt=bindparam("b_attempt"),
+        worker=bindparam("b_worker"),
+        lease_expires_at=bindparam("b_lease"),
+        started_at=func.coalesce(JobRow.started_at, bindparam("b_now")),
     )
-
-
-_ANY_QUEUED = select(JobRow.id).where(JobRow.status == QUEUED).limit(1)  # built once
+)
 
 
 def claim_next(db: Database, *, worker: str, lease_seconds: float) -> Claim | None:
@@ -96,22 +110,28 @@ def claim_next(db: Database, *, worker: str, lease_seconds: float) -> Claim | No
     with db.session() as session:
         if session.connection().execute(_ANY_QUEUED).first() is None:
             return None
-    with db.write_session() as session:
-        # The node row serialises claims, so two workers cannot both start a job of a
-        # user who may run one more (SQLite's write lock does this by itself).
-        node = session.get(NodeRow, 1, with_for_update=True)
-        assert node is not None
-        job = session.scalars(_eligible(node.max_running_jobs).limit(1)).first()
-        if job is None:
-            return None
-        now = _now()
-        job.status = RUNNING
-        job.attempt += 1
-        job.worker = worker
-        job.lease_expires_at = now + timedelta(seconds=lease_seconds)
-        job.started_at = job.started_at or now
-        session.commit()
-        return Claim(job_id=job.id, attempt=job.attempt)
+    while True:
+        with db.write_session() as session:
+            connection = session.connection()
+            # The node row serialises claims, so two workers cannot both start a job of
+            # a user who may run one more (SQLite's write lock does this by itself).
+            limit = connection.execute(_NODE_LIMIT).scalar_one()
+            job = connection.execute(_NEXT, {"b_limit": limit}).first()
+            if job is None:
+                return None
+            now, attempt = _now(), job.attempt + 1
+            values = {
+                "b_id": job.id,
+                "b_seen": job.attempt,
+                "b_attempt": attempt,
+                "b_worker": worker,
+                "b_lease": now + timedelta(seconds=lease_seconds),
+                "b_now": now,
+            }
+            if connection.execute(_START, values).rowcount == 1:
+                session.commit()
+                return Claim(job_id=job.id, attempt=attempt)
+            # cancelled since it was read (PostgreSQL): look again
 
 
 def has_waiting(db: Database) -> bool:
@@ -119,7 +139,7 @@ def has_waiting(db: Database) -> bool:
     with db.session() as session:
         node = session.get(NodeRow, 1)
         assert node is not None
-        return session.scalars(_eligible(node.max_running_jobs).limit(1)).first() is not None
+        return session.execute(_NEXT, {"b_limit": node.max_running_jobs}).first() is not None
 
 
 def renew(db: Database, claim: Claim, *, lease_seconds: float) -> bool:
