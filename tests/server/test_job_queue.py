@@ -13,7 +13,7 @@ from veil.privacy import RdpCurve
 from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import ROLE_DS, NodeRow, UserRow
 from veil.server.db.tables.models import JobRow, ModelRow
-from veil.server.services import job_queue
+from veil.server.services import fits, job_queue
 from veil.server.services.job_queue import LeaseLost
 from veil.server.services.node import bootstrap
 from veil.server.settings import Settings
@@ -168,5 +168,41 @@ def test_a_job_cancelled_while_it_is_claimed_never_starts(monkeypatch, tmp_path)
             assert claim is not None and claim.job_id == second
             assert _job_row(database, first).status == "cancelled"
             assert _job_row(database, second).status == "running"
+        finally:
+            database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_cancel_that_read_a_queued_job_a_claim_then_started_stops_it_running(
+    monkeypatch, tmp_path
+) -> None:
+    """The other order: a cancel read the job queued, a claim started it before the
+    cancel wrote. The cancel asks the running job to stop; it does not mark it
+    cancelled and free its model under the worker that holds it."""
+    with fresh_postgres_url() as url:
+        database = Database(url)
+        try:
+            database.migrate()
+            with database.session() as session:
+                bootstrap(session, Settings(data_dir=tmp_path))
+            owner = _user(database, "a@lab.org")
+            job_id = _job(database, owner)
+            read = fits.latest_job
+
+            def read_then_claim(session, *, model_id):  # the claim lands after the read
+                job = read(session, model_id=model_id)
+                assert job_queue.claim_next(database, worker="w", lease_seconds=30)
+                return job
+
+            monkeypatch.setattr(fits, "latest_job", read_then_claim)
+            with database.write_session() as session:
+                user = session.get(UserRow, owner)
+                model_id = _job_row(database, job_id).model_id
+                job = fits.cancel_fit(session, user=user, model_id=model_id)
+                assert (job.status, job.cancel_requested) == ("running", True)
+            job = _job_row(database, job_id)
+            assert (job.status, job.cancel_requested, job.attempt) == ("running", True, 1)
+            with database.session() as session:
+                assert session.get(ModelRow, model_id).busy_job_id == job_id
         finally:
             database.dispose()

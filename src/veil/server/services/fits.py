@@ -410,6 +410,9 @@ def cancel_fit(session: Session, *, user: UserRow, model_id: str) -> JobRow:
     """Cancel the model's job: a queued one at once, a running one after its step."""
     model = get_model(session, user=user, model_id=model_id)
     job = latest_job(session, model_id=model.id)
+    if job is not None:  # locked and read again: on PostgreSQL a claim may have started
+        # it since (then it stops after its step), or a delete removed it with its model
+        job = session.get(JobRow, job.id, with_for_update=True, populate_existing=True)
     if job is None:
         raise NotFound(f"Model {model_id} has no training job.", model_id=model_id)
     cancel(session, job)
