@@ -76,6 +76,17 @@ Profile notes (torch.profiler on 2 shared CPU cores, torch 2.13, batch 256):
   weight gradient is the gap (vmapped: ~74 ms of a 188 ms step, a quarter of it
   copying channels-last backprops into the grouped convolution's layout; by patches:
   the patch copy, fastest in the input's memory order, (kh, kw, C) for channels-last).
+- This round (a quiet day, load 0.6-1): the IDC step at batch 256 took 97 ms in the
+  engine against 95 for PyTorch's (`profile_step.py`), and an engine epoch equalled
+  the same engine's fit over HTTP within noise (3.2-3.5 s against 3.3-3.6, three
+  interleaved pairs); what separates the IDC rows of a run is PyTorch's own rate moving
+  between rounds (2.8 to 3.9 s an epoch). Secure noise on the CNN32 (98,378 parameters):
+  the Box-Muller transform made a new tensor per operation, 6.6 ms; in place, 3.4 ms.
+  Step pieces of 8, 16 (the engine's) and 32 MB of layer outputs: CNN32 steps of 63.3,
+  60.8 and 72.1 ms, IDC 111.8, 103.5 and 125.0 ms (medians of 15), so 16 MB stays.
+  A quick MLP fit's fixed cost now (medians of 30): the request's service 4.4 ms, the
+  claim 1.6, loading 1.5, the last checkpoint 4.0 (of which the ORM's reads and flush
+  about 2.5), the long poll's read 1.3.
 """
 
 from __future__ import annotations
