@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from veil.server.compute import ComputePool
 from veil.server.db.engine import Database
 from veil.server.jobs.signals import JobSignals
+from veil.server.services.models import sweep_deleted_models
 from veil.server.services.releases import sweep_orphans
 from veil.server.services.throttle import LoginThrottle
 from veil.server.settings import Settings
@@ -75,8 +76,10 @@ class NodeContext:
             compute=ComputePool(threads=_COMPUTE_THREADS),
         )
         ctx.runner = make_runner(ctx)
-        # A crash between a publish's file and its commit leaves a file nothing points to.
+        # A crash between a publish's file and its commit leaves a file nothing points to,
+        # one between a model's delete and its files' removal a folder.
         ctx.on_start.append(lambda: sweep_orphans(ctx.db, ctx.files))
+        ctx.on_start.append(lambda: sweep_deleted_models(ctx.db, ctx.files))
         return ctx
 
     def start(self) -> None:

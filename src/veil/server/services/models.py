@@ -11,7 +11,9 @@ checkpoints and private objects, a draft until compiled.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, delete, select
@@ -51,6 +53,7 @@ __all__ = [
     "model_facts",
     "not_yours",
     "parse_spec",
+    "sweep_deleted_models",
     "unpaid",
 ]
 
@@ -227,8 +230,33 @@ def delete_model(
             session.execute(delete(ModelRow).where(ModelRow.id == model_id))  # cascades
             session.commit()
         live.forget(model_id)
-    # Files no row points at any more; a crash before this leaves them to the admin.
+    # Files no row points at any more; a crash before this leaves them to the next
+    # start's `sweep_deleted_models`.
     shutil.rmtree(files.model_dir(model_id), ignore_errors=True)
+
+
+def sweep_deleted_models(db: Database, files: NodeFiles, *, grace_s: float = 60.0) -> list[Path]:
+    """Delete the folders of models that no row names (a crash between a delete's commit
+    and its files' removal, or a compile's files before a commit that never came).
+
+    Run at start. A folder changed in the last `grace_s` seconds is kept: another process
+    serving the same data directory may be compiling that model now.
+    """
+    folder = files.model_dir("-").parent
+    if not folder.is_dir():
+        return []
+    cutoff = time.time() - grace_s
+    candidates = {p.name: p for p in folder.iterdir() if p.is_dir() and p.stat().st_mtime <= cutoff}
+    known: set[str] = set()
+    with db.session() as session:
+        names = sorted(candidates)
+        for start in range(0, len(names), 500):
+            query = select(ModelRow.id).where(ModelRow.id.in_(names[start : start + 500]))
+            known.update(session.scalars(query))
+    removed = [path for name, path in sorted(candidates.items()) if name not in known]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def get_model(
