@@ -206,3 +206,22 @@ def test_a_cancel_that_read_a_queued_job_a_claim_then_started_stops_it_running(
                 assert session.get(ModelRow, model_id).busy_job_id == job_id
         finally:
             database.dispose()
+
+
+def test_a_claim_stores_its_times_as_every_other_write_does(db: Database) -> None:
+    """The claim's statements are built by hand: its timestamps must still go through
+    the columns' types (on SQLite a bare parameter was stored with a '+00:00' suffix
+    that no other timestamp has, which breaks their comparison as text)."""
+    job_id = _job(db, _user(db, "alice@lab.org"))
+    assert job_queue.claim_next(db, worker="w", lease_seconds=30) is not None
+    with db.session() as session:
+        stored = (
+            session.connection()
+            .exec_driver_sql("SELECT created_at, started_at, lease_expires_at FROM jobs")
+            .one()
+        )
+    assert len({type(value) for value in stored}) == 1
+    if isinstance(stored[0], str):  # SQLite keeps text: one format for all three
+        assert {len(value) for value in stored} == {len(stored[0])}, stored
+    job = _job_row(db, job_id)
+    assert job.created_at <= job.started_at < job.lease_expires_at

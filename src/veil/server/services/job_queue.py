@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, func, select, tuple_, update
+from sqlalchemy import DateTime, bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from veil.server.db.engine import Database
@@ -96,7 +96,8 @@ _START = (  # only if it is still queued as read: a cancel may have come in betw
         attempt=bindparam("b_attempt"),
         worker=bindparam("b_worker"),
         lease_expires_at=bindparam("b_lease"),
-        started_at=func.coalesce(JobRow.started_at, bindparam("b_now")),
+        # typed as the column (a bare parameter in a function would be stored untyped)
+        started_at=func.coalesce(JobRow.started_at, bindparam("b_now", type_=DateTime(True))),
     )
 )
 
