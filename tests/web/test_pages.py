@@ -216,6 +216,14 @@ def test_docs_are_served_by_the_node(sqlite_node) -> None:
     with httpx.Client(base_url=sqlite_node.url) as http:
         page = http.get("/docs")
         assert page.status_code == 200
+        # As strict as the dashboard's, but for Swagger UI's one inline script (by hash).
+        policy = dict(
+            d.strip().split(" ", 1) for d in page.headers["content-security-policy"].split(";")
+        )
+        assert policy["default-src"] == "'self'" and policy["frame-ancestors"] == "'none'"
+        script = policy["script-src"].split()
+        assert script[0] == "'self'" and all(s.startswith("'sha256-") for s in script[1:])
+        assert len(script) == 2 and "unsafe" not in policy["script-src"]
         assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
         assert assets and all(a.startswith("/static/vendor/swagger-ui/") for a in assets), assets
         assert "https://" not in page.text and "validatorUrl" in page.text
