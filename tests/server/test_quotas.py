@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -72,6 +73,8 @@ def test_models_and_drafts_are_limited_per_user_and_freed_by_deleting(setup) -> 
         _model().compile(to=ds)
     assert no.value.detail == {"quota": "max_models", "limit": 2, "current": 2, "requested": 1}
     assert len(ds.models.list()) == 2 and _checkpoints(node) == 2  # nothing of it kept
+    models = ds.usage["max_models"]  # what the user can see it holds before asking
+    assert (models.used, models.limit, models.left) == (2, 2, 0)
 
     other = make_ds(admin, node)
     _model().compile(to=other)  # another user's models are not counted
@@ -112,6 +115,7 @@ def test_queued_and_running_jobs_are_limited_per_user(sqlite_node, monkeypatch) 
         third.fit(x, y, max_iter=1, batch_size=16, wait=False)
     assert no.value.detail["quota"] == "max_active_jobs"
     assert third.progress()["status"] == "idle"  # nothing queued
+    assert (ds.usage["max_active_jobs"].used, ds.usage["max_active_jobs"].left) == (2, 0)
 
     other = make_ds(admin, node)
     _model().compile(to=other).fit(*_data(other), max_iter=1, batch_size=16, wait=False)
@@ -149,6 +153,8 @@ def test_private_objects_are_limited_by_count_and_bytes(setup) -> None:
     with pytest.raises(veil.NotFound):
         ds._http.delete(f"/objects/{other_loss.id}")  # not anyone else's
 
+    held = ds.usage
+    assert (held["max_objects"].used, held["max_object_bytes"].used) == _usage(node, ds)
     assert model_ptr.delete_objects() == 4
     objects, nbytes = _usage(node, ds)
     assert (objects, nbytes) == (0, 0)
@@ -211,3 +217,38 @@ def test_two_steps_never_both_take_the_last_object_slots(setup) -> None:
         outcomes = sorted(pool.map(step, [first, second]))
     assert outcomes == ["kept", "refused"]
     assert _usage(node, ds)[0] == 4
+
+
+def test_each_user_sees_only_what_it_holds_against_each_limit(setup) -> None:
+    node, admin, ds = setup
+    x, y = _data(ds)
+    admin.update_node(max_models=5, max_drafts=3, max_objects=50)
+    fresh = ds.usage
+    assert list(fresh) == [
+        "max_models",
+        "max_drafts",
+        "max_active_jobs",
+        "max_objects",
+        "max_object_bytes",
+    ]
+    assert [(u.used, u.limit) for u in fresh.values()][:2] == [(0, 5), (0, 3)]
+    assert "uncompiled drafts" in repr(fresh) and "<table>" in fresh._repr_html_()
+
+    model_ptr = _model().compile(to=ds)
+    model_ptr.step(x[0:8], y[0:8])
+    _model(ds)  # a draft
+    other = make_ds(admin, node)
+    _model().compile(to=other)  # never counted as ds's
+
+    held = ds.usage
+    assert {q: u.used for q, u in held.items() if q != "max_object_bytes"} == {
+        "max_models": 1,
+        "max_drafts": 1,
+        "max_active_jobs": 0,
+        "max_objects": 2,
+    }
+    assert held["max_object_bytes"].used == _usage(node, ds)[1] > 0
+    assert held["max_objects"].left == 48
+    assert other.usage["max_models"].used == 1 and other.usage["max_objects"].used == 0
+    with httpx.Client(base_url=node.url) as anonymous:  # no token: nobody's usage
+        assert anonymous.get("/api/v1/users/me/usage").status_code == 401

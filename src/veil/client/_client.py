@@ -12,7 +12,7 @@ from veil.client._datasets import DatasetsView
 from veil.client._http import Http
 from veil.client._models import ModelsAPI
 from veil.client._releases import Ledger, LedgerEntry, PrivacyBudget, Published, Releases
-from veil.client._users import User, UsersAPI
+from veil.client._users import Usage, User, UsersAPI
 
 __all__ = ["Client", "login"]
 
@@ -44,6 +44,12 @@ class Client:
     def privacy_budget(self) -> PrivacyBudget:
         """Your epsilon budget, what your releases spent, and what is left; `.plot()` it."""
         return PrivacyBudget.from_json(self._http.get("/budget"), http=self._http)
+
+    @property
+    def usage(self) -> Usage:
+        """What you hold (models, drafts, jobs, private objects and their bytes) against
+        each of this node's limits on one user."""
+        return Usage.from_json(self._http.get("/users/me/usage"))
 
     @property
     def releases(self) -> Releases:

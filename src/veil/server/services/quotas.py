@@ -47,10 +47,12 @@ __all__ = [
     "DRAFTS",
     "MODELS",
     "Quota",
+    "QuotaUse",
     "claim",
     "claim_objects",
     "free_objects",
     "lock_usage",
+    "usage",
 ]
 
 
@@ -108,6 +110,30 @@ _OBJECTS_TO_FREE = (
     "Delete the ones you are done with: ptr.delete() for one, model_ptr.delete_objects() "
     "for all of a model's (publish first what you want to keep), or model_ptr.delete()"
 )
+
+
+@dataclass(frozen=True)
+class QuotaUse:
+    """How much of one quota a user holds: `used` of `limit` `things`."""
+
+    quota: str  # the node's limit, e.g. "max_models"
+    things: str
+    used: int
+    limit: int
+
+
+def usage(session: Session, user_id: str) -> list[QuotaUse]:
+    """Everything the user holds against each of the node's limits on one user (the
+    user's own counts: nothing here depends on another user or a private value)."""
+    node = get_node(session)
+    row = session.get(UsageRow, user_id)
+    objects, nbytes = (row.objects, row.object_bytes) if row is not None else (0, 0)
+    held = [(q.limit, q.things, q.count(session, user_id)) for q in (MODELS, DRAFTS, ACTIVE_JOBS)]
+    held += [
+        ("max_objects", "private objects", objects),
+        ("max_object_bytes", "bytes of private objects", nbytes),
+    ]
+    return [QuotaUse(name, things, used, getattr(node, name)) for name, things, used in held]
 
 
 def _refusal(

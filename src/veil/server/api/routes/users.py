@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from veil.server.api.deps import AdminUser, CurrentUser, SessionDep
 from veil.server.api.errors import responses
 from veil.server.api.schemas import Strict, UserOut
-from veil.server.services import users
+from veil.server.services import quotas, users
 from veil.server.services.passwords import MIN_PASSWORD_LENGTH
 from veil.server.services.users import EMAIL_PATTERN
 
@@ -39,9 +41,22 @@ def list_users(session: SessionDep, _: AdminUser) -> list[UserOut]:
     return [UserOut.model_validate(u) for u in users.list_users(session)]
 
 
+class QuotaUseOut(BaseModel):
+    quota: str = Field(description="the node's limit on one user, e.g. max_models")
+    things: str
+    used: int = Field(description="what the caller holds now")
+    limit: int
+
+
 @router.get("/me")
 def me(user: CurrentUser) -> UserOut:
     return UserOut.model_validate(user)
+
+
+@router.get("/me/usage")
+def my_usage(user: CurrentUser, session: SessionDep) -> list[QuotaUseOut]:
+    """What the caller holds against each of the node's per-user limits."""
+    return [QuotaUseOut(**asdict(q)) for q in quotas.usage(session, user.id)]
 
 
 @router.put("/{user}/budget", responses=responses(403, 404))
