@@ -432,9 +432,12 @@ def prune_old_versions(files: NodeFiles, model_id: str, version: int) -> None:
     Runs on a background thread: unlinking on a journaled file system costs as much as
     a step, and nothing waits for it. Only versions below the previous one go, never a
     newer one that committed meanwhile, so a late or repeated prune is harmless; one
-    that never ran is made good by the next.
+    that never ran is made good by the next. A model whose checkpoints are rows has no
+    folder, and nothing to hand over (the thread's wake-up took the interpreter from
+    the answer that a fit's end wakes).
     """
-    _PRUNER.submit(_prune, files, model_id, version)
+    if files.model_dir(model_id).is_dir():
+        _PRUNER.submit(_prune, files, model_id, version)
 
 
 def _prune(files: NodeFiles, model_id: str, version: int) -> None:
