@@ -19,10 +19,10 @@ from veil.server.services.node import bootstrap
 from veil.server.settings import Settings
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path) -> Iterator[Database]:
+@contextlib.contextmanager
+def _queue_db(backend: str, tmp_path) -> Iterator[Database]:
     with contextlib.ExitStack() as stack:
-        if request.param == "sqlite":
+        if backend == "sqlite":
             url = f"sqlite:///{tmp_path / 'queue.db'}"
         else:
             url = stack.enter_context(fresh_postgres_url())
@@ -32,6 +32,19 @@ def db(request: pytest.FixtureRequest, tmp_path) -> Iterator[Database]:
             bootstrap(session, Settings(data_dir=tmp_path))
         yield database
         database.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path) -> Iterator[Database]:
+    with _queue_db(request.param, tmp_path) as database:
+        yield database
+
+
+@pytest.fixture
+def pg_db(tmp_path) -> Iterator[Database]:
+    """PostgreSQL alone: its row locks let a cancel and a claim interleave."""
+    with _queue_db("postgres", tmp_path) as database:
+        yield database
 
 
 def _user(db: Database, email: str) -> str:
@@ -140,72 +153,56 @@ def test_a_job_given_back_resumes_at_once(db: Database) -> None:
 
 
 @pytest.mark.postgres
-def test_a_job_cancelled_while_it_is_claimed_never_starts(monkeypatch, tmp_path) -> None:
+def test_a_job_cancelled_while_it_is_claimed_never_starts(monkeypatch, pg_db) -> None:
     """On PostgreSQL a cancel does not wait for the claim's node lock: one that commits
     between the claim's read of the queue and its update leaves the job cancelled, and
     the claim takes the next job instead."""
-    with fresh_postgres_url() as url:
-        database = Database(url)
-        try:
-            database.migrate()
-            with database.session() as session:
-                bootstrap(session, Settings(data_dir=tmp_path))
-            first = _job(database, _user(database, "a@lab.org"))
-            second = _job(database, _user(database, "b@lab.org"))
-            now, cancelled = job_queue._now, []
+    first = _job(pg_db, _user(pg_db, "a@lab.org"))
+    second = _job(pg_db, _user(pg_db, "b@lab.org"))
+    now, cancelled = job_queue._now, []
 
-            def cancel_first_once():  # runs between the claim's read and its update
-                if not cancelled:
-                    cancelled.append(first)
-                    with database.session() as session:
-                        job_queue.stop(session, session.get(JobRow, first))
-                        session.commit()
-                return now()
+    def cancel_first_once():  # runs between the claim's read and its update
+        if not cancelled:
+            cancelled.append(first)
+            with pg_db.session() as session:
+                job_queue.stop(session, session.get(JobRow, first))
+                session.commit()
+        return now()
 
-            monkeypatch.setattr(job_queue, "_now", cancel_first_once)
-            claim = job_queue.claim_next(database, worker="w", lease_seconds=30)
-            assert cancelled == [first]
-            assert claim is not None and claim.job_id == second
-            assert _job_row(database, first).status == "cancelled"
-            assert _job_row(database, second).status == "running"
-        finally:
-            database.dispose()
+    monkeypatch.setattr(job_queue, "_now", cancel_first_once)
+    claim = job_queue.claim_next(pg_db, worker="w", lease_seconds=30)
+    assert cancelled == [first]
+    assert claim is not None and claim.job_id == second
+    assert _job_row(pg_db, first).status == "cancelled"
+    assert _job_row(pg_db, second).status == "running"
 
 
 @pytest.mark.postgres
 def test_a_cancel_that_read_a_queued_job_a_claim_then_started_stops_it_running(
-    monkeypatch, tmp_path
+    monkeypatch, pg_db
 ) -> None:
     """The other order: a cancel read the job queued, a claim started it before the
     cancel wrote. The cancel asks the running job to stop; it does not mark it
     cancelled and free its model under the worker that holds it."""
-    with fresh_postgres_url() as url:
-        database = Database(url)
-        try:
-            database.migrate()
-            with database.session() as session:
-                bootstrap(session, Settings(data_dir=tmp_path))
-            owner = _user(database, "a@lab.org")
-            job_id = _job(database, owner)
-            read = fits.latest_job
+    owner = _user(pg_db, "a@lab.org")
+    job_id = _job(pg_db, owner)
+    read = fits.latest_job
 
-            def read_then_claim(session, *, model_id):  # the claim lands after the read
-                job = read(session, model_id=model_id)
-                assert job_queue.claim_next(database, worker="w", lease_seconds=30)
-                return job
+    def read_then_claim(session, *, model_id):  # the claim lands after the read
+        job = read(session, model_id=model_id)
+        assert job_queue.claim_next(pg_db, worker="w", lease_seconds=30)
+        return job
 
-            monkeypatch.setattr(fits, "latest_job", read_then_claim)
-            with database.write_session() as session:
-                user = session.get(UserRow, owner)
-                model_id = _job_row(database, job_id).model_id
-                job = fits.cancel_fit(session, user=user, model_id=model_id)
-                assert (job.status, job.cancel_requested) == ("running", True)
-            job = _job_row(database, job_id)
-            assert (job.status, job.cancel_requested, job.attempt) == ("running", True, 1)
-            with database.session() as session:
-                assert session.get(ModelRow, model_id).busy_job_id == job_id
-        finally:
-            database.dispose()
+    monkeypatch.setattr(fits, "latest_job", read_then_claim)
+    model_id = _job_row(pg_db, job_id).model_id
+    with pg_db.write_session() as session:
+        user = session.get(UserRow, owner)
+        job = fits.cancel_fit(session, user=user, model_id=model_id)
+        assert (job.status, job.cancel_requested) == ("running", True)
+    job = _job_row(pg_db, job_id)
+    assert (job.status, job.cancel_requested, job.attempt) == ("running", True, 1)
+    with pg_db.session() as session:
+        assert session.get(ModelRow, model_id).busy_job_id == job_id
 
 
 def test_a_claim_stores_its_times_as_every_other_write_does(db: Database) -> None:
