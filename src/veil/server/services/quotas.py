@@ -106,6 +106,7 @@ ACTIVE_JOBS = Quota(
     not_done="Nothing was queued.",
 )
 
+_OBJECTS, _OBJECT_BYTES = "private objects", "bytes of private objects"
 _OBJECTS_TO_FREE = (
     "Delete the ones you are done with: ptr.delete() for one, model_ptr.delete_objects() "
     "for all of a model's (publish first what you want to keep), or model_ptr.delete()"
@@ -130,8 +131,8 @@ def usage(session: Session, user_id: str) -> list[QuotaUse]:
     objects, nbytes = (row.objects, row.object_bytes) if row is not None else (0, 0)
     held = [(q.limit, q.things, q.count(session, user_id)) for q in (MODELS, DRAFTS, ACTIVE_JOBS)]
     held += [
-        ("max_objects", "private objects", objects),
-        ("max_object_bytes", "bytes of private objects", nbytes),
+        ("max_objects", _OBJECTS, objects),
+        ("max_object_bytes", _OBJECT_BYTES, nbytes),
     ]
     return [QuotaUse(name, things, used, getattr(node, name)) for name, things, used in held]
 
@@ -206,7 +207,7 @@ def claim_objects(session: Session, *, user_id: str, count: int, nbytes: int) ->
         raise _refusal(
             limit="max_objects",
             allowed=node.max_objects,
-            things="private objects",
+            things=_OBJECTS,
             current=usage.objects,
             requested=count,
             to_free=f"{_OBJECTS_TO_FREE}. {done}",
@@ -215,7 +216,7 @@ def claim_objects(session: Session, *, user_id: str, count: int, nbytes: int) ->
         raise _refusal(
             limit="max_object_bytes",
             allowed=node.max_object_bytes,
-            things="bytes of private objects",
+            things=_OBJECT_BYTES,
             current=usage.object_bytes,
             requested=nbytes,
             to_free=f"{_OBJECTS_TO_FREE}. {done}",
