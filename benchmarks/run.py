@@ -5,7 +5,7 @@ all into one file (by default ``benchmarks/results/all.json``), with the machine
 load, and says which scripts failed, do not exist yet, or were skipped because an
 optional package is missing (Locust for `load.py`: `bash scripts/setup bench`).
 
-    python benchmarks/run.py [--tiny] [--only NAME ...] [--out PATH]
+    python benchmarks/run.py [--quick | --tiny] [--only NAME ...] [--out PATH]
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ NEEDS = {"load.py": ("locust", "bash scripts/setup bench")}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="each at --tiny: a smoke run")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="each at --quick (the default)")
+    size.add_argument("--tiny", action="store_true", help="each at --tiny: a smoke run")
     parser.add_argument("--only", nargs="+", default=None, help="these scripts only")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "all.json")
     args = parser.parse_args()
