@@ -112,6 +112,7 @@ from torch import nn as tnn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _serve import free_port, login_when_up  # noqa: E402
+from _sizes import cpu_model  # noqa: E402
 
 import veil  # noqa: E402
 from veil import nn  # noqa: E402
@@ -448,7 +449,7 @@ def main() -> None:
                 "results": results,
                 "machine": {
                     "platform": platform.platform(),
-                    "processor": platform.processor(),
+                    "cpu": cpu_model(),
                     "python": platform.python_version(),
                     "torch": torch.__version__,
                     "cpus": os.cpu_count(),
