@@ -12,7 +12,7 @@ from veil import __version__
 from veil.server.api.errors import install_error_handlers, truthful_openapi
 from veil.server.api.headers import BaseHeaders
 from veil.server.api.limits import BodyLimit, NoNulInUrl
-from veil.server.api.router import api_router
+from veil.server.api.router import install_api
 from veil.server.context import NodeContext
 from veil.server.services.node import bootstrap
 from veil.server.settings import Settings
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(NoNulInUrl)
     app.add_middleware(BaseHeaders)
-    app.include_router(api_router)
+    install_api(app)
     install_dashboard(app)
     app.openapi = truthful_openapi(app)  # type: ignore[method-assign]
     return app
