@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["cpu_model", "latency_summary", "machine", "size_flags"]
+__all__ = ["latency_summary", "machine", "size_flags"]
 
 
 def size_flags(parser: argparse.ArgumentParser, results: Path, *, quick: str, tiny: str) -> None:
@@ -21,7 +21,7 @@ def size_flags(parser: argparse.ArgumentParser, results: Path, *, quick: str, ti
     parser.add_argument("--out", type=Path, default=results, help="where the JSON goes")
 
 
-def cpu_model() -> str:
+def _cpu_model() -> str:
     """The CPU's model name (`platform.processor()` is empty on Linux): figures taken on
     different CPUs are not compared."""
     try:
@@ -38,7 +38,7 @@ def machine() -> dict[str, Any]:
     """The machine and its load, recorded beside every figure."""
     return {
         "platform": platform.platform(),
-        "cpu": cpu_model(),
+        "cpu": _cpu_model(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load": os.getloadavg(),

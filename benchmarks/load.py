@@ -31,7 +31,6 @@ except ModuleNotFoundError:
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -45,7 +44,7 @@ import gevent
 import psycopg
 import redis
 from _serve import free_port, login_when_up
-from _sizes import size_flags
+from _sizes import machine, size_flags
 from locust import HttpUser, between, task
 from locust.env import Environment
 
@@ -226,13 +225,7 @@ def main() -> None:
         {"route": f"{e.method} {e.name}", "error": str(e.error), "count": e.occurrences}
         for e in environment.stats.errors.values()
     ]
-    machine = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "locust": locust.__version__,
-        "veil": veil.__version__,
-    }
+    machine_record = {**machine(), "locust": locust.__version__, "veil": veil.__version__}
     print(
         f"{args.users} data scientists for {args.seconds:.0f} s; PostgreSQL, Redis, "
         f"API and two workers on one machine of {os.cpu_count()} CPUs"
@@ -259,7 +252,7 @@ def main() -> None:
                 "errors": errors,
                 "fits_done": DataScientist.fits_done,
                 "longest_queue": DataScientist.longest_queue,
-                "machine": machine,
+                "machine": machine_record,
             },
             indent=2,
         )

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from _serve import free_port, login_when_up
-from _sizes import size_flags
+from _sizes import machine, size_flags
 
 import veil
 from veil import nn
@@ -182,12 +181,7 @@ def main() -> None:
         "fit_steps_done": fit_steps,
         "logins": rows,
         "argon2_verify_ms": argon2,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "veil": veil.__version__,
-        },
+        "machine": {**machine(), "veil": veil.__version__},
     }
     print(f"Login latency on {database}, {os.cpu_count()} CPUs: {args.steppers} users stepping")
     print(f"on {ROWS} IDC rows each, {args.fitters} fits running")

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _sizes import size_flags
+from _sizes import machine, size_flags
 
 from veil.audit import canary_model, canary_scores, make_canaries
 from veil.engine import DPTrainer, _trainer
@@ -134,13 +132,7 @@ def main() -> None:
             {
                 "benchmark": "privacy_audit",
                 "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "machine": {
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "cpus": os.cpu_count(),
-                    "load": os.getloadavg(),
-                },
+                "machine": {**machine(), "torch": torch.__version__},
                 "canaries": args.canaries,
                 "reach": reach,
                 "delta": DELTA,

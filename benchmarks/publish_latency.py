@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from _serve import ADMIN, node_in_thread
-from _sizes import latency_summary, size_flags
+from _sizes import latency_summary, machine, size_flags
 from safetensors.numpy import save_file
 
 import veil
@@ -187,11 +185,7 @@ def main() -> None:
                 "fresh": args.fresh,
                 "results": rows,
                 "verdicts": verdicts,
-                "machine": {
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "cpus": os.cpu_count(),
-                },
+                "machine": machine(),
             },
             indent=2,
         )

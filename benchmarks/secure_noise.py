@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _sizes import size_flags
+from _sizes import machine, size_flags
 
 from veil import nn
 from veil.engine import DPTrainer
@@ -124,11 +122,9 @@ def main() -> None:
                 "benchmark": "secure_noise",
                 "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "machine": {
-                    "platform": platform.platform(),
+                    **machine(),
                     "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
-                    "cpus": os.cpu_count(),
-                    "load": os.getloadavg(),
                 },
                 "repeats": args.repeats,
                 "steps": args.steps,

@@ -94,7 +94,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -112,7 +111,7 @@ from torch import nn as tnn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _serve import free_port, login_when_up  # noqa: E402
-from _sizes import cpu_model  # noqa: E402
+from _sizes import machine  # noqa: E402
 
 import veil  # noqa: E402
 from veil import nn  # noqa: E402
@@ -448,11 +447,8 @@ def main() -> None:
                 "systems": list(SYSTEMS),
                 "results": results,
                 "machine": {
-                    "platform": platform.platform(),
-                    "cpu": cpu_model(),
-                    "python": platform.python_version(),
+                    **machine(),
                     "torch": torch.__version__,
-                    "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(),
                     "device": str(DEVICE),
                     "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else None,
