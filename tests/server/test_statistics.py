@@ -98,3 +98,20 @@ def test_statistics_need_bounds_and_refuse_bad_noise(node, admin, ds) -> None:
     for kwargs in ({}, {"epsilon": 1e9}, {"sigma": 0.01}, {"epsilon": -1.0}):
         with pytest.raises(veil.ValidationError):
             pointer.statistics(**kwargs)
+
+
+@pytest.mark.parametrize("bounds", [(-1.7e308, 1.7e308), (1e308, 1.7e308)])
+def test_statistics_of_bounds_as_wide_as_float64_are_finite(node, admin, bounds) -> None:
+    """A float64 asset may declare (nearly) the whole of float64, whose width or centre
+    overflows: the release is charged, so its result must be readable and finite,
+    the mean inside the bounds and the std at most half their width."""
+    low, high = bounds
+    x = np.random.default_rng(0).uniform(low / 2 + high / 2 - 1.0, low / 2 + high / 2 + 1.0, 60)
+    admin.datasets.upload(name="Wide", assets={"x": x.reshape(-1, 3)}, bounds={"x": bounds})
+    ds = make_ds(admin, node, budget=50.0)
+    stats = ds.datasets["Wide"]["x"].statistics(epsilon=2.0).get()
+    mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
+    assert mean.shape == std.shape == (3,)
+    assert np.isfinite(mean).all() and np.isfinite(std).all()
+    assert ((mean >= low) & (mean <= high)).all()
+    assert ((std > 0) & (std <= high / 2 - low / 2)).all()

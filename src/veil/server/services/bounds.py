@@ -17,7 +17,13 @@ import numpy as np
 from veil._exceptions import ValidationError
 from veil.server.storage.staging import Limits
 
-__all__ = ["Bounds"]
+__all__ = ["Bounds", "mid_half"]
+
+
+def mid_half(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(centre, half-width) of float64 bounds, finite for any finite bounds: a float64
+    asset may declare the whole of float64, whose width `high - low` overflows."""
+    return low / 2 + high / 2, high / 2 - low / 2
 
 
 def _floats(value: object) -> tuple[float, ...] | None:

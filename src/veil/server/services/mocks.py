@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from veil.server.services.bounds import Bounds
+from veil.server.services.bounds import Bounds, mid_half
 from veil.server.services.upload_declarations import FULL_RANGE, AssetDecl
 
 __all__ = ["GENERATED_MOCK_ROWS", "generated_mock", "generated_shape"]
@@ -32,7 +32,7 @@ def generated_mock(decl: AssetDecl) -> np.ndarray:
     if dtype.kind == "f":
         # mid + half * u stays finite where high - low may not (bounds may span the
         # whole of float64).
-        mid, half = low / 2 + high / 2, high / 2 - low / 2
+        mid, half = mid_half(low, high)
         values = mid + half * rng.uniform(-1.0, 1.0, size=shape)
         return np.clip(values, low, high).astype(dtype)
     values = np.clip(np.floor(low + (high - low + 1) * rng.random(size=shape)), low, high)

@@ -24,6 +24,7 @@ from veil.server.db.engine import Database
 from veil.server.db.tables.accounts import UserRow
 from veil.server.db.tables.ledger import ReleaseRow
 from veil.server.services import ledger
+from veil.server.services.bounds import mid_half
 from veil.server.services.datasets import ResolvedPointer, resolve_pointer
 from veil.server.services.node import get_node
 from veil.server.services.releases import Query, noise_for, release
@@ -76,8 +77,8 @@ def _row_moments(pointer: ResolvedPointer, low: np.ndarray, high: np.ndarray) ->
     by its channel's bounds."""
     channels = _channels(pointer)
     along = (1, channels, *([1] * (len(pointer.shape) - 2)))
-    mid = ((low + high) / 2).reshape(along)
-    half = np.maximum((high - low) / 2, 1e-12).reshape(along)
+    mid, half = mid_half(low, high)
+    mid, half = mid.reshape(along), np.maximum(half, 1e-12).reshape(along)
     row_items = max(1, math.prod(pointer.shape[1:]))
     step = max(1, _CHUNK_BYTES // (row_items * 8))
     parts = []
@@ -188,7 +189,7 @@ def _normalization(
     A variance is never taken below the noise on it: a normalisation that scales too
     little is harmless, one that divides by a noise-sized std is not.
     """
-    mid, half = (low + high) / 2, (high - low) / 2
+    mid, half = mid_half(low, high)  # so mean stays in [low, high], std in [0, half]
     noised = np.asarray(moments["value"], dtype=np.float64)
     mean_z = np.clip(noised[:channels], -1.0, 1.0)
     var_z = np.clip(noised[channels:] - mean_z**2, min(moments["std"], 1.0), 1.0)
