@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 import veil
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
 from veil import nn
+from veil.server.db.tables.models import ModelRow, ModelStateRow
 
 
 def _upload(admin: veil.Client) -> None:
@@ -62,9 +64,10 @@ def test_another_users_view_stays_invisible_after_its_owner_stepped_on_it(sqlite
 
 def test_a_step_asks_the_database_once_per_fact(sqlite_node) -> None:
     """A warm step reads in two short transactions (the caller's token; the model's
-    version, that the dataset is there, once for x and y, and its units) and writes in
-    one (the model, its state and cart, the owner's object quota, the objects), and
-    sets no PRAGMA on a connection already in a step's mode."""
+    version, then the dataset's units, which also show it is there, once for x, y and
+    units) and writes in one (the model, its state in place of the one before last, its
+    cart, the owner's object quota, the objects), and sets no PRAGMA on a connection
+    already in a step's mode."""
     from sqlalchemy import event
 
     _, x, y, model_ptr = _stepping(sqlite_node)
@@ -84,7 +87,41 @@ def test_a_step_asks_the_database_once_per_fact(sqlite_node) -> None:
     begins = [s for s in seen if s.startswith("BEGIN")]
     assert begins == ["BEGIN DEFERRED", "BEGIN DEFERRED", "BEGIN IMMEDIATE"], seen
     assert not [s for s in seen if s.startswith("PRAGMA")], seen
-    assert sum(s.startswith("SELECT datasets.id") for s in seen) == 1, seen
+    assert sum(s.startswith("SELECT datasets.") for s in seen) == 1, seen
+    assert sum(s.startswith("UPDATE model_states") for s in seen) == 1, seen
+    assert not [s for s in seen if s.startswith(("INSERT INTO model_states", "DELETE"))], seen
     assert sum(s.startswith("INSERT INTO private_objects") for s in seen) == 1, seen
     assert sum(s.startswith("UPDATE user_usage") for s in seen) == 1, seen
-    assert len(seen) <= 13, seen
+    assert len(seen) <= 11, seen
+
+
+def _states(node, model_id: str) -> list[int]:  # noqa: ANN001
+    with node.ctx.db.session() as session:
+        query = select(ModelStateRow.version).where(ModelStateRow.model_id == model_id)
+        return sorted(session.scalars(query))
+
+
+def test_a_model_stores_the_state_of_its_version_and_the_one_before_only(node) -> None:
+    """A step reuses the state before last for the new one; whatever made the versions
+    before it (compiling, a fit, a release that charged rows), only v and v-1 stay, and
+    a node that reloads the model from them has the weights the steps made."""
+    _, x, y, model_ptr = _stepping(node)
+    for start in range(0, 12, 4):
+        model_ptr.step(x[start : start + 4], y[start : start + 4])
+        version = model_ptr.refresh()._info["version"]
+        assert _states(node, model_ptr.id) == [version - 1, version]
+    model_ptr.fit(x, y, max_iter=1, batch_size=16)
+    model_ptr.step(x[0:4], y[0:4])
+    model_ptr.evaluate(x[0:8], y[0:8], epsilon=0.5)  # charges rows: a version of its own
+    for start in (8, 12):
+        model_ptr.step(x[start : start + 4], y[start : start + 4])
+        version = model_ptr.refresh()._info["version"]
+        assert _states(node, model_ptr.id) == [version - 1, version]
+    live = node.ctx.live.cached(model_ptr.id, version)
+    assert live is not None
+    node.ctx.live.forget(model_ptr.id)
+    with node.ctx.db.session() as session:
+        reloaded = node.ctx.live.get(session, session.get(ModelRow, model_ptr.id))
+    assert reloaded.version == version
+    for name, weights in live.trainer.get_weights().items():
+        np.testing.assert_array_equal(reloaded.trainer.get_weights()[name], weights)

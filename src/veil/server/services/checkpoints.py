@@ -138,6 +138,13 @@ _STEP = (
     )
 )
 _INSERT_STATE = insert(_states)
+# The state before last becomes the new one: every commit of a version deletes the
+# states older than the one before it, so at version v only v and v-1 are stored.
+_RECYCLE_STATE = (
+    update(_states)
+    .where(_states.c.model_id == bindparam("b_id"), _states.c.version == bindparam("b_old"))
+    .values(version=bindparam("b_new"), data=bindparam("b_data"))
+)
 _FORGET = delete(_states).where(
     _states.c.model_id == bindparam("b_id"), _states.c.version < bindparam("b_below")
 )
@@ -172,11 +179,16 @@ def commit_step(
     )
     if moved.rowcount != 1:
         return False
-    session.connection().execute(
-        _INSERT_STATE, {"model_id": model_id, "version": version + 1, "data": data}
+    recycled = session.connection().execute(
+        _RECYCLE_STATE,
+        {"b_id": model_id, "b_old": version - 1, "b_new": version + 1, "b_data": data},
     )
+    if recycled.rowcount != 1:  # v-1 was not a state (a fit's files, a new model)
+        session.connection().execute(
+            _INSERT_STATE, {"model_id": model_id, "version": version + 1, "data": data}
+        )
+        _forget_states(session, model_id, version + 1)
     record_change(session, model_id=model_id, change=change)
-    _forget_states(session, model_id, version + 1)
     return True
 
 

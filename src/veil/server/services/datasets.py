@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Row, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -257,7 +257,6 @@ class _Found:
 # one table serves every node in the process. A pointer found here is used only once
 # its dataset is read back (deleting a dataset deletes its assets and views).
 _FOUND: OrderedDict[str, _Found] = OrderedDict()
-_THERE = select(DatasetRow.id).where(DatasetRow.id == bindparam("b_id"))
 _FOUND_GUARD = threading.Lock()
 _FOUND_KEPT = 256
 
@@ -300,18 +299,29 @@ def _remembered(session: Session, pointer_id: str) -> _Found | None:
             _FOUND.move_to_end(pointer_id)
     if found is None:
         return None
-    dataset_id = found.asset.dataset_id
-    connection = session.connection()  # begins the transaction, if it had not
-    seen_in, there = session.info.get("datasets_there", (None, set()))
-    if seen_in is not session.get_transaction():
-        there = set()
-        session.info["datasets_there"] = (session.get_transaction(), there)
-    if dataset_id in there or connection.execute(_THERE, {"b_id": dataset_id}).first():
-        there.add(dataset_id)
+    if dataset_units_row(session, found.asset.dataset_id) is not None:
         return found
     with _FOUND_GUARD:
         _FOUND.pop(pointer_id, None)
     return None
+
+
+_UNITS = select(DatasetRow.n_subjects, DatasetRow.subject_asset).where(
+    DatasetRow.id == bindparam("b_id")
+)  # built once: every step reads it
+
+
+def dataset_units_row(session: Session, dataset_id: str) -> Row[tuple[int, str | None]] | None:
+    """(n_subjects, subject_asset) of the dataset, None if it is gone: one light query
+    per dataset and transaction (a step's x, y and units ask once)."""
+    connection = session.connection()  # begins the transaction, if it had not
+    seen_in, rows = session.info.get("dataset_units", (None, {}))
+    if seen_in is not session.get_transaction():
+        rows = {}
+        session.info["dataset_units"] = (session.get_transaction(), rows)
+    if dataset_id not in rows:
+        rows[dataset_id] = connection.execute(_UNITS, {"b_id": dataset_id}).first()
+    return rows[dataset_id]
 
 
 def _find(session: Session, pointer_id: str) -> _Found | None:

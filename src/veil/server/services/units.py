@@ -18,13 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from veil._exceptions import NotFound
 from veil.engine import RowMetrics
 from veil.privacy import Cart, MeanOf
-from veil.server.db.tables.datasets import DatasetRow
+from veil.server.services.datasets import dataset_units_row
 from veil.server.storage.arrays import ArrayStore
 
 __all__ = ["Units", "dataset_units", "per_subject"]
@@ -63,13 +62,8 @@ class Units:
         return rows
 
 
-_UNITS = select(DatasetRow.n_subjects, DatasetRow.subject_asset).where(
-    DatasetRow.id == bindparam("b_id")
-)  # built once: every step reads it
-
-
 def dataset_units(session: Session, arrays: ArrayStore, dataset_id: str) -> Units:
-    dataset = session.connection().execute(_UNITS, {"b_id": dataset_id}).first()
+    dataset = dataset_units_row(session, dataset_id)
     if dataset is None:
         raise NotFound(f"No dataset {dataset_id!r}.", dataset_id=dataset_id)
     if dataset.subject_asset is None:

@@ -250,6 +250,39 @@ def _object_out(row: PrivateObjectRow) -> ObjectOut:
     return ObjectOut(id=row.id, kind=row.kind, shape=row.shape, model_id=row.model_id)
 
 
+# Flow III's routes come first: a request is matched against the routes in order
+# (twice, by FastAPI), and a data scientist's loop calls these most.
+@router.post("/{model_id}/step", responses=responses(404, 409))
+async def step(model_id: str, body: StepIn, ctx: ContextDep, token: TokenDep) -> StepOut:
+    def run() -> StepOut:
+        loss, preds = steps.step(
+            ctx,
+            user=get_current_user(ctx, token),
+            model_id=model_id,
+            batch=body.batch(),
+            validation_split=body.validation_split,
+            batch_size=body.batch_size,
+        )
+        return StepOut(loss=_object_out(loss), predictions=_object_out(preds))
+
+    # Flow III steps come one after another: the whole request (who asks, the step, the
+    # answer) takes one hop to a worker thread, where each dependency would take its own.
+    return await run_in_threadpool(run)
+
+
+@router.post("/{model_id}/evaluate", responses=responses(402, 404, 409))
+def evaluate(model_id: str, body: EvaluateIn, ctx: ContextDep, user: CurrentUser) -> EvaluateOut:
+    release = steps.evaluate(
+        ctx, user=user, model_id=model_id, batch=body.batch(), epsilon=body.epsilon
+    )
+    return EvaluateOut(
+        release_id=release.id,
+        cost=release.epsilon_added,
+        spent_after=release.epsilon_after,
+        **releases.released_values(release.result or {"values": {}}),
+    )
+
+
 @router.post("/drafts", status_code=201, responses=responses(409))
 def create_draft(session: SessionDep, user: CurrentUser) -> DraftOut:
     return DraftOut(id=models.create_draft(session, user=user).id)
@@ -372,34 +405,3 @@ def cancel(model_id: str, session: SessionDep, user: CurrentUser, ctx: ContextDe
     job = fits.cancel_fit(session, user=user, model_id=model_id)
     ctx.signals.notify(model_id)
     return CancelOut(job_id=job.id, status=job.status, cancel_requested=job.cancel_requested)
-
-
-@router.post("/{model_id}/step", responses=responses(404, 409))
-async def step(model_id: str, body: StepIn, ctx: ContextDep, token: TokenDep) -> StepOut:
-    def run() -> StepOut:
-        loss, preds = steps.step(
-            ctx,
-            user=get_current_user(ctx, token),
-            model_id=model_id,
-            batch=body.batch(),
-            validation_split=body.validation_split,
-            batch_size=body.batch_size,
-        )
-        return StepOut(loss=_object_out(loss), predictions=_object_out(preds))
-
-    # Flow III steps come one after another: the whole request (who asks, the step, the
-    # answer) takes one hop to a worker thread, where each dependency would take its own.
-    return await run_in_threadpool(run)
-
-
-@router.post("/{model_id}/evaluate", responses=responses(402, 404, 409))
-def evaluate(model_id: str, body: EvaluateIn, ctx: ContextDep, user: CurrentUser) -> EvaluateOut:
-    release = steps.evaluate(
-        ctx, user=user, model_id=model_id, batch=body.batch(), epsilon=body.epsilon
-    )
-    return EvaluateOut(
-        release_id=release.id,
-        cost=release.epsilon_added,
-        spent_after=release.epsilon_after,
-        **releases.released_values(release.result or {"values": {}}),
-    )
