@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from veil._exceptions import ValidationError
+from veil.privacy.grouping import sort_by_subject
 
 __all__ = ["SubjectBatch", "SubjectIndex", "check_rows_per_subject", "check_subjects"]
 
@@ -69,16 +70,28 @@ class SubjectIndex:
     subjects `pool`: the public list of subjects a fit samples from. A pool subject that
     owns none of `rows` is still sampled as often as any other, and contributes nothing."""
 
-    def __init__(self, rows: np.ndarray, subjects: np.ndarray, pool: np.ndarray) -> None:
+    def __init__(
+        self,
+        rows: np.ndarray,
+        subjects: np.ndarray,
+        pool: np.ndarray,
+        *,
+        shuffled: np.ndarray | None = None,
+    ) -> None:
+        """`shuffled`: a uniformly random permutation of the rows, from the caller's
+        secure randomness (by default numpy's, from the OS), that the sort goes through
+        (`veil.privacy.grouping`)."""
         rows, subjects = np.asarray(rows, np.int64), np.asarray(subjects)
         if subjects.shape != rows.shape or (subjects.size and subjects.dtype.kind not in "iu"):
             raise ValidationError(
                 f"Expected one integer subject per row, shape {rows.shape}. "
                 f"Received: {subjects.dtype} of shape {subjects.shape}"
             )
-        order = np.argsort(subjects, kind="stable")
-        self._ordered = subjects[order].astype(np.int64)
-        self._rows = rows[order]
+        if shuffled is None:
+            shuffled = np.random.default_rng().permutation(rows.size)
+        by_key, _ = sort_by_subject(subjects, shuffled)
+        self._ordered = subjects[shuffled][by_key].astype(np.int64)
+        self._rows = rows[shuffled][by_key]
         self._sample(pool)
 
     def _sample(self, pool: np.ndarray) -> None:

@@ -38,6 +38,7 @@ from veil.engine._subjects import (
     check_subjects,
 )
 from veil.nn import SGD, Adam, Adamax, Dropout, ModelSpec, Optimizer, RMSprop
+from veil.privacy.grouping import sort_by_subject
 
 __all__ = ["DPTrainer"]
 
@@ -140,11 +141,10 @@ def _by_subject(
             "train_subjects. Received: rows of training subjects among val_rows, or "
             "training rows of other subjects"
         )
-    # Which rows share a subject is private, and a sort's work follows the order it is
-    # given (rows already in subject order sorted 150x faster on a million rows, one
-    # person's rows moved elsewhere took 3x longer): the rows go in a random order.
-    shuffled = _shuffle(both.size, uniform)
-    index = SubjectIndex(both[shuffled], ranks[shuffled], pool)
+    # Which rows share a subject is private, and a sort's work follows what it is given
+    # (rows already in subject order sorted 150x faster on a million rows, one person's
+    # rows moved elsewhere took 3x longer): `SubjectIndex` sorts through `shuffled`.
+    index = SubjectIndex(both, ranks, pool, shuffled=_shuffle(both.size, uniform))
     if len(index) == 0:
         raise ValidationError("Expected at least one training subject. Received: none")
     # With k the held-out subjects' rows are drawn from the index; without, all of them
@@ -512,11 +512,10 @@ class DPTrainer:
         if subjects is not None:
             ranks = np.asarray(check_subjects(subjects, n))
             shuffled = _shuffle(n, self._random.uniform)  # as in `_by_subject`
-            _, groups = np.unique(ranks[shuffled], return_inverse=True)
-            by_group = np.argsort(groups, kind="stable")
-            order = shuffled[by_group]
+            by_key, groups = sort_by_subject(ranks, shuffled)
+            order = shuffled[by_key]
             x_batch, y_batch = x_batch[order], y_batch[order]
-            batch = SubjectBatch(order, groups[by_group], np.ones(n, bool))
+            batch = SubjectBatch(order, groups, np.ones(n, bool))
         losses, outputs = self._update(x_batch, y_batch, sigma, clip, float(n), batch)
         if batch is not None:  # back in the caller's row order
             back = np.empty(n, np.int64)

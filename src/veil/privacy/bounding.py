@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from veil._exceptions import ValidationError
+from veil.privacy.grouping import subject_numbers
 from veil.privacy.noise import MIN_STD, SecureNoise, snap
 
 __all__ = [
@@ -187,15 +188,10 @@ def _group_index(groups: np.ndarray, n_rows: int) -> tuple[np.ndarray, int]:
             f"Expected one integer subject per row, shape ({n_rows},). "
             f"Received: {groups.dtype} of shape {groups.shape}"
         )
-    # A sort's work follows the order it is given (rows already grouped by subject sort
-    # many times faster than rows with one person's moved elsewhere), and that order is
-    # private: the subjects are sorted in a random order, from the OS's entropy. The
-    # index is the same whatever the order.
+    # Which rows share a subject is private, and a sort's work follows what it is given:
+    # `grouping` sorts distinct keys in a random order (from the OS's entropy) instead.
     shuffled = np.random.default_rng().permutation(n_rows)
-    _, found = np.unique(groups[shuffled], return_inverse=True)
-    index = np.empty(n_rows, np.int64)
-    index[shuffled] = found.reshape(-1)
-    return index, n_rows
+    return subject_numbers(groups, shuffled), n_rows
 
 
 def bound_from_dict(data: Mapping[str, Any]) -> Bound:
