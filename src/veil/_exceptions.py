@@ -13,7 +13,7 @@ VeilError
  +-- Conflict              409: the object exists already, or is in the wrong state
  +-- QuotaExceeded         409: the account holds as many of these as the node allows
  +-- BudgetExceeded        402: a release would spend more epsilon than is left
- +-- RateLimited           429: too many failed logins; retry later
+ +-- RateLimited           429: too many failed logins, or computations at once; retry later
  +-- JobFailed             a training job ended in failure
  +-- ServerError           500: a fault on the node (never the answer to bad input)
 ```

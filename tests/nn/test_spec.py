@@ -172,3 +172,30 @@ def test_a_layer_outputting_more_than_a_row_may_hold_is_refused() -> None:
             noise_multiplier=1.0,
             max_grad_norm=1.0,
         )
+
+
+def test_a_model_holding_more_than_a_row_may_hold_over_all_layers_is_refused() -> None:
+    """Each layer within its limit and the model within the node's FLOPs: Dense(800,000)
+    then 253 ReLUs held 203 million values (813 MB) per row for the backward pass, and a
+    red-team helper's eight such steps took 11 GB. Refused at compile, with the count."""
+    layers = [nn.Dense(800_000, input_shape=(None, 4))] + [nn.ReLU() for _ in range(253)]
+    with pytest.raises(SpecError, match=r"at most 16,777,216 values per row") as caught:
+        nn.ModelSpec.build(
+            (None, 4),
+            [*layers, nn.Dense(1)],
+            loss=nn.MeanSquaredError(),
+            optimizer=nn.SGD(),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+        )
+    assert caught.value.detail == {"max_values": 1 << 24, "values": 4 + 800_000 * 254 + 1}
+    just_within = [nn.Dense(1 << 20, input_shape=(None, 4))] + [nn.ReLU() for _ in range(14)]
+    spec = nn.ModelSpec.build(
+        (None, 4),
+        [*just_within, nn.Dense(1)],
+        loss=nn.MeanSquaredError(),
+        optimizer=nn.SGD(),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+    )
+    assert spec.flops_per_example < 500_000_000

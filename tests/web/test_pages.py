@@ -35,6 +35,18 @@ def _notice(page: httpx.Response) -> str:
     return re.search(r'id="notice">([^<]*)<', page.text).group(1)
 
 
+def test_a_login_form_with_a_nul_answers_the_login_page_on_either_database(node) -> None:
+    """A NUL in the form's e-mail (which PostgreSQL cannot store, and so refused with
+    the API's JSON error while SQLite answered the page) is an unknown e-mail on both."""
+    with httpx.Client(base_url=node.url) as anonymous:
+        for email in ("a\x00b", ADMIN_EMAIL + "\x00"):
+            page = anonymous.post("/login", data={"email": email, "password": ADMIN_PASSWORD})
+            assert page.status_code == 401, page.text
+            assert page.headers["content-type"].startswith("text/html")
+            assert "Unknown e-mail or wrong password" in page.text
+            assert "veil_session" not in page.headers.get("set-cookie", "")
+
+
 def test_pages_need_a_session_and_login_sets_a_strict_httponly_cookie(sqlite_node) -> None:
     with httpx.Client(base_url=sqlite_node.url) as anonymous:
         for path in [*PAGES, "/datasets/mock/x.png"]:

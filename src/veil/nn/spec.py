@@ -40,6 +40,7 @@ from veil.privacy.calibration import SIGMA_MAX, SIGMA_MIN
 __all__ = [
     "DEFAULT_LOSS_BOUND",
     "MAX_BOUND",
+    "MAX_ROW_TOTAL",
     "MAX_ROW_VALUES",
     "MIN_BOUND",
     "MAX_LAYERS",
@@ -58,6 +59,7 @@ MAX_LAYERS = 256
 MAX_BOUND = 1e6
 MIN_BOUND = 1e-6
 MAX_ROW_VALUES = 1 << 22  # what one layer may output for one row
+MAX_ROW_TOTAL = 1 << 24  # what the input and all layers hold for one row, together
 
 _REQUIRED = ("format", "input_shape", "layers", "noise_multiplier", "max_grad_norm")
 _OPTIONAL = ("loss", "optimizer", "loss_bound")
@@ -154,6 +156,7 @@ class ModelSpec:
             )
         shapes, params, flops = [], 0, 0
         shape = input_shape
+        total = math.prod(int(d) for d in shape[1:])  # type: ignore[misc]
         for i, layer in enumerate(layers):
             out = layer_output_shape(i, layer, shape, previous=layers[i - 1] if i else None)
             params += layer.count_params(shape)
@@ -164,8 +167,18 @@ class ModelSpec:
                     f"row ({MAX_ROW_VALUES * 4 // 2**20} MiB as float32): training holds a "
                     f"chunk of rows' outputs in memory. Received: {format_shape(out)}"
                 )
+            total += math.prod(int(d) for d in out[1:])  # type: ignore[misc]
             shapes.append(out)
             shape = out
+        if total > MAX_ROW_TOTAL:
+            raise SpecError(
+                f"A model may hold at most {MAX_ROW_TOTAL:,} values per row over its input and "
+                f"all its layers' outputs ({MAX_ROW_TOTAL * 4 // 2**20} MiB as float32): "
+                f"training keeps them all for the backward pass, one row at least at a time. "
+                f"Received: {total:,} values over {len(layers)} layers",
+                max_values=MAX_ROW_TOTAL,
+                values=total,
+            )
         if params == 0:
             raise SpecError(
                 "ModelSpec expects at least one layer with trainable parameters "

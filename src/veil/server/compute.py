@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+from veil._exceptions import RateLimited
 
 __all__ = ["COMPUTE_NICE", "ComputePool", "lower_priority", "preload_torch"]
 
@@ -58,12 +60,42 @@ def preload_torch() -> threading.Thread:
 
 
 class ComputePool:
-    """Runs a request's computation on a thread at lower priority, and waits for it."""
+    """Runs a request's computation on a thread at lower priority, and waits for it.
 
-    def __init__(self, threads: int) -> None:
+    Its threads are shared by every user, so each user has at most `per_user` requests
+    computing or waiting to (`admitted`); one more is refused at once (RateLimited,
+    429) rather than queued, so that one user's burst holds neither these threads nor
+    the API's worker threads, which the waiting requests would occupy."""
+
+    def __init__(self, threads: int, *, per_user: int) -> None:
         self._pool = ThreadPoolExecutor(
             threads, thread_name_prefix="veil-compute", initializer=lower_priority
         )
+        self.per_user = per_user
+        self._admitted: dict[str, int] = {}
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def admitted(self, user_id: str) -> Iterator[None]:
+        """A slot of the user's for one request's computation, for the block."""
+        with self._guard:
+            held = self._admitted.get(user_id, 0)
+            if held >= self.per_user:
+                raise RateLimited(
+                    f"This node computes at most {self.per_user} steps or evaluations of "
+                    f"one user at once. Received: one more while {held} of yours compute; "
+                    "wait for one to answer, then retry.",
+                    limit=self.per_user,
+                    running=held,
+                )
+            self._admitted[user_id] = held + 1
+        try:
+            yield
+        finally:
+            with self._guard:
+                left = self._admitted.pop(user_id) - 1
+                if left:
+                    self._admitted[user_id] = left
 
     def run(self, fn: Callable[[], T]) -> T:
         return self._pool.submit(fn).result()

@@ -73,7 +73,7 @@ class NodeContext:
             arrays=ArrayStore(settings.arrays_dir),
             live=LiveModels(files, device=settings.device),
             runner=None,  # type: ignore[arg-type]  # set below: the runner needs the context
-            compute=ComputePool(threads=_COMPUTE_THREADS),
+            compute=ComputePool(_COMPUTE_THREADS, per_user=settings.max_user_computations),
         )
         ctx.runner = make_runner(ctx)
         # A crash between a publish's file and its commit leaves a file nothing points to,

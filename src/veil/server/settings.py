@@ -74,6 +74,13 @@ class Settings(BaseSettings):
         gt=0,
         description="largest JSON request body; array uploads have max_upload_bytes instead",
     )
+    max_user_computations: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="steps and evaluations of one user computing at once; one more is "
+        "refused (429) until one answers",
+    )
     max_fit_steps: int = Field(
         default=100_000, ge=1, le=MAX_DB_INT, description="first-start default of the node's limit"
     )

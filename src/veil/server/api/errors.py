@@ -47,7 +47,8 @@ _MEANING = {
     "(QuotaExceeded).",
     413: "The request body is larger than the node accepts.",
     422: "Invalid input: the message says what was expected and what arrived.",
-    429: "Too many failed attempts: wait `detail.retry_after` seconds.",
+    429: "Too many failed attempts (wait `detail.retry_after` seconds), or too many of your "
+    "steps and evaluations computing at once (retry when one answers).",
 }
 
 

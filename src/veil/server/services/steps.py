@@ -131,6 +131,24 @@ def _check_kept(spec: ModelSpec, rows: int) -> None:
         )
 
 
+# A step answers its request, so its work is bounded: rows times the model's FLOPs per
+# row (forward; the backward pass and per-example gradients add a few times that), at
+# most about a minute of one core. Longer training is a fit, a job that can be cancelled.
+MAX_STEP_FLOPS = 10**11
+
+
+def _check_work(spec: ModelSpec, rows: int) -> None:
+    if rows * spec.flops_per_example > MAX_STEP_FLOPS:
+        most = max(1, MAX_STEP_FLOPS // spec.flops_per_example)
+        raise ValidationError(
+            f"A step computes at most {MAX_STEP_FLOPS:.0e} FLOPs (rows x the model's "
+            f"{spec.flops_per_example:,} FLOPs per row). Received: {rows} rows = "
+            f"{rows * spec.flops_per_example:.3g} FLOPs; step on at most {most} rows, e.g. "
+            f"x_ptr[0:{most}], or fit.",
+            most_rows=most,
+        )
+
+
 @dataclass(frozen=True)
 class _Read:
     """What a step or an evaluation read before computing, with no lock held."""
@@ -200,11 +218,12 @@ def step(
     With `validation_split`, the last rows are held out of the update and the loss and
     predictions are those of the held-out rows; they cost nothing until published.
     """
-    with ctx.live.lock(user.id, model_id):
+    with ctx.compute.admitted(user.id), ctx.live.lock(user.id, model_id):
         read = _read(ctx, user=user, model_id=model_id, batch=batch)
         spec, pair, live = read.spec, read.pair, read.live
         train, held_out = _split_batch(pair.rows, validation_split, batch_size)
         _check_kept(spec, len(pair.rows))
+        _check_work(spec, len(pair.rows))
         x, y = pair.x.array, pair.y.array
         units = pair.units
         cart = live.cart  # charged in place (a copy would cost O(rows of the dataset))
@@ -276,7 +295,7 @@ def evaluate(
     meeting it at the node's delta); they are charged per row in the model's cart, and
     the release also reveals the model, so it settles the model's unpaid cart too.
     """
-    with ctx.live.lock(user.id, model_id):
+    with ctx.compute.admitted(user.id), ctx.live.lock(user.id, model_id):
         read = _read(ctx, user=user, model_id=model_id, batch=batch)
         pair, live = read.pair, read.live
         with ctx.db.session() as session:

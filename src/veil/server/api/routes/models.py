@@ -252,7 +252,7 @@ def _object_out(row: PrivateObjectRow) -> ObjectOut:
 
 # Flow III's routes come first: a request is matched against the routes in order
 # (twice, by FastAPI), and a data scientist's loop calls these most.
-@router.post("/{model_id}/step", responses=responses(404, 409))
+@router.post("/{model_id}/step", responses=responses(404, 409, 429))
 async def step(model_id: str, body: StepIn, ctx: ContextDep, token: TokenDep) -> StepOut:
     def run() -> StepOut:
         loss, preds = steps.step(
@@ -270,7 +270,7 @@ async def step(model_id: str, body: StepIn, ctx: ContextDep, token: TokenDep) ->
     return await run_in_threadpool(run)
 
 
-@router.post("/{model_id}/evaluate", responses=responses(402, 404, 409))
+@router.post("/{model_id}/evaluate", responses=responses(402, 404, 409, 429))
 def evaluate(model_id: str, body: EvaluateIn, ctx: ContextDep, user: CurrentUser) -> EvaluateOut:
     release = steps.evaluate(
         ctx, user=user, model_id=model_id, batch=body.batch(), epsilon=body.epsilon
