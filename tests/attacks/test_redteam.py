@@ -195,6 +195,8 @@ def test_parallel_releases_never_spend_past_the_budget(shared) -> None:
             return "ok"
         except veil.BudgetExceeded:
             return "refused"
+        except veil.RateLimited:  # more than the user's computations at once: no release
+            return "busy"
 
     def statistics(_: int) -> str:
         try:
@@ -205,7 +207,7 @@ def test_parallel_releases_never_spend_past_the_budget(shared) -> None:
 
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(evaluate, models)) + list(pool.map(statistics, range(4)))
-    assert outcomes.count("ok") == 1
+    assert outcomes.count("ok") == 1 and outcomes.count("busy") <= 2, outcomes
     assert ds.privacy_budget.spent <= 1.0 + 1e-9
 
 

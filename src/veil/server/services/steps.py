@@ -6,6 +6,8 @@ dataset whose unit is the subject, each subject's rows are clipped together and 
 charge goes to every subject (`services.units`). Its per-row losses and predictions
 stay on the node as private objects until released.
 
+Each first takes one of its user's compute slots (`ComputePool.admitted`: a user's
+extra request is refused at once, never queued in a thread), then its model's lock.
 Neither holds a database lock while it computes: each reads what it needs, trains or
 evaluates with the model's in-memory lock only, and then commits in one short write
 transaction that first checks the model is still idle and at the version it computed
