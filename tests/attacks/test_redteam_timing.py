@@ -190,3 +190,31 @@ def test_a_grouped_release_sorts_its_subjects_alike_however_they_are_laid_out(
         _, expected = np.unique(people, return_inverse=True)
         np.testing.assert_array_equal(index, expected)
     assert max(work.values()) <= 1.03 * min(work.values()), work
+
+
+def test_a_fits_check_of_its_subjects_reads_a_table_not_a_sort(monkeypatch) -> None:
+    """A fit by subject checks that its rows belong to the training pool. numpy's `isin`
+    may sort the rows' ranks with the pool (work that follows how many rows share a
+    person); over the node's ranks it reads a table of the pool's span instead."""
+    original, kinds = np.isin, []
+
+    def isin(element, test_elements, *args, kind=None, **kwargs):  # noqa: ANN001, ANN202
+        kinds.append(kind)
+        return original(element, test_elements, *args, kind=kind, **kwargs)
+
+    monkeypatch.setattr(np, "isin", isin)
+    people = _layouts()["mixed"]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(people.size, 4)).astype(np.float32)
+    y = rng.normal(size=(people.size, 1)).astype(np.float32)
+    DPTrainer(_spec(), seed=2).fit(
+        x,
+        y,
+        train_rows=np.arange(people.size // 2),  # a small part: numpy would have sorted
+        epochs=1,
+        batch_size=PEOPLE,
+        subjects=people,
+        train_subjects=np.unique(people[: people.size // 2]),
+        rows_per_subject=1,
+    )
+    assert kinds == ["table"], kinds

@@ -135,7 +135,12 @@ def _by_subject(
             "or all validate). Received: subjects in both"
         )
     ranks = np.asarray(subjects[both])
-    if np.count_nonzero(np.isin(ranks, pool)) != train.size:
+    # By a table over the pool's span, not by sorting the ranks with the pool (a sort's
+    # work follows how many of the rows share a subject): the node's pools are ranks,
+    # within the dataset's size; other ids may leave it to numpy.
+    span = int(np.max(pool)) - int(np.min(pool)) + 1 if np.size(pool) else 0
+    member = np.isin(ranks, pool, kind="table" if span <= max(n, 1) else None)
+    if np.count_nonzero(member) != train.size:
         raise ValidationError(
             "Expected train_rows to be exactly the given rows whose subjects are in "
             "train_subjects. Received: rows of training subjects among val_rows, or "
