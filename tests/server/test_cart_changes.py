@@ -7,28 +7,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-import veil
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
-from veil import nn
+from tests.server.rows import logistic, upload_rows
 from veil.privacy import Cart
 from veil.server.db.tables.models import CartChangeRow, ModelRow
 from veil.server.services.cart_changes import FULL_AFTER, CartChain, cart_change
 from veil.server.services.checkpoints import load_cart_chain
-
-
-def _upload(admin: veil.Client, n: int) -> None:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, 4)).astype(np.float32)
-    y = (x[:, :1] > 0).astype(np.float32)
-    admin.datasets.upload(
-        name="Rows", assets={"x": x, "y": y}, bounds={"x": (-10, 10), "y": (0, 1)}
-    )
-
-
-def _model() -> nn.Model:
-    model = nn.Model()
-    model.add(nn.Dense(1, activation="sigmoid", input_shape=(None, 4)))
-    return model
 
 
 def _stored(node, model_id: str) -> tuple[Cart, CartChain | None]:  # noqa: ANN001
@@ -61,10 +45,10 @@ def _changes(node, model_id: str) -> list[CartChangeRow]:  # noqa: ANN001
 
 def test_every_step_version_reads_back_as_the_step_left_it(node) -> None:
     admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin, 64)
+    upload_rows(admin, 64, features=4)
     ds = make_ds(admin, node)
     x, y = ds.datasets["Rows"]["x"], ds.datasets["Rows"]["y"]
-    model_ptr = _model().compile(to=ds)
+    model_ptr = logistic(4).compile(to=ds)
     # Overlapping batches, so a change overwrites rows an earlier one changed; 16 rows
     # (a quarter of 64) of changes make a full row, several times over.
     for start in (0, 8, 0, 4, 60, 30, 31, 0, 12, 40, 48, 56, 0, 2):
@@ -82,10 +66,10 @@ def test_every_step_version_reads_back_as_the_step_left_it(node) -> None:
 
 def test_a_step_writes_the_rows_it_changed_not_the_whole_cart(sqlite_node) -> None:
     admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin, 100_000)
+    upload_rows(admin, 100_000, features=4)
     ds = make_ds(admin, sqlite_node)
     x, y = ds.datasets["Rows"]["x"], ds.datasets["Rows"]["y"]
-    model_ptr = _model().compile(to=ds)
+    model_ptr = logistic(4).compile(to=ds)
     for start in (0, 500, 90_000):
         model_ptr.step(x[start : start + 8], y[start : start + 8])
     first, *changes = _changes(sqlite_node, model_ptr.id)
@@ -98,10 +82,10 @@ def test_a_step_writes_the_rows_it_changed_not_the_whole_cart(sqlite_node) -> No
 
 def test_a_step_after_a_fit_starts_a_new_chain_and_forgets_the_old(sqlite_node) -> None:
     admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin, 64)
+    upload_rows(admin, 64, features=4)
     ds = make_ds(admin, sqlite_node)
     x, y = ds.datasets["Rows"]["x"], ds.datasets["Rows"]["y"]
-    model_ptr = _model().compile(to=ds)
+    model_ptr = logistic(4).compile(to=ds)
     model_ptr.step(x[0:4], y[0:4])
     model_ptr.step(x[4:8], y[4:8])
     model_ptr.fit(x, y, max_iter=1, batch_size=16)  # a version kept in files

@@ -15,35 +15,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 import pytest
 
 import veil
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
+from tests.server.rows import logistic, upload_rows
 from veil import nn
 from veil.nn.layers import layer_to_dict
 from veil.server.services import steps
 
 
-def _upload(admin: veil.Client) -> None:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 6)).astype(np.float32)
-    y = (x[:, :1] > 0).astype(np.float32)
-    admin.datasets.upload(
-        name="Rows", assets={"x": x, "y": y}, bounds={"x": (-10, 10), "y": (0, 1)}
-    )
-
-
-def _model() -> nn.Model:
-    model = nn.Model()
-    model.add(nn.Dense(1, activation="sigmoid", input_shape=(None, 6)))
-    return model
-
-
 @pytest.fixture
 def users(sqlite_node):
     admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
+    upload_rows(admin, 64)
     return sqlite_node, make_ds(admin, sqlite_node), make_ds(admin, sqlite_node)
 
 
@@ -66,8 +51,8 @@ def test_a_user_computes_at_most_two_requests_at_once_and_others_still_compute(
 ) -> None:
     node, greedy, other = users
     x, y = greedy.datasets["Rows"]["x"], greedy.datasets["Rows"]["y"]
-    models = [_model().compile(to=greedy) for _ in range(3)]
-    theirs = _model().compile(to=other)
+    models = [logistic().compile(to=greedy) for _ in range(3)]
+    theirs = logistic().compile(to=other)
     gate, entered = _held_compute(node, monkeypatch)
     with ThreadPoolExecutor(4) as pool:
         running = [pool.submit(m.step, x[0:8], y[0:8]) for m in models[:2]]
@@ -97,7 +82,7 @@ def test_a_refused_request_holds_no_thread_while_the_users_others_compute(
     and a login still answers."""
     node, greedy, _ = users
     x, y = greedy.datasets["Rows"]["x"], greedy.datasets["Rows"]["y"]
-    model_ptr = _model().compile(to=greedy)
+    model_ptr = logistic().compile(to=greedy)
     gate, entered = _held_compute(node, monkeypatch)
     with ThreadPoolExecutor(44) as pool:
         first = pool.submit(model_ptr.step, x[0:8], y[0:8])
@@ -121,7 +106,7 @@ def test_a_step_beyond_the_work_a_step_may_do_is_refused_before_computing(
 ) -> None:
     node, ds, _ = users
     x, y = ds.datasets["Rows"]["x"], ds.datasets["Rows"]["y"]
-    model_ptr = _model().compile(to=ds)
+    model_ptr = logistic().compile(to=ds)
     flops = nn.ModelSpec.from_dict(model_ptr._info["spec"]).flops_per_example
     monkeypatch.setattr(steps, "MAX_STEP_FLOPS", 10 * flops)
     with pytest.raises(veil.ValidationError, match=r"step on at most 10 rows") as refused:

@@ -23,6 +23,7 @@ from sqlalchemy import text
 import veil
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, DS_PASSWORD
 from tests.nodes import RunningNode, fresh_postgres_url, node_process, running_node
+from tests.server.rows import upload_rows
 from veil import nn
 from veil.server.db.engine import Database
 from veil.server.db.tables.models import ModelRow
@@ -30,15 +31,6 @@ from veil.server.services import ledger
 from veil.server.services.checkpoints import load_trainer
 
 _ROWS = 64
-
-
-def _upload(admin: veil.Client) -> None:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(_ROWS, 6)).astype(np.float32)
-    y = (x[:, :1] > 0).astype(np.float32)
-    admin.datasets.upload(
-        name="Rows", assets={"x": x, "y": y}, bounds={"x": (-10, 10), "y": (0, 1)}
-    )
 
 
 def _mlp() -> nn.Model:
@@ -75,7 +67,7 @@ def test_a_node_killed_inside_a_step_keeps_all_of_it_or_none(tmp_path, backend) 
         # Killed after computing, before the commit: nothing of the step is kept.
         with node_process(data_dir, database_url, "step.before_commit") as url:
             admin = _login(url, ADMIN_EMAIL, ADMIN_PASSWORD)
-            _upload(admin)
+            upload_rows(admin, _ROWS)
             user = admin.users.create(email="kill@lab.org", password=DS_PASSWORD, budget=1e6)
             ds = _login(url, user.email, DS_PASSWORD)
             model_id = _mlp().compile(to=ds).id
@@ -122,7 +114,7 @@ def test_a_power_cut_loses_the_last_steps_whole(tmp_path) -> None:
     data_dir, disk = tmp_path / "node", tmp_path / "disk"
     with running_node(data_dir) as node:
         admin = _login(node.url, ADMIN_EMAIL, ADMIN_PASSWORD)
-        _upload(admin)
+        upload_rows(admin, _ROWS)
         user = admin.users.create(email="cut@lab.org", password=DS_PASSWORD, budget=1e6)
         ds = _login(node.url, user.email, DS_PASSWORD)
         model_ptr = _mlp().compile(to=ds)

@@ -10,32 +10,17 @@ from sqlalchemy import select
 
 import veil
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, login, make_ds
-from veil import nn
+from tests.server.rows import logistic, upload_rows
 from veil.server.db.tables.models import ModelRow, ModelStateRow
-
-
-def _upload(admin: veil.Client) -> None:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 6)).astype(np.float32)
-    y = (x[:, :1] > 0).astype(np.float32)
-    admin.datasets.upload(
-        name="Rows", assets={"x": x, "y": y}, bounds={"x": (-10, 10), "y": (0, 1)}
-    )
-
-
-def _model() -> nn.Model:
-    model = nn.Model()
-    model.add(nn.Dense(1, activation="sigmoid", input_shape=(None, 6)))
-    return model
 
 
 def _stepping(node):  # noqa: ANN001, ANN202
     """(the admin, x and y of the uploaded "Rows", a data scientist's model on them)."""
     admin = login(node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
+    upload_rows(admin, 32)
     ds = make_ds(admin, node)
     data = ds.datasets["Rows"]
-    return admin, data["x"], data["y"], _model().compile(to=ds)
+    return admin, data["x"], data["y"], logistic().compile(to=ds)
 
 
 def test_a_deleted_dataset_is_gone_for_a_model_that_stepped_on_it(sqlite_node) -> None:
@@ -50,13 +35,13 @@ def test_a_deleted_dataset_is_gone_for_a_model_that_stepped_on_it(sqlite_node) -
 
 def test_another_users_view_stays_invisible_after_its_owner_stepped_on_it(sqlite_node) -> None:
     admin = login(sqlite_node, ADMIN_EMAIL, ADMIN_PASSWORD)
-    _upload(admin)
+    upload_rows(admin, 32)
     owner, other = make_ds(admin, sqlite_node), make_ds(admin, sqlite_node)
     data = owner.datasets["Rows"]
     x_view, y_view = data["x"][0:8], data["y"][0:8]
     views = {"x": x_view.id, "y": y_view.id}  # stored on the node, the owner's
-    _model().compile(to=owner).step(x_view, y_view)  # their facts are now in memory
-    theirs = _model().compile(to=other)
+    logistic().compile(to=owner).step(x_view, y_view)  # their facts are now in memory
+    theirs = logistic().compile(to=other)
     with pytest.raises(veil.NotFound, match="No asset or view"):
         other._http.post(f"/models/{theirs.id}/step", json=views)
     assert theirs.refresh()._info["steps"] == 0
