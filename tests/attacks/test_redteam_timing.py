@@ -183,7 +183,8 @@ def test_a_grouped_release_sorts_its_subjects_alike_however_they_are_laid_out(
     work = {}
     for name, people in _layouts().items():
         counts.clear()
-        index, slots = bounding._group_index(people, people.size)
+        order, slots = bounding._subject_order(people, people.size)
+        index = order.scatter(order.numbers)
         assert slots == people.size
         assert len(counts) == 1, counts
         work[name] = counts[0]

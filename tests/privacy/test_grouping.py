@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from veil.privacy import grouping
-from veil.privacy.grouping import sort_by_subject, subject_numbers
+from veil.privacy.grouping import SubjectOrder, sort_by_subject, subject_numbers
 
 
 def _subjects(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
@@ -61,3 +61,15 @@ def test_the_sort_is_given_distinct_keys_for_any_ranks(monkeypatch) -> None:
         assert len(set(keys.tolist())) == n  # distinct: no repeats to sort faster
         by_key, _ = sort_by_subject(subjects, shuffled)
         assert np.all(np.diff(subjects[shuffled][by_key]) >= 0)
+
+
+def test_an_order_gathers_rows_by_subject_and_scatters_them_back() -> None:
+    rng = np.random.default_rng(11)
+    subjects = rng.integers(0, 7, 120)
+    values = rng.normal(size=(120, 3))
+    order = SubjectOrder.of(subjects, rng.permutation(120))
+    gathered = order.gather(values)
+    expected = np.lexsort((np.arange(120), subjects))
+    np.testing.assert_array_equal(gathered, values[expected])
+    assert np.all(np.diff(order.numbers) >= 0) and order.numbers[-1] == 6
+    np.testing.assert_array_equal(order.scatter(gathered), values)

@@ -58,11 +58,15 @@ def test_a_user_computes_at_most_two_requests_at_once_and_others_still_compute(
         running = [pool.submit(m.step, x[0:8], y[0:8]) for m in models[:2]]
         for _ in running:
             assert entered.acquire(timeout=30)
-        with pytest.raises(veil.RateLimited, match="at most 2 steps or evaluations") as refused:
+        with pytest.raises(veil.RateLimited, match="at most 2 requests of one user") as refused:
             models[2].step(x[0:8], y[0:8])
         assert refused.value.detail == {"limit": 2, "running": 2}
         with pytest.raises(veil.RateLimited):  # an evaluation takes a slot too
             models[2].evaluate(x[0:8], y[0:8], epsilon=0.5)
+        with pytest.raises(veil.RateLimited):  # so do statistics, which read every row
+            x.statistics(epsilon=0.5)
+        with pytest.raises(veil.RateLimited):  # and a fit's quote, which calibrates
+            models[2].quote(x, y, max_iter=1, batch_size=8)
         others = pool.submit(theirs.step, other.datasets["Rows"]["x"][0:8], y[0:8])
         assert entered.acquire(timeout=30)  # the other user computes meanwhile
         gate.set()
@@ -109,13 +113,28 @@ def test_a_step_beyond_the_work_a_step_may_do_is_refused_before_computing(
     model_ptr = logistic().compile(to=ds)
     flops = nn.ModelSpec.from_dict(model_ptr._info["spec"]).flops_per_example
     monkeypatch.setattr(steps, "MAX_STEP_FLOPS", 10 * flops)
-    with pytest.raises(veil.ValidationError, match=r"step on at most 10 rows") as refused:
+    with pytest.raises(veil.ValidationError, match=r"use at most 10 rows") as refused:
         model_ptr.step(x[0:11], y[0:11])
     assert refused.value.detail == {"most_rows": 10}
     info = model_ptr.refresh()._info
     assert info["steps"] == 0 and info["version"] == 1
     model_ptr.step(x[0:10], y[0:10])
     assert ds.usage["max_objects"].used == 2  # the refused step kept no object
+
+
+def test_an_evaluation_beyond_the_work_it_may_do_is_refused_before_computing(
+    users, monkeypatch
+) -> None:
+    _, ds, _ = users
+    x, y = ds.datasets["Rows"]["x"], ds.datasets["Rows"]["y"]
+    model_ptr = logistic().compile(to=ds)
+    flops = nn.ModelSpec.from_dict(model_ptr._info["spec"]).flops_per_example
+    monkeypatch.setattr(steps, "MAX_EVALUATE_FLOPS", 20 * flops)
+    with pytest.raises(veil.ValidationError, match=r"An evaluation computes at most") as refused:
+        model_ptr.evaluate(x[0:21], y[0:21], epsilon=0.5)
+    assert refused.value.detail == {"most_rows": 20}
+    assert ds.privacy_budget.spent == 0.0 and model_ptr.refresh()._info["version"] == 1
+    assert model_ptr.evaluate(x[0:20], y[0:20], epsilon=0.5)["cost"] > 0
 
 
 def test_a_model_holding_too_much_per_row_is_refused_by_the_node(users) -> None:

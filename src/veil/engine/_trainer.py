@@ -38,7 +38,7 @@ from veil.engine._subjects import (
     check_subjects,
 )
 from veil.nn import SGD, Adam, Adamax, Dropout, ModelSpec, Optimizer, RMSprop
-from veil.privacy.grouping import sort_by_subject
+from veil.privacy.grouping import SubjectOrder
 
 __all__ = ["DPTrainer"]
 
@@ -138,8 +138,9 @@ def _by_subject(
     # By a table over the pool's span, not by sorting the ranks with the pool (a sort's
     # work follows how many of the rows share a subject): the node's pools are ranks,
     # within the dataset's size; other ids may leave it to numpy.
-    span = int(np.max(pool)) - int(np.min(pool)) + 1 if np.size(pool) else 0
-    member = np.isin(ranks, pool, kind="table" if span <= max(n, 1) else None)
+    integral = np.asarray(pool).dtype.kind in "iu" and ranks.dtype.kind in "iu"
+    span = int(np.max(pool)) - int(np.min(pool)) + 1 if integral and np.size(pool) else 0
+    member = np.isin(ranks, pool, kind="table" if integral and span <= max(n, 1) else None)
     if np.count_nonzero(member) != train.size:
         raise ValidationError(
             "Expected train_rows to be exactly the given rows whose subjects are in "
@@ -513,19 +514,17 @@ class DPTrainer:
         n = int(x_batch.shape[0])
         if n == 0:
             raise ValidationError("Expected a batch of at least one row. Received: 0 rows")
-        batch = None
+        batch, order = None, None
         if subjects is not None:
             ranks = np.asarray(check_subjects(subjects, n))
-            shuffled = _shuffle(n, self._random.uniform)  # as in `_by_subject`
-            by_key, groups = sort_by_subject(ranks, shuffled)
-            order = shuffled[by_key]
-            x_batch, y_batch = x_batch[order], y_batch[order]
-            batch = SubjectBatch(order, groups, np.ones(n, bool))
+            # In subject order, read and written back through random permutations only
+            # (`SubjectOrder`): never in an order the subjects shape.
+            order = SubjectOrder.of(ranks, _shuffle(n, self._random.uniform))
+            x_batch, y_batch = order.gather(x_batch), order.gather(y_batch)
+            batch = SubjectBatch(order.gather(np.arange(n)), order.numbers, np.ones(n, bool))
         losses, outputs = self._update(x_batch, y_batch, sigma, clip, float(n), batch)
-        if batch is not None:  # back in the caller's row order
-            back = np.empty(n, np.int64)
-            back[batch.rows] = np.arange(n)
-            losses, outputs = losses[back], outputs[back]
+        if order is not None:  # back in the caller's row order
+            losses, outputs = _scatter(order, losses), _scatter(order, outputs)
         preds = self.objective.probabilities(outputs).detach().cpu().numpy()
         metrics = RowMetrics(losses.detach().double().cpu().numpy(), None, self.spec.loss_bound)
         return StepResult(metrics, preds)
@@ -715,6 +714,17 @@ def _chunk_rows(spec: ModelSpec, device: torch.device) -> tuple[int, int]:
         by_outputs = _EVAL_BATCH
     step = min(_GRAD_ELEMENTS // spec.param_count, by_outputs)
     return max(1, step), min(_EVAL_BATCH, by_outputs)
+
+
+def _scatter(order: SubjectOrder, tensor: torch.Tensor) -> torch.Tensor:
+    """`order.scatter` for a tensor: rows in subject order back to the caller's order."""
+    by_key = torch.as_tensor(order.by_key, device=tensor.device)
+    shuffled = torch.as_tensor(order.shuffled, device=tensor.device)
+    in_shuffled = torch.empty_like(tensor)
+    in_shuffled[by_key] = tensor
+    out = torch.empty_like(tensor)
+    out[shuffled] = in_shuffled
+    return out
 
 
 def _shuffle(n: int, uniform: Callable[[int], np.ndarray]) -> np.ndarray:

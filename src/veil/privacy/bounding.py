@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from veil._exceptions import ValidationError
-from veil.privacy.grouping import subject_numbers
+from veil.privacy.grouping import SubjectOrder
 from veil.privacy.noise import MIN_STD, SecureNoise, snap
 
 __all__ = [
@@ -90,8 +90,9 @@ class MeanOf:
 
     def group(self, bounded: np.ndarray, groups: np.ndarray) -> np.ndarray:
         """Each subject's total, clipped to [0, high]."""
-        index, count = _group_index(groups, bounded.shape[0])
-        return np.clip(np.bincount(index, weights=bounded, minlength=count), 0.0, self.high)
+        order, count = _subject_order(groups, bounded.shape[0])
+        totals = np.bincount(order.numbers, weights=order.gather(bounded), minlength=count)
+        return np.clip(totals, 0.0, self.high)
 
     def aggregate(self, bounded: np.ndarray, n_rows: int) -> np.ndarray:
         return np.asarray(bounded.sum() / n_rows)
@@ -130,10 +131,11 @@ class EachRow:
     def group(self, bounded: np.ndarray, groups: np.ndarray) -> np.ndarray:
         """Each subject's rows scaled together to a joint L2 norm of at most `norm`."""
         flat = bounded.reshape(bounded.shape[0], -1)
-        index, count = _group_index(groups, flat.shape[0])
-        joint = np.sqrt(np.bincount(index, weights=np.square(flat).sum(axis=1), minlength=count))
-        scale = self.norm / np.maximum(joint, self.norm)
-        return (flat * scale[index, None]).reshape(bounded.shape)
+        order, count = _subject_order(groups, flat.shape[0])
+        squares = order.gather(np.square(flat).sum(axis=1))
+        joint = np.sqrt(np.bincount(order.numbers, weights=squares, minlength=count))
+        scale = order.scatter((self.norm / np.maximum(joint, self.norm))[order.numbers])
+        return (flat * scale[:, None]).reshape(bounded.shape)
 
     def aggregate(self, bounded: np.ndarray, n_rows: int) -> np.ndarray:
         return bounded
@@ -160,9 +162,9 @@ class MeanOfRows:
 
     def group(self, bounded: np.ndarray, groups: np.ndarray) -> np.ndarray:
         """Each subject's summed vector, clipped to L2 norm `norm`."""
-        index, count = _group_index(groups, bounded.shape[0])
+        order, count = _subject_order(groups, bounded.shape[0])
         totals = np.zeros((count, bounded.shape[1]))
-        np.add.at(totals, index, bounded)
+        np.add.at(totals, order.numbers, order.gather(bounded))
         return EachRow(self.norm).bounded(totals)
 
     def aggregate(self, bounded: np.ndarray, n_rows: int) -> np.ndarray:
@@ -178,10 +180,11 @@ class MeanOfRows:
 Bound = MeanOf | EachRow | MeanOfRows
 
 
-def _group_index(groups: np.ndarray, n_rows: int) -> tuple[np.ndarray, int]:
-    """Each row's subject as 0, 1, ..., and the number of slots to sum them in: `n_rows`
-    (public), not the number of subjects the rows hold (private), so that a grouped
-    release does the same work whoever owns its rows; the empty slots add zero."""
+def _subject_order(groups: np.ndarray, n_rows: int) -> tuple[SubjectOrder, int]:
+    """The rows in subject order (`grouping.SubjectOrder`), and the number of slots to
+    sum them in: `n_rows` (public), not the number of subjects the rows hold (private),
+    so that a grouped release does the same work whoever owns its rows; the empty slots
+    add zero."""
     groups = np.asarray(groups)
     if groups.shape != (n_rows,) or groups.dtype.kind not in "iu":
         raise ValidationError(
@@ -189,9 +192,10 @@ def _group_index(groups: np.ndarray, n_rows: int) -> tuple[np.ndarray, int]:
             f"Received: {groups.dtype} of shape {groups.shape}"
         )
     # Which rows share a subject is private, and a sort's work follows what it is given:
-    # `grouping` sorts distinct keys in a random order (from the OS's entropy) instead.
+    # `grouping` sorts distinct keys in a random order (from the OS's entropy) instead,
+    # and the sums read the rows through it, in subject order.
     shuffled = np.random.default_rng().permutation(n_rows)
-    return subject_numbers(groups, shuffled), n_rows
+    return SubjectOrder.of(groups, shuffled), n_rows
 
 
 def bound_from_dict(data: Mapping[str, Any]) -> Bound:

@@ -18,9 +18,11 @@ never the node's case.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["subject_numbers", "sort_by_subject"]
+__all__ = ["SubjectOrder", "sort_by_subject", "subject_numbers"]
 
 _INT64_MAX = int(np.iinfo(np.int64).max)
 
@@ -50,12 +52,38 @@ def sort_by_subject(subjects: np.ndarray, shuffled: np.ndarray) -> tuple[np.ndar
     return by_key, np.cumsum(new) - 1
 
 
+@dataclass(frozen=True)
+class SubjectOrder:
+    """Rows in subject order, reached only through two random permutations: `gather`
+    reads an array in that order as `a[shuffled][by_key]` and `scatter` writes one back
+    to row order the same way, so that memory is read and written in an order the
+    subjects do not shape (rows already grouped by person would be read in sequence,
+    scattered people at random: a million rows took 160 against 285 ms). `numbers`:
+    each position's subject numbered 0, 1, ..., non-decreasing, so sums by subject
+    through it also run in sequence."""
+
+    shuffled: np.ndarray
+    by_key: np.ndarray
+    numbers: np.ndarray
+
+    @classmethod
+    def of(cls, subjects: np.ndarray, shuffled: np.ndarray) -> SubjectOrder:
+        by_key, numbers = sort_by_subject(subjects, shuffled)
+        return cls(shuffled, by_key, numbers)
+
+    def gather(self, array: np.ndarray) -> np.ndarray:
+        return array[self.shuffled][self.by_key]
+
+    def scatter(self, array: np.ndarray) -> np.ndarray:
+        in_shuffled = np.empty_like(array)
+        in_shuffled[self.by_key] = array
+        out = np.empty_like(array)
+        out[self.shuffled] = in_shuffled
+        return out
+
+
 def subject_numbers(subjects: np.ndarray, shuffled: np.ndarray) -> np.ndarray:
     """Each row's subject numbered 0, 1, ... (in ascending subject order), written back
     through the sort and `shuffled`, never in an order the subjects choose."""
-    by_key, numbers = sort_by_subject(subjects, shuffled)
-    in_shuffled = np.empty_like(numbers)
-    in_shuffled[by_key] = numbers
-    out = np.empty_like(numbers)
-    out[shuffled] = in_shuffled
-    return out
+    order = SubjectOrder.of(subjects, shuffled)
+    return order.scatter(order.numbers)

@@ -63,7 +63,8 @@ class ComputePool:
     """Runs a request's computation on a thread at lower priority, and waits for it.
 
     Its threads are shared by every user, so each user has at most `per_user` requests
-    computing or waiting to (`admitted`); one more is refused at once (RateLimited,
+    computing or waiting to (`admitted`: steps and evaluations, and statistics and fit
+    quotes, which compute in the API's own threads); one more is refused at once (RateLimited,
     429) rather than queued, so that one user's burst holds neither these threads nor
     the API's worker threads, which the waiting requests would occupy."""
 
@@ -82,9 +83,9 @@ class ComputePool:
             held = self._admitted.get(user_id, 0)
             if held >= self.per_user:
                 raise RateLimited(
-                    f"This node computes at most {self.per_user} steps or evaluations of "
-                    f"one user at once. Received: one more while {held} of yours compute; "
-                    "wait for one to answer, then retry.",
+                    f"This node computes at most {self.per_user} requests of one user at "
+                    f"once (steps, evaluations, statistics, quotes). Received: one more "
+                    f"while {held} of yours compute; wait for one to answer, then retry.",
                     limit=self.per_user,
                     running=held,
                 )

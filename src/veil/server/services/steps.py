@@ -133,20 +133,22 @@ def _check_kept(spec: ModelSpec, rows: int) -> None:
         )
 
 
-# A step answers its request, so its work is bounded: rows times the model's FLOPs per
-# row (forward; the backward pass and per-example gradients add a few times that), at
-# most about a minute of one core. Longer training is a fit, a job that can be cancelled.
+# A step or an evaluation answers its request, so its work is bounded: rows times the
+# model's FLOPs per row (forward; a step's backward pass and per-example gradients add a
+# few times that), at most about a minute of one core. Longer training is a fit, a job
+# that can be cancelled; an evaluation, forward only, may read ten times the rows.
 MAX_STEP_FLOPS = 10**11
+MAX_EVALUATE_FLOPS = 10**12
 
 
-def _check_work(spec: ModelSpec, rows: int) -> None:
-    if rows * spec.flops_per_example > MAX_STEP_FLOPS:
-        most = max(1, MAX_STEP_FLOPS // spec.flops_per_example)
+def _check_work(spec: ModelSpec, rows: int, *, limit: int, what: str) -> None:
+    if rows * spec.flops_per_example > limit:
+        most = max(1, limit // spec.flops_per_example)
         raise ValidationError(
-            f"A step computes at most {MAX_STEP_FLOPS:.0e} FLOPs (rows x the model's "
+            f"{what} computes at most {limit:.0e} FLOPs (rows x the model's "
             f"{spec.flops_per_example:,} FLOPs per row). Received: {rows} rows = "
-            f"{rows * spec.flops_per_example:.3g} FLOPs; step on at most {most} rows, e.g. "
-            f"x_ptr[0:{most}], or fit.",
+            f"{rows * spec.flops_per_example:.3g} FLOPs; use at most {most} rows, e.g. "
+            f"x_ptr[0:{most}].",
             most_rows=most,
         )
 
@@ -225,7 +227,7 @@ def step(
         spec, pair, live = read.spec, read.pair, read.live
         train, held_out = _split_batch(pair.rows, validation_split, batch_size)
         _check_kept(spec, len(pair.rows))
-        _check_work(spec, len(pair.rows))
+        _check_work(spec, len(pair.rows), limit=MAX_STEP_FLOPS, what="A step")
         x, y = pair.x.array, pair.y.array
         units = pair.units
         cart = live.cart  # charged in place (a copy would cost O(rows of the dataset))
@@ -300,6 +302,7 @@ def evaluate(
     with ctx.compute.admitted(user.id), ctx.live.lock(user.id, model_id):
         read = _read(ctx, user=user, model_id=model_id, batch=batch)
         pair, live = read.pair, read.live
+        _check_work(read.spec, len(pair.rows), limit=MAX_EVALUATE_FLOPS, what="An evaluation")
         with ctx.db.session() as session:
             delta = get_node(session).delta
         metrics = ctx.compute.run(

@@ -130,18 +130,19 @@ def quote_statistics(
     return StatisticsQuoteOut(**vars(quote))
 
 
-@router.post("/{pointer_id}/statistics", status_code=201, responses=responses(402, 404))
+@router.post("/{pointer_id}/statistics", status_code=201, responses=responses(402, 404, 429))
 def release_statistics(
     pointer_id: str, body: NoiseIn, ctx: ContextDep, user: CurrentUser
 ) -> ReleaseOut:
     """Per-channel mean and std of the pointer's rows, noised and charged."""
-    release = statistics.release_statistics(
-        ctx.db,
-        ctx.arrays,
-        ctx.files,
-        user=user,
-        pointer_id=pointer_id,
-        sigma=body.sigma,
-        epsilon=body.epsilon,
-    )
+    with ctx.compute.admitted(user.id):  # reads every row: one of the user's slots
+        release = statistics.release_statistics(
+            ctx.db,
+            ctx.arrays,
+            ctx.files,
+            user=user,
+            pointer_id=pointer_id,
+            sigma=body.sigma,
+            epsilon=body.epsilon,
+        )
     return ReleaseOut.of(release, with_result=True)

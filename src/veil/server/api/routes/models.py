@@ -349,13 +349,14 @@ def delete_model_objects(model_id: str, session: SessionDep, user: CurrentUser) 
     return DeletedOut(deleted=deleted)
 
 
-@router.post("/{model_id}/quote", responses=_MODEL)
+@router.post("/{model_id}/quote", responses=responses(404, 429))
 def quote(
     model_id: str, body: FitIn, ctx: ContextDep, session: ReadSessionDep, user: CurrentUser
 ) -> QuoteOut:
-    plan = fits.quote(
-        session, ctx.files, ctx.arrays, user=user, model_id=model_id, **body.plan_args()
-    )
+    with ctx.compute.admitted(user.id):  # calibrating a fit's noise takes a while
+        plan = fits.quote(
+            session, ctx.files, ctx.arrays, user=user, model_id=model_id, **body.plan_args()
+        )
     return QuoteOut(
         cost=plan.cost,
         cart=plan.cart,
