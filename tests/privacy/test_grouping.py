@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from veil.privacy import grouping
-from veil.privacy.grouping import SubjectOrder, sort_by_subject, subject_numbers
+from veil.privacy.grouping import SubjectOrder, sort_by_subject
 
 
 def _subjects(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
@@ -34,15 +34,16 @@ def test_rows_are_grouped_and_numbered_as_numpy_would(kind: str) -> None:
         order = shuffled[by_key]
         np.testing.assert_array_equal(order, np.lexsort((np.arange(n), subjects)))
         np.testing.assert_array_equal(numbers, expected.reshape(-1)[order])
-        np.testing.assert_array_equal(subject_numbers(subjects, shuffled), expected.reshape(-1))
+        numbered = SubjectOrder.of(subjects, shuffled)
+        np.testing.assert_array_equal(numbered.scatter(numbered.numbers), expected.reshape(-1))
         assert numbers.dtype == np.int64 and (n == 0 or numbers[-1] == values.size - 1)
 
 
 def test_the_result_does_not_depend_on_the_shuffle() -> None:
     rng = np.random.default_rng(3)
     subjects = rng.integers(0, 9, 200)
-    first = subject_numbers(subjects, rng.permutation(200))
-    np.testing.assert_array_equal(first, subject_numbers(subjects, rng.permutation(200)))
+    first, second = (SubjectOrder.of(subjects, rng.permutation(200)) for _ in range(2))
+    np.testing.assert_array_equal(first.scatter(first.numbers), second.scatter(second.numbers))
 
 
 def test_the_sort_is_given_distinct_keys_for_any_ranks(monkeypatch) -> None:

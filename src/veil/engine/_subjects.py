@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from veil._exceptions import ValidationError
-from veil.privacy.grouping import sort_by_subject
+from veil.privacy.grouping import SubjectOrder
 
 __all__ = ["SubjectBatch", "SubjectIndex", "check_rows_per_subject", "check_subjects"]
 
@@ -89,9 +89,9 @@ class SubjectIndex:
             )
         if shuffled is None:
             shuffled = np.random.default_rng().permutation(rows.size)
-        by_key, _ = sort_by_subject(subjects, shuffled)
-        self._ordered = subjects[shuffled][by_key].astype(np.int64)
-        self._rows = rows[shuffled][by_key]
+        order = SubjectOrder.of(subjects, shuffled)
+        self._ordered = order.gather(subjects).astype(np.int64)
+        self._rows = order.gather(rows)
         self._sample(pool)
 
     def _sample(self, pool: np.ndarray) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SubjectOrder", "sort_by_subject", "subject_numbers"]
+__all__ = ["SubjectOrder", "sort_by_subject"]
 
 _INT64_MAX = int(np.iinfo(np.int64).max)
 
@@ -80,10 +80,3 @@ class SubjectOrder:
         out = np.empty_like(array)
         out[self.shuffled] = in_shuffled
         return out
-
-
-def subject_numbers(subjects: np.ndarray, shuffled: np.ndarray) -> np.ndarray:
-    """Each row's subject numbered 0, 1, ... (in ascending subject order), written back
-    through the sort and `shuffled`, never in an order the subjects choose."""
-    order = SubjectOrder.of(subjects, shuffled)
-    return order.scatter(order.numbers)
