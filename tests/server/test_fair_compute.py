@@ -105,35 +105,24 @@ def test_a_refused_request_holds_no_thread_while_the_users_others_compute(
     assert model_ptr.refresh()._info["steps"] == 2
 
 
-def test_a_step_beyond_the_work_a_step_may_do_is_refused_before_computing(
-    users, monkeypatch
-) -> None:
-    node, ds, _ = users
-    x, y = ds.datasets["Rows"]["x"], ds.datasets["Rows"]["y"]
-    model_ptr = logistic().compile(to=ds)
-    flops = nn.ModelSpec.from_dict(model_ptr._info["spec"]).flops_per_example
-    monkeypatch.setattr(steps, "MAX_STEP_FLOPS", 10 * flops)
-    with pytest.raises(veil.ValidationError, match=r"use at most 10 rows") as refused:
-        model_ptr.step(x[0:11], y[0:11])
-    assert refused.value.detail == {"most_rows": 10}
-    info = model_ptr.refresh()._info
-    assert info["steps"] == 0 and info["version"] == 1
-    model_ptr.step(x[0:10], y[0:10])
-    assert ds.usage["max_objects"].used == 2  # the refused step kept no object
-
-
-def test_an_evaluation_beyond_the_work_it_may_do_is_refused_before_computing(
+def test_steps_and_evaluations_beyond_their_work_are_refused_before_computing(
     users, monkeypatch
 ) -> None:
     _, ds, _ = users
     x, y = ds.datasets["Rows"]["x"], ds.datasets["Rows"]["y"]
     model_ptr = logistic().compile(to=ds)
     flops = nn.ModelSpec.from_dict(model_ptr._info["spec"]).flops_per_example
+    monkeypatch.setattr(steps, "MAX_STEP_FLOPS", 10 * flops)
     monkeypatch.setattr(steps, "MAX_EVALUATE_FLOPS", 20 * flops)
-    with pytest.raises(veil.ValidationError, match=r"An evaluation computes at most") as refused:
+    with pytest.raises(veil.ValidationError, match=r"A step .* use at most 10 rows") as step:
+        model_ptr.step(x[0:11], y[0:11])
+    with pytest.raises(veil.ValidationError, match=r"An evaluation .* at most 20 rows") as ev:
         model_ptr.evaluate(x[0:21], y[0:21], epsilon=0.5)
-    assert refused.value.detail == {"most_rows": 20}
-    assert ds.privacy_budget.spent == 0.0 and model_ptr.refresh()._info["version"] == 1
+    assert step.value.detail == {"most_rows": 10} and ev.value.detail == {"most_rows": 20}
+    info = model_ptr.refresh()._info
+    assert info["steps"] == 0 and info["version"] == 1 and ds.privacy_budget.spent == 0.0
+    model_ptr.step(x[0:10], y[0:10])
+    assert ds.usage["max_objects"].used == 2  # the refused step kept no object
     assert model_ptr.evaluate(x[0:20], y[0:20], epsilon=0.5)["cost"] > 0
 
 
